@@ -1,0 +1,149 @@
+"""Tokenizers: every one is a `tiktoken.Encoding`, built from a spec string and serialisable to plain data.
+
+Specs:
+- ``bytes``: the 256 byte values plus ``<|endoftext|>``; works on any text, offline.
+- ``bpe:<vocab_size>``: a byte-level BPE trained with rustbpe on the training text, plus ``<|endoftext|>``.
+- a tiktoken name (``gpt2``, ``cl100k_base``, ...): downloaded once by tiktoken, then cached.
+
+Text is always encoded as ordinary text, so a literal ``<|endoftext|>`` in a document is not the special
+token; the special token only ever comes from `eot_id`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import tiktoken
+
+from minigpt.errors import MiniGPTError
+
+EOT = "<|endoftext|>"
+
+# GPT-2's split pattern: it matches every character, so byte-level encodings lose nothing.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+_MAX_BPE_VOCAB = 1 << 20
+
+
+def build_tokenizer(spec: str, training_text: Iterable[str] | None = None) -> tiktoken.Encoding:
+    """Build the tokenizer named by `spec`; ``bpe:N`` trains on `training_text` (an iterable of strings)."""
+    if spec == "bytes":
+        return byte_tokenizer()
+    if spec.startswith("bpe:"):
+        return _train_bpe(spec, _parse_bpe_size(spec), training_text)
+    return _pretrained(spec)
+
+
+def needs_training(spec: str) -> bool:
+    """True when building `spec` requires training text (so callers can stream it only when needed)."""
+    return spec.startswith("bpe:")
+
+
+def byte_tokenizer() -> tiktoken.Encoding:
+    """256 byte tokens and ``<|endoftext|>`` as token 256."""
+    ranks = {bytes([i]): i for i in range(256)}
+    return tiktoken.Encoding("bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
+
+
+def _parse_bpe_size(spec: str) -> int:
+    size = spec.removeprefix("bpe:")
+    if not size.isdigit() or not 257 <= int(size) <= _MAX_BPE_VOCAB:
+        raise MiniGPTError(
+            f"bad tokenizer '{spec}': write bpe:<vocab_size> with a size from 257 to {_MAX_BPE_VOCAB}, e.g. bpe:4096"
+        )
+    return int(size)
+
+
+def _train_bpe(spec: str, vocab_size: int, training_text: Iterable[str] | None) -> tiktoken.Encoding:
+    import rustbpe  # only needed when training a vocabulary
+
+    if training_text is None:
+        raise ValueError("bpe tokenizers need training text")
+    bpe = rustbpe.Tokenizer()
+    # One id is kept for <|endoftext|>, so the whole vocabulary is exactly vocab_size.
+    bpe.train_from_iterator(iter(training_text), vocab_size=vocab_size - 1)
+    ranks = dict(bpe.get_mergeable_ranks())
+    if len(ranks) < vocab_size - 1:
+        raise MiniGPTError(
+            f"the training text is too small for {spec}: it only supports {len(ranks) + 1} tokens; "
+            f"use a smaller vocabulary (e.g. bpe:{max(257, len(ranks) + 1)}) or the bytes tokenizer"
+        )
+    return tiktoken.Encoding(spec, pat_str=bpe.get_pattern(), mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
+
+
+def _pretrained(name: str) -> tiktoken.Encoding:
+    if name not in tiktoken.list_encoding_names():
+        known = ", ".join(["bytes", "bpe:<vocab_size>", *tiktoken.list_encoding_names()])
+        raise MiniGPTError(f"unknown tokenizer '{name}': use one of {known}")
+    try:
+        enc = tiktoken.get_encoding(name)
+    except Exception as exc:  # tiktoken raises requests/OS/blobfile errors of many kinds when offline
+        raise MiniGPTError(
+            f"could not load tiktoken encoding '{name}' ({type(exc).__name__}): it downloads once and needs the "
+            "network or a filled TIKTOKEN_CACHE_DIR; offline, use --tokenizer bytes or bpe:<vocab_size>"
+        ) from None
+    if EOT not in enc.special_tokens_set:
+        raise MiniGPTError(f"tokenizer '{name}' has no {EOT} token; use gpt2, r50k_base, p50k_base or cl100k_base")
+    return enc
+
+
+def eot_id(enc: tiktoken.Encoding) -> int:
+    """The id of ``<|endoftext|>``, which separates documents and starts empty prompts."""
+    return enc.encode_single_token(EOT)
+
+
+def encode(enc: tiktoken.Encoding, text: str) -> list[int]:
+    """Encode `text` with every special token treated as ordinary text."""
+    return enc.encode_ordinary(text)
+
+
+def encode_batch(enc: tiktoken.Encoding, texts: list[str], threads: int) -> list[list[int]]:
+    """`encode` over many texts at once, on `threads` threads (tiktoken releases the GIL)."""
+    return enc.encode_ordinary_batch(texts, num_threads=threads)
+
+
+def to_dict(enc: tiktoken.Encoding) -> dict[str, Any]:
+    """Plain data (str, int, bytes, list, dict) that rebuilds `enc` with `from_dict`, for checkpoints."""
+    ranks = enc._mergeable_ranks  # tiktoken has no public accessor for its ranks
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    if [rank for _, rank in by_rank] != list(range(len(by_rank))):
+        raise ValueError(f"tokenizer {enc.name} has non-contiguous ranks")
+    return {
+        "name": enc.name,
+        "pattern": enc._pat_str,
+        "ranks": [token for token, _ in by_rank],
+        "special_tokens": dict(enc._special_tokens),
+    }
+
+
+def from_dict(data: dict[str, Any]) -> tiktoken.Encoding:
+    """Rebuild the tokenizer saved by `to_dict`, without any network access."""
+    ranks = {token: rank for rank, token in enumerate(data["ranks"])}
+    return tiktoken.Encoding(
+        data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
+    )
+
+
+def iter_decoded(enc: tiktoken.Encoding, ids: Iterable[int]) -> Iterator[str]:
+    """Decode a stream of ids into text pieces, holding back bytes until they form whole UTF-8 characters."""
+    pending = b""
+    for token in ids:
+        pending += enc.decode_single_token_bytes(token)
+        text, pending = _split_complete_utf8(pending)
+        if text:
+            yield text
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
+
+
+def _split_complete_utf8(data: bytes) -> tuple[str, bytes]:
+    """Decode the longest prefix of `data` that ends on a character boundary; return it and the rest."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8"), data[cut:]
+        except UnicodeDecodeError as err:
+            if err.reason != "unexpected end of data":
+                # Invalid (not merely unfinished) bytes can never complete: show them replaced.
+                return data.decode("utf-8", errors="replace"), b""
+    return "", data
