@@ -1,0 +1,137 @@
+"""Token windows for training: random windows from the train shard, fixed windows from the validation shard.
+
+The training stream is a pure function of (seed, batch index), so it is reproducible, and resuming only
+needs the number of batches already consumed, which Lightning restores as the global step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from minigpt.errors import MiniGPTError
+from minigpt.prepare import Prepared, prepare
+
+
+def open_shard(folder: Path, split: str, dtype: str) -> np.memmap:
+    """Memory-map ``{split}.bin`` (read-only), so no worker holds the corpus in memory."""
+    return np.memmap(folder / f"{split}.bin", dtype=np.dtype(dtype), mode="r")
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """A distinct, reproducible generator seed for every batch of a run."""
+    return (seed * 1_000_003 + batch) % (2**63)
+
+
+class RandomWindows(IterableDataset):
+    """An endless stream of batches (B, block_size + 1) of windows at random offsets, from batch `start` on."""
+
+    def __init__(self, folder: Path, dtype: str, block_size: int, batch_size: int, seed: int, start: int = 0):
+        self.folder, self.dtype = folder, dtype
+        self.block_size, self.batch_size = block_size, batch_size
+        self.seed, self.start = seed, start
+
+    def batch(self, tokens: np.ndarray, index: int) -> torch.Tensor:
+        """Batch number `index` of the stream."""
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, index))
+        span = self.block_size + 1
+        offsets = torch.randint(0, len(tokens) - span + 1, (self.batch_size,), generator=generator)
+        return torch.from_numpy(np.stack([tokens[o : o + span] for o in offsets.tolist()]).astype(np.int64))
+
+    def __iter__(self):
+        tokens = open_shard(self.folder, "train", self.dtype)
+        worker = get_worker_info()
+        # DataLoader takes batches from its workers in turn, so striding keeps the stream's order.
+        step, first = (1, 0) if worker is None else (worker.num_workers, worker.id)
+        index = self.start + first
+        while True:
+            yield self.batch(tokens, index)
+            index += step
+
+
+class FixedWindows(Dataset):
+    """`count` windows spread evenly over the validation shard: the same windows at every validation."""
+
+    def __init__(self, folder: Path, dtype: str, block_size: int, count: int):
+        self.folder, self.dtype, self.block_size = folder, dtype, block_size
+        n = len(open_shard(folder, "val", dtype))
+        self.offsets = np.unique(np.linspace(0, n - block_size - 1, num=count).astype(np.int64))
+        self._tokens: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._tokens is None:  # opened lazily so each worker maps the file itself
+            self._tokens = open_shard(self.folder, "val", self.dtype)
+        o = int(self.offsets[i])
+        return torch.from_numpy(self._tokens[o : o + self.block_size + 1].astype(np.int64))
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Prepares shards once (`prepare_data`), then serves windows of `block_size + 1` tokens."""
+
+    def __init__(
+        self,
+        data: str,
+        tokenizer: str,
+        block_size: int,
+        batch_size: int,
+        val_fraction: float = 0.1,
+        val_windows: int = 256,
+        seed: int = 1337,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = dict(data=data, tokenizer=tokenizer, val_fraction=val_fraction, cache_dir=cache_dir)
+        self.block_size, self.batch_size = block_size, batch_size
+        self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
+        self.prepared: Prepared | None = None
+
+    def prepare(self) -> Prepared:
+        """Tokenize the corpus (or reuse the cached shards) and check it is long enough to train on."""
+        if self.prepared is None:
+            s = self.spec
+            cache = Path(s["cache_dir"]) if s["cache_dir"] else None
+            self.prepared = prepare(s["data"], s["tokenizer"], cache, s["val_fraction"])
+            self._check_lengths(self.prepared.meta)
+        return self.prepared
+
+    def _check_lengths(self, meta: dict[str, Any]) -> None:
+        need = self.block_size + 1
+        for split in ("train", "val"):
+            if meta[f"{split}_tokens"] < need:
+                raise MiniGPTError(
+                    f"the {split} split of '{meta['source']}' has {meta[f'{split}_tokens']} tokens, fewer than one "
+                    f"window of {need}: use more text or a smaller --model.block_size"
+                )
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: str) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        # Batches already consumed by a resumed run; Lightning restores global_step before asking for data.
+        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        p = self.prepare()
+        stream = RandomWindows(p.dir, p.meta["dtype"], self.block_size, self.batch_size, self._rank_seed(), start)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader:
+        p = self.prepare()
+        windows = FixedWindows(p.dir, p.meta["dtype"], self.block_size, self.val_windows)
+        return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def _rank_seed(self) -> int:
+        """Each distributed rank draws its own windows."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return self.seed + 7919 * rank

@@ -1,0 +1,173 @@
+"""The Lightning side of training: loss, optimizer, schedule, metrics and checkpoint contents.
+
+The GPT itself stays plain PyTorch (`minigpt.model`); this module only wraps it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from minigpt import checkpoint
+from minigpt.model import GPT, GPTConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached after the warmup."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio at the last step."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to lr."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to matrices and embeddings only."""
+    beta1: float = 0.9
+    beta2: float = 0.99
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at `step`: linear warmup, then cosine down to `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LitGPT(L.LightningModule):
+    """Trains a `GPT` with next-token cross-entropy; logs loss, bits per byte, perplexity, lr and tokens/s.
+
+    `payload` (tokenizer, training config, data fingerprint) is written into every checkpoint so that a
+    checkpoint alone is enough to sample from or inspect the model.
+    """
+
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        optim_config: dict[str, Any],
+        val_bytes_per_token: float = 1.0,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["payload"])  # plain dicts and floats: loads with weights_only=True
+        self.model = GPT(GPTConfig(**model_config))
+        self.optim = OptimConfig(**optim_config)
+        self.val_bytes_per_token = val_bytes_per_token
+        self.payload = payload or {}
+        self._last_batch_time: float | None = None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
+        logits = self.model(x)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        now = time.perf_counter()
+        if self._last_batch_time is not None:
+            tokens = batch.size(0) * (batch.size(1) - 1) * self.trainer.world_size
+            self.log("tokens_per_s", tokens / (now - self._last_batch_time), prog_bar=True)
+        self._last_batch_time = now
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is None:
+            return
+        # Comparable across tokenizers: nats/token -> bits per byte of the original text.
+        self.log("val/bpb", loss / self.val_bytes_per_token / math.log(2))
+        self.log("val/ppl", torch.exp(loss))
+
+    def on_validation_start(self) -> None:
+        self._last_batch_time = None  # validation time is not training throughput
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = all(p.is_cuda for p in params)
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        ckpt[checkpoint.PAYLOAD_KEY] = self.payload
+        # Restoring the global RNG makes dropout after a resume match an uninterrupted run.
+        ckpt["rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        self.payload = ckpt.get(checkpoint.PAYLOAD_KEY, self.payload)
+        if "rng_state" in ckpt:
+            torch.set_rng_state(ckpt["rng_state"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it, so a crash never truncates a checkpoint."""
+
+    def save_checkpoint(self, ckpt: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        checkpoint.atomic_save(ckpt, path)
+
+
+
+class InterruptCheckpoint(L.Callback):
+    """On Ctrl-C (or SIGTERM turned into one), save `path` so the run resumes where it stopped.
+
+    Only when the run made progress since it started: an early interrupt must not replace a good
+    checkpoint with a less trained one.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._start_step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        made_progress = self._start_step is not None and trainer.global_step > self._start_step
+        if isinstance(exception, KeyboardInterrupt) and made_progress:
+            trainer.save_checkpoint(self.path)
+
+
+class SampleLogger(L.Callback):
+    """At each validation, log a few completions as text to TensorBoard, to watch the model learn to write."""
+
+    def __init__(self, tokenizer: Any, count: int = 2, tokens: int = 128, seed: int = 0) -> None:
+        self.tokenizer, self.count, self.tokens, self.seed = tokenizer, count, tokens, seed
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = getattr(trainer.logger, "experiment", None)
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(writer, "add_text"):
+            return
+        from minigpt.sample import generate
+
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        texts = generate(model, self.tokenizer, "", max_new_tokens=self.tokens, num_samples=self.count, seed=self.seed)
+        model.train(was_training)
+        for i, text in enumerate(texts):
+            writer.add_text(f"samples/{i}", f"```\n{text}\n```", trainer.global_step)
