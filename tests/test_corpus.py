@@ -1,0 +1,229 @@
+"""Corpus specs: local files, folders and globs, builtins, and datasets loaded through `datasets.load_dataset`."""
+
+from __future__ import annotations
+
+import io
+import json
+import sysconfig
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from minigpt import corpus
+from minigpt.corpus import open_corpus
+from minigpt.errors import MiniGPTError
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def offline_hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep `datasets` off the network and out of the user's cache."""
+    datasets = pytest.importorskip("datasets")
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def write_parquet(path: Path, texts: list[str]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": texts, "n": list(range(len(texts)))}), path)
+    return path
+
+
+def test_folder_yields_text_files_recursively_in_sorted_order(tmp_path: Path) -> None:
+    write(tmp_path / "b.txt", "second")
+    write(tmp_path / "a" / "z.md", "first")
+    write(tmp_path / "c" / "d" / "e.py", "third")
+    write(tmp_path / ".hidden.txt", "hidden file")
+    write(tmp_path / ".git" / "config", "hidden folder")
+    write(tmp_path / "image.png", "binary by extension")
+    (tmp_path / "data.dat").write_bytes(b"binary\0by content")
+
+    assert list(open_corpus(str(tmp_path), tmp_path).documents()) == ["first", "second", "third"]
+
+
+def test_glob_matches_files_recursively(tmp_path: Path) -> None:
+    write(tmp_path / "notes" / "one.md", "one")
+    write(tmp_path / "notes" / "deep" / "two.md", "two")
+    write(tmp_path / "notes" / "skip.txt", "not markdown")
+
+    documents = open_corpus(f"{tmp_path}/notes/**/*.md", tmp_path).documents()
+
+    assert sorted(documents) == ["one", "two"]
+
+
+def test_a_file_is_one_document_with_its_line_endings_kept(tmp_path: Path) -> None:
+    (tmp_path / "crlf.txt").write_bytes(b"line one\r\nline two\r\n")
+
+    assert list(open_corpus(str(tmp_path / "crlf.txt"), tmp_path).documents()) == ["line one\r\nline two\r\n"]
+
+
+def test_missing_path_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(MiniGPTError, match="not found"):
+        open_corpus(str(tmp_path / "nowhere.txt"), tmp_path)
+
+
+def test_glob_matching_nothing_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(MiniGPTError, match="no text files match"):
+        open_corpus(f"{tmp_path}/*.md", tmp_path)
+
+
+def test_corpus_without_text_is_a_user_error(tmp_path: Path) -> None:
+    write(tmp_path / "empty.txt", "")
+    write(tmp_path / "blank.txt", " \n\t\n")
+
+    with pytest.raises(MiniGPTError, match="contains no text"):
+        list(open_corpus(str(tmp_path), tmp_path).documents())
+
+
+def test_non_utf8_file_error_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    write(tmp_path / "good.txt", "fine")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+
+    with pytest.raises(MiniGPTError, match=r"latin1\.txt is not UTF-8.*convert it to UTF-8") as err:
+        list(open_corpus(str(tmp_path), tmp_path).documents())
+    assert "\n" not in str(err.value)
+
+
+def test_fingerprint_changes_when_a_file_changes_and_only_then(tmp_path: Path) -> None:
+    path = write(tmp_path / "data" / "a.txt", "hello")
+    before = open_corpus(str(path.parent), tmp_path).fingerprint()
+    assert open_corpus(str(path.parent), tmp_path).fingerprint() == before
+
+    write(path, "hellO")
+
+    assert open_corpus(str(path.parent), tmp_path).fingerprint() != before
+
+
+def test_pydoc_builtin_is_every_reference_topic_sorted_by_key(tmp_path: Path) -> None:
+    from pydoc_data.topics import topics
+
+    documents = list(open_corpus("pydoc", tmp_path).documents())
+
+    assert len(documents) == len(topics) > 50
+    assert documents == [topics[key] for key in sorted(topics)]
+
+
+def test_stdlib_builtin_is_the_top_level_python_sources(tmp_path: Path) -> None:
+    source = open_corpus("stdlib", tmp_path)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+
+    assert source.files == sorted(stdlib.glob("*.py"))
+    assert "import" in next(source.documents())
+
+
+def test_local_path_wins_over_a_builtin_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "pydoc", "my own pydoc")
+
+    assert list(open_corpus("pydoc", tmp_path).documents()) == ["my own pydoc"]
+
+
+def test_shakespeare_offline_is_a_user_error_that_suggests_a_local_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+
+    with pytest.raises(MiniGPTError, match="--data path/to/tinyshakespeare.txt"):
+        open_corpus("shakespeare", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial download left behind
+
+
+def test_shakespeare_is_downloaded_once_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_urlopen(url: str, timeout: float) -> io.BytesIO:
+        calls.append(url)
+        return io.BytesIO(b"First Citizen:\nBefore we proceed any further, hear me speak.\n")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+
+    first = list(open_corpus("shakespeare", tmp_path).documents())
+    second = list(open_corpus("shakespeare", tmp_path).documents())
+
+    assert calls == [corpus.SHAKESPEARE_URL]
+    assert first == second == ["First Citizen:\nBefore we proceed any further, hear me speak.\n"]
+
+
+def test_default_cache_dir_follows_minigpt_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "elsewhere"))
+
+    assert corpus.default_cache_dir() == tmp_path / "elsewhere"
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_parquet_file_rows_are_documents(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "rows.parquet", ["alpha", "", "beta"])
+
+    documents = open_corpus(f"hf:parquet?data_files={path}", tmp_path).documents()
+
+    assert list(documents) == ["alpha", "beta"]
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_local_json_folder_with_field_and_limit(tmp_path: Path) -> None:
+    rows = [{"body": f"story {i}", "text": 0} for i in range(5)]
+    write(tmp_path / "ds" / "train.jsonl", "\n".join(json.dumps(row) for row in rows))
+
+    documents = open_corpus(f"hf:{tmp_path / 'ds'}?field=body&limit=3", tmp_path).documents()
+
+    assert list(documents) == ["story 0", "story 1", "story 2"]
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_streaming_reads_the_same_rows(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "rows.parquet", ["alpha", "beta"])
+
+    source = open_corpus(f"hf:parquet?data_files={path}&streaming=1", tmp_path)
+
+    assert list(source.documents()) == ["alpha", "beta"]
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_fingerprint_changes_with_the_data(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "rows.parquet", ["alpha", "beta"])
+    spec = f"hf:parquet?data_files={path}"
+    before = open_corpus(spec, tmp_path).fingerprint()
+
+    write_parquet(path, ["alpha", "gamma"])
+
+    assert open_corpus(spec, tmp_path).fingerprint() != before
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_missing_field_is_a_user_error_listing_the_columns(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "rows.parquet", ["alpha"])
+
+    with pytest.raises(MiniGPTError, match=r"no field 'body'.*columns: text, n"):
+        open_corpus(f"hf:parquet?data_files={path}&field=body", tmp_path)
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_unreachable_hub_dataset_is_a_one_line_user_error(tmp_path: Path) -> None:
+    with pytest.raises(MiniGPTError, match="could not load dataset 'hf:someone/no-such-dataset'.*network") as err:
+        open_corpus("hf:someone/no-such-dataset", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_hf_unknown_option_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(MiniGPTError, match="unknown option.*colum"):
+        open_corpus("hf:parquet?colum=text", tmp_path)
+
+
+def test_hf_spec_parts_are_parsed() -> None:
+    name, config, options = corpus._parse_hf_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT?split=train&limit=5")
+
+    assert (name, config, options) == ("HuggingFaceFW/fineweb-edu", "sample-10BT", {"split": "train", "limit": "5"})
