@@ -1,0 +1,200 @@
+"""attention.html in a real headless Chromium: it draws the heatmap, follows the layer/head choice and the
+hovered token, and loads nothing from the network. Skipped where no Chromium is installed.
+
+Chromium is driven over the DevTools protocol on a pipe (it reads commands on fd 3 and writes replies on
+fd 4, each a JSON message ended by a NUL byte), so the test needs nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from minigpt.cli import run
+from minigpt.cli.attention import main
+
+CHROMIUM = next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
+
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_S = 30.0
+PROMPT = "The quick brown fox\njumps over."  # 31 tokens: within block_size 32
+
+
+def _high_fd(fd: int) -> int:
+    """`fd` moved to a number ≥ 10, so that the child's dup2 onto 3 and 4 cannot overwrite it."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
+class Browser:
+    """A headless Chromium with one page, driven over the DevTools protocol on a pipe."""
+
+    def __init__(self, profile: Path) -> None:
+        commands_r, self._commands_w = map(_high_fd, os.pipe())
+        self._replies_r, replies_w = map(_high_fd, os.pipe())
+
+        def use_pipe_fds() -> None:  # in the child, before exec: dup2'd fds are inheritable
+            os.dup2(commands_r, 3)
+            os.dup2(replies_w, 4)
+
+        self._proc = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            preexec_fn=use_pipe_fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(commands_r)
+        os.close(replies_w)
+        self._buffer = b""
+        self._last_id = 0
+        self.events: list[dict[str, Any]] = []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one command (to the page once attached) and return its result; events are kept in `events`."""
+        self._last_id += 1
+        message = {"id": self._last_id, "method": method, "params": params}
+        if getattr(self, "_session", None):
+            message["sessionId"] = self._session
+        os.write(self._commands_w, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._receive()
+            if reply.get("id") == self._last_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def _receive(self) -> dict[str, Any]:
+        deadline = time.monotonic() + TIMEOUT_S
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._replies_r], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self._replies_r, 1 << 16) if ready else b""
+            if not chunk:
+                raise TimeoutError("chromium stopped answering")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not self.evaluate(expression):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"page never satisfied {expression}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except (RuntimeError, TimeoutError, OSError):
+            pass  # it may hang up before answering
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        os.close(self._commands_w)
+        os.close(self._replies_r)
+
+
+def checksum(heatmap: list[list[float]]) -> float:
+    """Σ w[i][j]·(i+1)·(j+1): the fingerprint the page publishes as data-checksum for the map it draws."""
+    index = np.arange(1, len(heatmap) + 1, dtype=np.float64)
+    return float(index @ np.array(heatmap, dtype=np.float64) @ index)
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    chromium = Browser(tmp_path / "profile")
+    yield chromium
+    chromium.close()
+
+
+# What the page shows: its data-* attributes and a fingerprint of the canvas pixels.
+STATE = """(() => {
+  const canvas = document.getElementById("heatmap");
+  const url = canvas.toDataURL();
+  let hash = 0;
+  for (let i = 0; i < url.length; i++) hash = (hash * 31 + url.charCodeAt(i)) | 0;
+  return {...document.body.dataset, canvasHash: hash};
+})()"""
+
+CHOOSE = """(() => {{
+  const select = document.getElementById("{which}");
+  select.value = "{index}";
+  select.dispatchEvent(new Event("change"));
+}})()"""
+
+
+def test_page_draws_the_chosen_head_and_the_hovered_token(
+    browser: Browser, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps"
+    assert run(main, ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(out)]) == 0
+    html = (out / "attention.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', html, re.S).group(1).replace("<\\/", "</"))
+
+    browser.call("Network.enable")
+    browser.call("Emulation.setDeviceMetricsOverride", width=1100, height=1000, deviceScaleFactor=1, mobile=False)
+    browser.call("Page.navigate", url=(out / "attention.html").as_uri())
+    browser.wait_for("document.body && document.body.dataset.ready === 'true'")
+
+    first = browser.evaluate(STATE)
+    assert (first["layer"], first["head"]) == ("0", "0")
+    assert float(first["checksum"]) == pytest.approx(checksum(data["weights"][0][0]), rel=1e-9)
+    # A future cell (row 0, last key) is painted with the colour of weight 0: viridis' first colour.
+    # (`margin`, `cell` and `T` are the page script's own top-level constants.)
+    cell = browser.evaluate(
+        """Array.from(document.getElementById("heatmap").getContext("2d")
+           .getImageData(margin + (T - 1) * cell + 1, margin + 1, 1, 1).data)"""
+    )
+    assert cell == [68, 1, 84, 255]
+
+    browser.evaluate(CHOOSE.format(which="layer", index=1))
+    browser.evaluate(CHOOSE.format(which="head", index=1))
+    chosen = browser.evaluate(STATE)
+    assert (chosen["layer"], chosen["head"]) == ("1", "1")
+    assert float(chosen["checksum"]) == pytest.approx(checksum(data["weights"][1][1]), rel=1e-9)
+    assert float(chosen["checksum"]) != pytest.approx(float(first["checksum"]), rel=1e-9)
+    assert chosen["canvasHash"] != first["canvasHash"]
+
+    # Hover the 5th token with the real mouse: the page switches its query to that token.
+    box = browser.evaluate(
+        """(() => { const r = document.querySelectorAll("#tokens span")[4].getBoundingClientRect();
+                   return [r.x + r.width / 2, r.y + r.height / 2]; })()"""
+    )
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+    hovered = browser.evaluate(STATE)
+    assert hovered["query"] == "4"
+    assert hovered["canvasHash"] != chosen["canvasHash"]  # the highlighted row moved
+
+    shot = browser.call("Page.captureScreenshot", format="png")["data"]
+    shot_dir = Path(os.environ.get("MINIGPT_SCREENSHOT_DIR", tmp_path))
+    shot_dir.mkdir(parents=True, exist_ok=True)
+    (shot_dir / "attention_page.png").write_bytes(base64.b64decode(shot))
+
+    sent = [e for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
+    requested = [e["params"]["request"]["url"] for e in sent]
+    assert requested and all(url.startswith(("file:", "data:", "about:")) for url in requested)

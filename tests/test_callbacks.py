@@ -1,0 +1,57 @@
+"""minigpt.callbacks.AttentionLogger inside a real (tiny) Lightning run, read back from TensorBoard's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from minigpt import tokenizer
+from minigpt.callbacks import AttentionLogger
+from minigpt.model import GPT
+from tests.conftest import tiny_config
+
+
+class TinyModule(L.LightningModule):
+    """Just enough of a LightningModule around a GPT (kept as `self.model`, as in minigpt.lit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = GPT(tiny_config(dropout=0.1))
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.model(batch[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self._loss(batch)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_attention_logger_writes_overview_and_entropies(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sequences = torch.randint(0, 256, (8, 17))
+    module = TinyModule()
+    trainer = L.Trainer(
+        max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=""), callbacks=[AttentionLogger(
+            tokenizer.byte_tokenizer(), "To be, or not to be", layers=[1])],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(sequences, batch_size=2), DataLoader(sequences[:2], batch_size=2))
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert "attention/overview" in tags["images"]
+    assert [e.step for e in events.Images("attention/overview")] == [2, 4]
+    assert {f"attention/entropy/L{l}H{h}" for l in range(2) for h in range(2)} <= set(tags["scalars"])

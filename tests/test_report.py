@@ -1,0 +1,188 @@
+"""The attention files (minigpt.report) as written by ``python -m minigpt.cli.attention`` from a real checkpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+from minigpt import checkpoint, report
+from minigpt.cli import run
+from minigpt.cli.attention import main
+
+PROMPT = "To be, or not to be:\n\tthat is"  # 29 byte tokens, within block_size 32
+
+
+def attention_cli(*args: str) -> int:
+    return run(main, list(args))
+
+
+@pytest.fixture
+def out_dir(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "maps"
+    assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(out)) == 0
+    return out
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG, read back with matplotlib."""
+    height, width = matplotlib.image.imread(path).shape[:2]
+    return width, height
+
+
+def pixels(inches: tuple[float, float]) -> tuple[int, int]:
+    return round(inches[0] * report.DPI), round(inches[1] * report.DPI)
+
+
+def embedded_data(html: str) -> dict:
+    block = re.search(r'<script id="attention-data" type="application/json">(.*?)</script>', html, re.S)
+    return json.loads(block.group(1).replace("<\\/", "</"))
+
+
+def test_cli_writes_every_file(out_dir: Path) -> None:
+    names = {"overview.png", "layer_0.png", "layer_1.png", "attention.html", "attention.npz", "heads.json"}
+    assert {p.name for p in out_dir.iterdir()} == names
+
+
+def test_pngs_have_the_expected_size(out_dir: Path) -> None:
+    T = len(PROMPT)
+    assert png_size(out_dir / "overview.png") == pixels(report.overview_figure_size(2, 2))
+    assert png_size(out_dir / "layer_0.png") == pixels(report.layer_figure_size(2, T))
+    # Large enough to read: at least 10 pixels per token along each heatmap.
+    assert report.panel_inches(T) * report.DPI >= 10 * T
+
+
+def test_npz_holds_raw_float32_weights_and_tokens(out_dir: Path) -> None:
+    saved = np.load(out_dir / "attention.npz")
+    T = len(PROMPT)
+    assert saved["weights"].dtype == np.float32
+    assert saved["weights"].shape == (2, 2, T, T)
+    assert "".join(saved["tokens"]) == PROMPT
+    np.testing.assert_allclose(saved["weights"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_heads_json_scores_every_head(out_dir: Path) -> None:
+    record = json.loads((out_dir / "heads.json").read_text())
+    assert {(h["layer"], h["head"]) for h in record["heads"]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for head in record["heads"]:
+        assert 0 <= head["previous_token"] <= 1 and 0 <= head["induction"] <= 1 and head["entropy"] > 0
+    assert set(record["top"]) == {"entropy", "previous_token", "first_token", "induction"}
+
+
+def test_cli_prints_the_top_heads_of_each_kind(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--top-heads", "2"]
+    assert attention_cli(*args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "previous-token heads", "first-token (sink) heads", "induction heads", "most focused heads (lowest entropy, nats)"
+    ]  # fmt: skip
+    assert all(len(re.findall(r"L\dH\d", line)) == 2 for line in lines)
+
+
+def test_html_embeds_tokens_and_weights(out_dir: Path) -> None:
+    data = embedded_data((out_dir / "attention.html").read_text(encoding="utf-8"))
+    saved = np.load(out_dir / "attention.npz")
+    assert data["tokens"] == list(saved["tokens"])
+    assert data["layers"] == [0, 1] and data["heads"] == ["0", "1"]
+    np.testing.assert_allclose(np.array(data["weights"]), saved["weights"], atol=1e-5)
+
+
+def test_html_makes_no_network_request(out_dir: Path) -> None:
+    html = (out_dir / "attention.html").read_text(encoding="utf-8")
+    assert not re.search(r"https?://", html)
+    assert not re.search(r"\b(src|href)\s*=", html)
+    assert "fetch(" not in html and "XMLHttpRequest" not in html and "import(" not in html
+
+
+def test_html_survives_a_token_that_closes_a_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    prompt = "a</script><b>"
+    assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", prompt, "--out", str(tmp_path)) == 0
+    html = (tmp_path / "attention.html").read_text(encoding="utf-8")
+    assert "".join(embedded_data(html)["tokens"]) == prompt
+
+
+def test_layers_heads_and_per_head_select_the_pngs(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--layers", "1", "--heads", "0"]
+    assert attention_cli(*args, "--per-head") == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["layer_1_head_0.png", "overview.png"]
+    assert png_size(tmp_path / "overview.png") == pixels(report.overview_figure_size(1, 1))
+
+
+@pytest.mark.parametrize("how", ["mean", "rollout"])
+def test_aggregate_draws_one_map_per_layer_and_saves_it(tiny_checkpoint: Path, tmp_path: Path, how: str) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--aggregate", how]
+    assert attention_cli(*args) == 0
+    assert png_size(tmp_path / "overview.png") == pixels(report.overview_figure_size(2, 1))
+    saved = np.load(tmp_path / "attention.npz")
+    assert saved[how].shape == (2, len(PROMPT), len(PROMPT))
+    data = embedded_data((tmp_path / "attention.html").read_text(encoding="utf-8"))
+    assert data["heads"] == ["0", "1", how]
+    np.testing.assert_allclose(np.array(data["weights"])[:, 2], saved[how], atol=1e-5)
+
+
+def test_mean_aggregate_over_selected_heads(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--heads", "1"]
+    assert attention_cli(*args, "--aggregate", "mean") == 0
+    saved = np.load(tmp_path / "attention.npz")
+    np.testing.assert_allclose(saved["mean"], saved["weights"][:, 1], atol=1e-6)
+
+
+def test_prompt_longer_than_block_size_keeps_the_last_tokens(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    prompt = "x" * 10 + PROMPT  # 39 tokens, block_size 32
+    assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", prompt, "--out", str(tmp_path)) == 0
+    assert "".join(np.load(tmp_path / "attention.npz")["tokens"]) == prompt[-32:]
+
+
+def test_visible_whitespace() -> None:
+    assert report.visible(" a\n\tb") == "·a↵→b"
+
+
+def test_long_sequences_label_every_kth_token() -> None:
+    assert report.label_step(64) == 1
+    assert len(range(0, 200, report.label_step(200))) <= report.MAX_LABELS
+
+
+def _no_payload(path: Path) -> None:
+    torch.save({"state_dict": {}}, path)
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not a checkpoint")
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--layers", "2"], "out of range"),
+        (["--heads", "0,5"], "out of range"),
+        (["--heads", "-1"], "out of range"),
+        (["--layers", "one"], "comma-separated"),
+        (["--prompt", ""], "prompt is empty"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys, extra, needle) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "o"), *extra]
+    assert attention_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+@pytest.mark.parametrize("make", [_no_payload, _garbage, None])
+def test_bad_checkpoints_exit_2_with_one_line(tmp_path: Path, capsys, make) -> None:
+    path = tmp_path / "bad.ckpt"
+    if make is not None:
+        make(path)
+    assert attention_cli("--ckpt", str(path), "--prompt", PROMPT, "--out", str(tmp_path / "o")) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_token_strings_rebuild_the_prompt(tiny_checkpoint: Path) -> None:
+    loaded = checkpoint.load(tiny_checkpoint)
+    ids = loaded.tokenizer.encode_ordinary(PROMPT)
+    assert "".join(report.token_strings(loaded.tokenizer, ids)) == PROMPT
