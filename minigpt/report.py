@@ -313,7 +313,7 @@ function colour(w) {
 }
 
 function currentMap() {
-  return data.weights[+layerSelect.value][+headSelect.value];
+  return data.weights[layerSelect.selectedIndex][headSelect.selectedIndex];
 }
 
 function drawHeatmap(map) {
@@ -372,7 +372,7 @@ function render() {
   let checksum = 0;
   for (let i = 0; i < T; i++) for (let j = 0; j < T; j++) checksum += map[i][j] * (i + 1) * (j + 1);
   Object.assign(document.body.dataset, {
-    layer: data.layers[+layerSelect.value], head: data.heads[+headSelect.value], query, checksum,
+    layer: layerSelect.value, head: headSelect.value, query, checksum,
   });
 }
 
@@ -383,8 +383,9 @@ function setQuery(i, pin) {
   render();
 }
 
-data.layers.forEach((l, i) => layerSelect.add(new Option(`layer ${l}`, i)));
-data.heads.forEach((h, i) => headSelect.add(new Option(/^\\d+$/.test(h) ? `head ${h}` : h, i)));
+// Option values are the layer numbers and head names themselves; the maps are found by position.
+data.layers.forEach((l) => layerSelect.add(new Option(`layer ${l}`, l)));
+data.heads.forEach((h) => headSelect.add(new Option(/^\\d+$/.test(h) ? `head ${h}` : h, h)));
 data.tokens.forEach((tok, j) => {
   const span = document.createElement("span");
   span.textContent = visible(tok);

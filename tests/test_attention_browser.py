@@ -143,7 +143,7 @@ STATE = """(() => {
 
 CHOOSE = """(() => {{
   const select = document.getElementById("{which}");
-  select.value = "{index}";
+  select.value = "{value}";
   select.dispatchEvent(new Event("change"));
 }})()"""
 
@@ -152,7 +152,8 @@ def test_page_draws_the_chosen_head_and_the_hovered_token(
     browser: Browser, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps"
-    assert run(main, ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(out)]) == 0
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(out), "--aggregate", "mean"]
+    assert run(main, args) == 0
     html = (out / "attention.html").read_text(encoding="utf-8")
     data = json.loads(re.search(r'type="application/json">(.*?)</script>', html, re.S).group(1).replace("<\\/", "</"))
 
@@ -172,13 +173,17 @@ def test_page_draws_the_chosen_head_and_the_hovered_token(
     )
     assert cell == [68, 1, 84, 255]
 
-    browser.evaluate(CHOOSE.format(which="layer", index=1))
-    browser.evaluate(CHOOSE.format(which="head", index=1))
+    browser.evaluate(CHOOSE.format(which="layer", value=1))
+    browser.evaluate(CHOOSE.format(which="head", value=1))
     chosen = browser.evaluate(STATE)
     assert (chosen["layer"], chosen["head"]) == ("1", "1")
     assert float(chosen["checksum"]) == pytest.approx(checksum(data["weights"][1][1]), rel=1e-9)
     assert float(chosen["checksum"]) != pytest.approx(float(first["checksum"]), rel=1e-9)
     assert chosen["canvasHash"] != first["canvasHash"]
+
+    browser.evaluate(CHOOSE.format(which="head", value="mean"))  # the aggregate, third in the menu
+    mean = browser.evaluate(STATE)
+    assert float(mean["checksum"]) == pytest.approx(checksum(data["weights"][1][2]), rel=1e-9)
 
     # Hover the 5th token with the real mouse: the page switches its query to that token.
     box = browser.evaluate(
@@ -188,7 +193,7 @@ def test_page_draws_the_chosen_head_and_the_hovered_token(
     browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
     hovered = browser.evaluate(STATE)
     assert hovered["query"] == "4"
-    assert hovered["canvasHash"] != chosen["canvasHash"]  # the highlighted row moved
+    assert hovered["canvasHash"] != mean["canvasHash"]  # the highlighted row moved
 
     shot = browser.call("Page.captureScreenshot", format="png")["data"]
     shot_dir = Path(os.environ.get("MINIGPT_SCREENSHOT_DIR", tmp_path))
