@@ -234,19 +234,25 @@ def write_heads_json(path: Path, stats: HeadStats, top: int) -> Path:
     return path
 
 
-def html_data(panels: Panels, tokens: Sequence[str]) -> dict:
-    """The JSON embedded in attention.html; weights rounded to 5 decimals to keep the page small."""
+def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats) -> dict:
+    """The JSON embedded in attention.html; weights rounded to 5 decimals to keep the page small.
+
+    `stats` holds each kind's scores of every head as [layer][head] lists (null where undefined).
+    """
     return {
         "tokens": list(tokens),
         "layers": panels.rows,
         "heads": panels.cols,
         "weights": np.round(panels.maps.numpy().astype(np.float64), 5).tolist(),
+        "stats": {
+            kind: [[_json_number(float(x)) for x in row] for row in scores] for kind, scores in stats.kinds().items()
+        },
     }
 
 
-def write_html(path: Path, panels: Panels, tokens: Sequence[str]) -> Path:
+def write_html(path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats) -> Path:
     """One self-contained page (inline CSS/JS, data as embedded JSON, no network) to explore `panels`."""
-    data = json.dumps(html_data(panels, tokens), separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(html_data(panels, tokens, stats), separators=(",", ":"), ensure_ascii=False)
     # A token such as "</script>" must not close the data block early.
     data = data.replace("</", "<\\/")
     path.write_text(_PAGE.replace("/*ATTENTION_DATA*/", data), encoding="utf-8")
@@ -265,6 +271,7 @@ _PAGE = """<!doctype html>
   body { font-family: system-ui, sans-serif; margin: 16px; color: #222; background: #fff; }
   header { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin-bottom: 12px; }
   select { font-size: 14px; padding: 2px 4px; }
+  #stats { font-size: 13px; color: #444; }
   #info { font-family: ui-monospace, monospace; font-size: 13px; min-height: 1.4em; margin: 8px 0; }
   #tokens { font-family: ui-monospace, monospace; font-size: 14px; line-height: 1.9; max-width: 1000px; }
   #tokens span { padding: 1px 1px; margin: 0 1px; border-radius: 3px; cursor: pointer; white-space: pre; }
@@ -278,6 +285,7 @@ _PAGE = """<!doctype html>
 <header>
   <label>Layer <select id="layer"></select></label>
   <label>Head <select id="head"></select></label>
+  <span id="stats"></span>
   <span class="hint">hover a token or a heatmap row to see what it attends to; click to pin</span>
 </header>
 <div id="tokens"></div>
@@ -369,11 +377,22 @@ function render() {
   drawHeatmap(map);
   shadeTokens(map);
   describe(map);
+  showStats();
   let checksum = 0;
   for (let i = 0; i < T; i++) for (let j = 0; j < T; j++) checksum += map[i][j] * (i + 1) * (j + 1);
   Object.assign(document.body.dataset, {
     layer: layerSelect.value, head: headSelect.value, query, checksum,
   });
+}
+
+function showStats() {
+  // Head statistics exist for real heads only, not for an aggregate such as "mean".
+  const layer = +layerSelect.value, head = +headSelect.value;
+  const rows = Number.isInteger(head) ? Object.entries(data.stats) : [];
+  const score = (x) => (x === null ? "-" : x.toFixed(3));
+  document.getElementById("stats").textContent = rows
+    .map(([kind, table]) => `${kind.replace("_", "-")} ${score(table[layer][head])}`)
+    .join(" \\u00b7 ");
 }
 
 function setQuery(i, pin) {

@@ -177,6 +177,8 @@ def test_page_draws_the_chosen_head_and_the_hovered_token(
     browser.evaluate(CHOOSE.format(which="head", value=1))
     chosen = browser.evaluate(STATE)
     assert (chosen["layer"], chosen["head"]) == ("1", "1")
+    shown = browser.evaluate('document.getElementById("stats").textContent')
+    assert f"induction {data['stats']['induction'][1][1]:.3f}" in shown
     assert float(chosen["checksum"]) == pytest.approx(checksum(data["weights"][1][1]), rel=1e-9)
     assert float(chosen["checksum"]) != pytest.approx(float(first["checksum"]), rel=1e-9)
     assert chosen["canvasHash"] != first["canvasHash"]

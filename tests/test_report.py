@@ -13,7 +13,7 @@ import torch
 
 from minigpt import checkpoint, report
 from minigpt.cli import run
-from minigpt.cli.attention import main
+from minigpt.cli.attention import STAT_TITLES, main
 
 PROMPT = "To be, or not to be:\n\tthat is"  # 29 byte tokens, within block_size 32
 
@@ -78,9 +78,7 @@ def test_cli_prints_the_top_heads_of_each_kind(tiny_checkpoint: Path, tmp_path: 
     args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--top-heads", "2"]
     assert attention_cli(*args) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == [
-        "previous-token heads", "first-token (sink) heads", "induction heads", "most focused heads (lowest entropy, nats)"
-    ]  # fmt: skip
+    assert [line.split(":")[0] for line in lines] == list(STAT_TITLES.values())
     assert all(len(re.findall(r"L\dH\d", line)) == 2 for line in lines)
 
 
@@ -90,6 +88,8 @@ def test_html_embeds_tokens_and_weights(out_dir: Path) -> None:
     assert data["tokens"] == list(saved["tokens"])
     assert data["layers"] == [0, 1] and data["heads"] == ["0", "1"]
     np.testing.assert_allclose(np.array(data["weights"]), saved["weights"], atol=1e-5)
+    heads = json.loads((out_dir / "heads.json").read_text())["heads"]
+    assert [data["stats"]["induction"][h["layer"]][h["head"]] for h in heads] == [h["induction"] for h in heads]
 
 
 def test_html_makes_no_network_request(out_dir: Path) -> None:

@@ -93,7 +93,7 @@ def write_attention(args: argparse.Namespace, loaded: checkpoint.Loaded, ids: li
     stats = attention.head_stats(loaded.model, maps.weights)
     written = [
         *report.write_pngs(out, png, tokens, per_head=args.per_head),
-        report.write_html(out / "attention.html", page, tokens),
+        report.write_html(out / "attention.html", page, tokens, stats),
         report.write_npz(out / "attention.npz", maps.weights, tokens, maps.ids, aggregates),
         report.write_heads_json(out / "heads.json", stats, args.top_heads),
     ]
