@@ -5,6 +5,7 @@ The GPT itself stays plain PyTorch (`minigpt.model`); this module only wraps it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minigpt import checkpoint
 from minigpt.model import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,8 +95,11 @@ class LitGPT(L.LightningModule):
         if loss is None:
             return
         # Comparable across tokenizers: nats/token -> bits per byte of the original text.
-        self.log("val/bpb", loss / self.val_bytes_per_token / math.log(2))
+        bpb = loss / self.val_bytes_per_token / math.log(2)
+        self.log("val/bpb", bpb)
         self.log("val/ppl", torch.exp(loss))
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            log.info("step %d: val loss %.4f nats/token, %.4f bits/byte", self.global_step, loss, bpb)
 
     def on_validation_start(self) -> None:
         self._last_batch_time = None  # validation time is not training throughput

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,13 @@ log = logging.getLogger("minigpt.train")
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 # Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
+# Lightning warnings that say nothing actionable for a minigpt run.
+QUIET_WARNINGS = [
+    r"Checkpoint directory .* exists and is not empty",  # config.yaml is written there first, on purpose
+    r".*LeafSpec.*",
+    r"The '(train|val)_dataloader' does not have many workers",
+    r".*IterableDataset.*has `__len__` defined.*",
+]
 TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing"}
 
 
@@ -147,6 +155,9 @@ def main(argv: Sequence[str]) -> None:
     run_dir = choose_run_dir(cfg)
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
+
+    for noise in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=noise)
 
     from minigpt.data import TokenDataModule
 

@@ -1,0 +1,114 @@
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt import checkpoint
+from minigpt.cli import run
+from minigpt.cli.train import main
+from minigpt.lit import LitGPT, lr_factor
+from tests.conftest import tiny_config
+
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400))
+
+
+def train(tmp_path: Path, out: str, *extra: str) -> int:
+    """Run train.py's main in-process on a tiny model and corpus."""
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(TEXT)
+    args = [
+        "--data", str(corpus), "--out_dir", str(tmp_path / out), "--cache_dir", str(tmp_path / "cache"),
+        "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
+        "--batch_size", "4", "--val_windows", "8", "--samples", "0", "--optim.warmup_steps", "2",
+        "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    return run(main, args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    assert train(tmp, "run") == 0
+    return tmp / "run"
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_weight_decay_applies_to_matrices_only():
+    module = LitGPT(tiny_config().to_dict(), {})
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()  # what configure_optimizers reads
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] > 0 and groups[1]["weight_decay"] == 0
+    for name, param in module.model.named_parameters():
+        assert (id(param) in decayed) == (param.dim() >= 2), name
+
+
+def test_fit_writes_last_and_best_checkpoints_and_logs(trained_run):
+    assert (trained_run / "last.ckpt").is_file() and (trained_run / "best.ckpt").is_file()
+    assert (trained_run / "config.yaml").is_file()
+    assert list((trained_run / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_checkpoint_loads_with_weights_only_and_is_self_contained(trained_run):
+    ckpt = torch.load(trained_run / "last.ckpt", weights_only=True)
+    payload = ckpt[checkpoint.PAYLOAD_KEY]
+    assert payload["model_config"]["n_layer"] == 2 and payload["model_config"]["vocab_size"] == 257
+    assert payload["tokenizer"]["name"] == "bytes"
+    assert payload["train_config"]["trainer"]["max_steps"] == 6
+    assert payload["data"]["fingerprint"]
+    assert ckpt["global_step"] == 6
+
+
+def test_checkpoint_samples_deterministically(trained_run):
+    from minigpt.sample import generate
+
+    loaded = checkpoint.load(trained_run / "best.ckpt")
+    first = list(generate(loaded.model, loaded.tokenizer, "line", max_new_tokens=20, seed=7))
+    again = list(generate(loaded.model, loaded.tokenizer, "line", max_new_tokens=20, seed=7))
+    assert first == again and "".join(first)
+
+
+def test_validation_metrics_are_consistent(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((trained_run / "tb").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    loss = events.Scalars("val/loss")[-1].value
+    # The bytes tokenizer on ASCII text: one token per byte, plus one <|endoftext|> per document.
+    assert events.Scalars("val/bpb")[-1].value == pytest.approx(loss / math.log(2), rel=0.02)
+    assert events.Scalars("val/ppl")[-1].value == pytest.approx(math.exp(loss), rel=1e-4)
+    for tag in ("train/loss", "tokens_per_s", "lr"):
+        assert tag in events.Tags()["scalars"], tag
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    assert train(tmp_path, "whole", "--model.dropout", "0.1") == 0
+    step = LitGPT.training_step
+
+    def interrupt_after_four_steps(self, batch, batch_idx):
+        if self.global_step == 4:
+            raise KeyboardInterrupt
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitGPT, "training_step", interrupt_after_four_steps)
+    with pytest.raises(SystemExit):  # Lightning exits 1 after a graceful Ctrl-C shutdown
+        train(tmp_path, "cut", "--model.dropout", "0.1")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C after one
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    assert run(main, ["--resume", str(tmp_path / "cut")]) == 0
+    whole = torch.load(tmp_path / "whole" / "last.ckpt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["state_dict"]
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=1e-5, msg=name)
