@@ -1,0 +1,143 @@
+"""`generate.py`: sample completions from a checkpoint.
+
+Imports only torch, tiktoken and the inference side of the package (never Lightning or datasets),
+so the first token comes quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
+
+import torch
+
+from minigpt import checkpoint
+from minigpt.errors import MiniGPTError
+from minigpt.sample import check_settings, stream
+
+DIVIDER = "-" * 20
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (exit code 2 stays)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The generate command's options; other features add theirs to the returned parser."""
+    p = _Parser(
+        prog="generate.py",
+        description="Sample text from a minigpt checkpoint: prints the prompt and its completion "
+        "(one sample streams as it is produced).",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder holding last.ckpt")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--prompt", help="prompt text ('-' reads standard input); without --prompt or --prompt-file, a piped "
+        "standard input is the prompt; an empty prompt starts from <|endoftext|>",
+    )  # fmt: skip
+    source.add_argument("--prompt-file", help="read the prompt from this UTF-8 text file")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=200, help="most tokens to generate per sample (>= 1; default %(default)s)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature (>= 0; default %(default)s); 0 = greedy"
+    )
+    p.add_argument("--top-k", type=int, help="sample only from the k most likely tokens (>= 1; default: all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with this much mass, in (0, 1]")
+    p.add_argument(
+        "--repetition-penalty", type=float, default=1.0,
+        help="make tokens already in the prompt or completion less likely (>= 1; default %(default)s = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT",
+        help="stop a sample when its text contains TEXT (not printed); repeatable. <|endoftext|> always stops",
+    )  # fmt: skip
+    p.add_argument("--num-samples", type=int, default=1, help="samples drawn together in one batch (>= 1; default 1)")
+    p.add_argument("--seed", type=int, help="the same seed gives the same samples (default: a random seed)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+        help="where to run (default %(default)s = cuda, else mps, else cpu); bf16 autocast on GPUs that support it",
+    )  # fmt: skip
+    return p
+
+
+def main(argv: Sequence[str]) -> None:
+    """Parse `argv`, load the checkpoint, and print the completions."""
+    args = build_parser().parse_args(argv)
+    settings = dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
+    )  # fmt: skip
+    check_settings(**settings)  # before the slow part: loading the checkpoint
+    prompt = read_prompt(args.prompt, args.prompt_file)
+    device = resolve_device(args.device)
+    loaded = checkpoint.load(args.ckpt, device)
+    pieces = stream(loaded.model, loaded.tokenizer, prompt, seed=args.seed, **settings)
+    try:
+        with autocast(device):
+            print_completions(prompt, pieces, args.num_samples)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, and keep Python's exit-time flush from complaining.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
+    """The prompt from --prompt, --prompt-file, or a piped standard input; empty when there is none."""
+    if prompt_file is not None:
+        try:
+            with open(prompt_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise MiniGPTError(f"cannot read prompt file {prompt_file}: {err}") from None
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        try:
+            return sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise MiniGPTError(f"cannot read the prompt from standard input: {err}") from None
+    return prompt or ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for --device; asking for a GPU that is not there is a user error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if cuda else "mps" if mps else "cpu"
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise MiniGPTError(f"--device {name} was asked for but is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA GPUs that support it (faster, half the memory); full precision elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def print_completions(prompt: str, pieces: Iterator[tuple[int, str]], num_samples: int) -> list[str]:
+    """Print the prompt and each completion, and return the completions.
+
+    One sample streams as it comes; several print together, each under a divider line.
+    """
+    if num_samples == 1:
+        print(prompt, end="", flush=True)
+    texts: list[list[str]] = [[] for _ in range(num_samples)]
+    for i, piece in pieces:
+        texts[i].append(piece)
+        if num_samples == 1:
+            print(piece, end="", flush=True)
+    completions = ["".join(t) for t in texts]
+    if num_samples == 1:
+        print()
+    else:
+        for i, text in enumerate(completions, 1):
+            print(f"{DIVIDER} sample {i}/{num_samples} {DIVIDER}")
+            print(prompt + text)
+    return completions

@@ -1,0 +1,275 @@
+"""Sampling from a GPT: KV-cache decoding, sampling controls, stop conditions, batches and streaming.
+
+The core, `sample_tokens`, works on token ids only; `stream` is the thin text layer on top of it
+(tokenizer, stop strings, UTF-8-safe streaming) and `generate` collects its pieces into whole completions.
+
+"The no-cache path" means: the logits for the next token are ``model(seq[:, -block_size:])[:, -1]``.
+The KV cache reproduces exactly that. While the sequence fits the window, positions never move, so the
+cache is extended one token per step. Once the sequence is longer than ``block_size`` the window slides
+by one every step, every token's learned position changes, and no cached key or value stays valid: each
+step then runs the window in one full forward pass, the only way to match the no-cache logits.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+import math
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import tiktoken
+import torch
+from torch import Tensor
+
+from minigpt import tokenizer as tok
+from minigpt.errors import MiniGPTError
+from minigpt.model import GPT, KVCache
+
+log = logging.getLogger(__name__)
+
+
+# ---- sampling controls: pure functions over logits (B, vocab) ------------------------------------
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Make tokens marked in `seen` (B, vocab) less likely: positive logits / penalty, negative ones * penalty."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    # A huge penalty must not turn a whole row into -inf, which softmax would make NaN.
+    penalized = penalized.clamp(min=torch.finfo(logits.dtype).min)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_top_k(logits: Tensor, k: int | None) -> Tensor:
+    """Keep the `k` largest logits of each row (k clamped to the vocabulary); set the rest to -inf."""
+    if k is None or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: Tensor, p: float | None) -> Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability mass reaches `p`."""
+    # p = 1 keeps everything by definition; the float cumsum could otherwise drop a tiny tail.
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens; 0 for the first, so it stays
+    drop_sorted = mass_before >= p
+    drop_sorted[:, 0] = False  # the most likely token always stays, even for a p below float32's resolution
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits: Tensor,
+    generators: Sequence[torch.Generator],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Tensor:
+    """Next ids (B,) from logits (B, vocab): argmax when `temperature` is 0, else row i draws with `generators[i]`."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    # Shift the maximum to 0 before dividing, so a tiny temperature gives -inf for the others, never inf or NaN.
+    logits = logits.float()
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, torch.finfo(torch.float32).tiny)
+    logits = apply_top_p(apply_top_k(scaled, top_k), top_p)
+    probs = logits.softmax(dim=-1)
+    # One generator per row, so a row draws the same numbers whether it is sampled alone or in a batch.
+    return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators, strict=True)])
+
+
+def make_generators(seed: int | None, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """`n` generators, the i-th seeded from (seed, i) alone; a random base seed when `seed` is None."""
+    base = secrets.randbits(63) if seed is None else seed
+    generators = []
+    for i in range(n):
+        digest = hashlib.blake2b(f"{base}:{i}".encode(), digest_size=8).digest()
+        generators.append(torch.Generator(device).manual_seed(int.from_bytes(digest, "little")))
+    return generators
+
+
+# ---- the core: ids in, ids out -----------------------------------------------------------------
+
+
+def next_logits(model: GPT, seq: Tensor, cache: KVCache | None) -> Tensor:
+    """Logits (B, vocab) for the token after `seq` (B, T), equal to ``model(seq[:, -block_size:])[:, -1]``.
+
+    With `cache`, only the positions not yet cached are fed while `seq` fits the window.
+    """
+    block_size = model.config.block_size
+    if cache is None or seq.size(1) > block_size:
+        return model(seq[:, -block_size:])[:, -1]
+    return model(seq[:, cache.length :], cache)[:, -1]
+
+
+@torch.inference_mode()
+def sample_tokens(
+    model: GPT,
+    idx: Tensor,
+    *,
+    max_new_tokens: int,
+    eot_id: int,
+    generators: Sequence[torch.Generator],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    use_cache: bool = True,
+) -> Iterator[Tensor]:
+    """Yield the next ids (B,) of every row of `idx` (B, T), one step at a time, all rows in one forward pass.
+
+    A row that has produced `eot_id` is finished: it yields `eot_id` from then on. Stops after
+    `max_new_tokens` steps or when every row is finished; the consumer may also stop early.
+    """
+    B = idx.size(0)
+    cache = model.new_cache() if use_cache else None
+    seq = idx
+    seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=idx.device)
+    seen.scatter_(1, idx, True)
+    finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        logits = apply_repetition_penalty(next_logits(model, seq, cache), seen, repetition_penalty)
+        ids = sample_next(logits, generators, temperature, top_k, top_p)
+        ids = ids.masked_fill(finished, eot_id)
+        finished |= ids == eot_id
+        seen.scatter_(1, ids[:, None], True)
+        seq = torch.cat([seq, ids[:, None]], dim=1)  # (B, T) -> (B, T + 1)
+        yield ids
+        if finished.all():
+            return
+
+
+# ---- the text layer: prompt in, text pieces out ---------------------------------------------------
+
+
+def check_settings(
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    stop: Sequence[str],
+    num_samples: int,
+) -> None:
+    """Raise `MiniGPTError` naming the first out-of-range sampling setting."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise MiniGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise MiniGPTError(f"top_k must be a positive integer, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise MiniGPTError(f"top_p must be in (0, 1], got {top_p}")
+    if not (math.isfinite(repetition_penalty) and repetition_penalty >= 1):
+        raise MiniGPTError(f"repetition_penalty must be a finite number >= 1 (1 = off), got {repetition_penalty}")
+    if max_new_tokens < 1:
+        raise MiniGPTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise MiniGPTError(f"num_samples must be at least 1, got {num_samples}")
+    if any(not s for s in stop):
+        raise MiniGPTError("stop strings must not be empty")
+
+
+def prompt_ids(enc: tiktoken.Encoding, prompt: str, block_size: int) -> list[int]:
+    """The prompt's ids, ``<|endoftext|>`` alone for an empty prompt, cut to the last `block_size` ids."""
+    ids = tok.encode(enc, prompt) or [tok.eot_id(enc)]
+    if len(ids) > block_size:
+        log.warning("the prompt has %d tokens; keeping its last %d (the context window)", len(ids), block_size)
+        ids = ids[-block_size:]
+    return ids
+
+
+class _TextStream:
+    """One row's text: whole UTF-8 characters only, cut at the first stop string, never showing part of one."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = stop
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = ""  # decoded text not yet released: it could be the start of a stop string
+        self.done = False
+
+    def push(self, data: bytes) -> str:
+        """Add a token's bytes; return the text now safe to show (and set `done` on a stop string)."""
+        self.held += self.decoder.decode(data)
+        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.done = True
+            return self.held[: min(hits)]
+        keep = max((n for s in self.stop for n in range(1, len(s)) if self.held.endswith(s[:n])), default=0)
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return out
+
+    def close(self) -> str:
+        """The held text (and any unfinished character, replaced): the row ended without a stop string."""
+        self.done = True
+        return self.held + self.decoder.decode(b"", final=True)
+
+
+def generate(model: GPT, enc: tiktoken.Encoding, prompt: str, *, num_samples: int = 1, **settings: Any) -> list[str]:
+    """The finished completion of each of `num_samples` samples; `settings` are those of `stream`."""
+    texts = [""] * num_samples
+    for i, piece in stream(model, enc, prompt, num_samples=num_samples, **settings):
+        texts[i] += piece
+    return texts
+
+
+def stream(
+    model: GPT,
+    enc: tiktoken.Encoding,
+    prompt: str,
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop: Sequence[str] = (),
+    num_samples: int = 1,
+    seed: int | None = None,
+) -> Iterator[tuple[int, str]]:
+    """Complete `prompt` `num_samples` times in one batch: (sample index, text piece) pairs, as soon as
+    the text is safe to show.
+
+    Settings are checked at once (`MiniGPTError`); generation runs as the pieces are pulled. Sample i is
+    reproducible from (seed, i) alone. A sample ends at ``<|endoftext|>``, at a stop string (neither is
+    shown) or after `max_new_tokens` tokens.
+    """
+    check_settings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, stop=stop, num_samples=num_samples,
+    )  # fmt: skip
+    device = next(model.parameters()).device
+    ids = prompt_ids(enc, prompt, model.config.block_size)
+    idx = torch.tensor([ids] * num_samples, device=device)  # (num_samples, T)
+    steps = sample_tokens(
+        model, idx, max_new_tokens=max_new_tokens, eot_id=tok.eot_id(enc),
+        generators=make_generators(seed, num_samples, device), temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty,
+    )  # fmt: skip
+    return _text_pieces(steps, enc, [_TextStream(stop) for _ in range(num_samples)])
+
+
+def _text_pieces(
+    steps: Iterator[Tensor], enc: tiktoken.Encoding, streams: list[_TextStream]
+) -> Iterator[tuple[int, str]]:
+    """Turn each step's ids (B,) into (row, text) pieces; stop pulling steps once every row is done."""
+    eot = tok.eot_id(enc)
+    for step in steps:
+        for i, token in enumerate(step.tolist()):
+            stream = streams[i]
+            if stream.done:
+                continue
+            text = stream.close() if token == eot else stream.push(enc.decode_single_token_bytes(token))
+            if text:
+                yield i, text
+        if all(s.done for s in streams):
+            return
+    for i, stream in enumerate(streams):
+        if not stream.done and (text := stream.close()):
+            yield i, text

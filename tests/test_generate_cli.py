@@ -1,0 +1,210 @@
+"""generate.py: options, prompts, output, one-line user errors, and a quick start (no Lightning import)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minigpt.cli import run
+from minigpt.cli.generate import DIVIDER, build_parser, main, print_completions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+    """Run the command in-process like generate.py does; return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    fake_stdin = io.StringIO(stdin) if stdin is not None else sys.stdin
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.object(sys, "stdin", fake_stdin):
+        try:
+            code = run(main, argv)
+        except SystemExit as exit_:  # argparse's own usage errors
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(code: int, out: str, err: str) -> None:
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def greedy(ckpt: Path, *extra: str) -> list[str]:
+    return ["--ckpt", str(ckpt), "--max-new-tokens", "12", "--temperature", "0", *extra]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread: OpenMP hand-offs cost more than the work (worse on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ---- output --------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_output_other_seed_other_output(tiny_checkpoint: Path) -> None:
+    argv = ["--ckpt", str(tiny_checkpoint), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--top-k", "50"]
+    code, first, _ = cli([*argv, "--seed", "1"])
+    assert code == 0 and first.startswith("ROMEO:") and len(first) > len("ROMEO:\n")
+    assert cli([*argv, "--seed", "1"])[1] == first
+    assert cli([*argv, "--seed", "2"])[1] != first
+
+
+def test_several_samples_print_under_dividers(tiny_checkpoint: Path) -> None:
+    code, out, _ = cli(greedy(tiny_checkpoint, "--prompt", "a", "--num-samples", "3", "--temperature", "1"))
+    assert code == 0
+    dividers = [line for line in out.splitlines() if line.startswith(DIVIDER)]
+    assert dividers == [f"{DIVIDER} sample {i}/3 {DIVIDER}" for i in (1, 2, 3)]
+    assert out.count(f"{DIVIDER}\na") == 3  # every sample starts with the prompt
+
+
+def test_one_sample_streams_the_prompt_then_each_piece_before_the_next_is_made(capsys) -> None:
+    def pieces():
+        for i, text in enumerate(["ab", "cd", "é"]):
+            assert capsys.readouterr().out == ["Q:", "ab", "cd"][i]
+            yield 0, text
+
+    assert print_completions("Q:", pieces(), 1) == ["abcdé"]
+    assert capsys.readouterr().out == "é\n"
+
+
+def test_stop_string_is_not_printed(tiny_checkpoint: Path) -> None:
+    argv = greedy(tiny_checkpoint, "--prompt", "x", "--max-new-tokens", "40")
+    full = cli(argv)[1].removeprefix("x")
+    stop = full[15:18]
+    code, out, _ = cli([*argv, "--stop", stop])
+    assert code == 0
+    assert out == "x" + full[: full.find(stop)] + "\n"
+
+
+# ---- prompts -------------------------------------------------------------------------------------
+
+
+def test_prompt_file_stdin_and_dash_give_the_same_prompt(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("To be, or not", encoding="utf-8")
+    expected = cli(greedy(tiny_checkpoint, "--prompt", "To be, or not"))[1]
+    assert cli(greedy(tiny_checkpoint, "--prompt-file", str(prompt_file)))[1] == expected
+    assert cli(greedy(tiny_checkpoint), stdin="To be, or not")[1] == expected
+    assert cli(greedy(tiny_checkpoint, "--prompt", "-"), stdin="To be, or not")[1] == expected
+    assert cli(greedy(tiny_checkpoint, "--prompt", "Something else"))[1] != expected
+
+
+def test_prompt_longer_than_the_context_still_generates(tiny_checkpoint: Path) -> None:
+    code, out, _ = cli(greedy(tiny_checkpoint, "--prompt", "long " * 50))
+    assert code == 0 and out.endswith("\n")
+
+
+# ---- user errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--temperature", "-1"], ["--temperature", "nan"], ["--top-k", "0"], ["--top-k", "-3"],
+        ["--top-p", "0"], ["--top-p", "1.5"], ["--top-p", "nan"], ["--repetition-penalty", "0.5"],
+        ["--max-new-tokens", "0"], ["--num-samples", "0"], ["--stop", ""], ["--top-k", "many"],
+        ["--temperature", "warm"], ["--device", "tpu"], ["--no-such-option"], ["--prompt-file", "/no/such/file"],
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_one_line_errors(tiny_checkpoint: Path, bad: list[str]) -> None:
+    assert_one_line_error(*cli(["--ckpt", str(tiny_checkpoint), "--prompt", "hi", *bad]))
+
+
+def test_missing_or_unreadable_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    assert_one_line_error(*cli(["--ckpt", str(tmp_path / "missing.ckpt"), "--prompt", "hi"]))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert_one_line_error(*cli(["--ckpt", str(garbage), "--prompt", "hi"]))
+    assert_one_line_error(*cli(["--prompt", "hi"]))  # --ckpt is required
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_a_missing_gpu_is_a_one_line_error(tiny_checkpoint: Path) -> None:
+    assert_one_line_error(*cli(["--ckpt", str(tiny_checkpoint), "--prompt", "hi", "--device", "cuda"]))
+
+
+def test_help_documents_every_option() -> None:
+    text = build_parser().format_help()
+    options = ["--ckpt", "--prompt", "--prompt-file", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
+               "--repetition-penalty", "--stop", "--num-samples", "--seed", "--device"]  # fmt: skip
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings
+    assert all(option in text for option in options)
+
+
+INVALID = st.one_of(
+    st.floats(max_value=-1e-6).map(lambda t: f"--temperature={t}"),
+    st.sampled_from(["nan", "inf", "hot", ""]).map(lambda t: f"--temperature={t}"),
+    st.integers(max_value=0).map(lambda k: f"--top-k={k}"),
+    st.text(max_size=3).map(lambda k: f"--top-k={k}x"),
+    st.floats().filter(lambda p: not 0 < p <= 1).map(lambda p: f"--top-p={p}"),
+    st.floats(max_value=0.999).map(lambda r: f"--repetition-penalty={r}"),
+    st.integers(max_value=0).map(lambda n: f"--max-new-tokens={n}"),
+    st.integers(max_value=0).map(lambda n: f"--num-samples={n}"),
+    st.just("--stop="),
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prompt=st.text(max_size=40),
+    max_new_tokens=st.integers(1, 8),
+    temperature=st.floats(0, 3),
+    top_k=st.one_of(st.none(), st.integers(1, 300)),
+    top_p=st.one_of(st.none(), st.floats(0, 1, exclude_min=True)),
+    penalty=st.floats(1, 3),
+    stops=st.lists(st.text(min_size=1, max_size=3), max_size=2),
+    num_samples=st.integers(1, 3),
+    seed=st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+    invalid=st.one_of(st.none(), INVALID),
+)
+def test_valid_arguments_complete_and_invalid_ones_give_a_one_line_error(
+    tiny_checkpoint: Path, prompt, max_new_tokens, temperature, top_k, top_p, penalty, stops, num_samples, seed, invalid
+) -> None:
+    argv = [f"--ckpt={tiny_checkpoint}", f"--prompt={prompt}", f"--max-new-tokens={max_new_tokens}"]
+    argv += [f"--temperature={temperature}", f"--repetition-penalty={penalty}", f"--num-samples={num_samples}"]
+    argv += [f"--stop={s}" for s in stops]
+    argv += [] if top_k is None else [f"--top-k={top_k}"]
+    argv += [] if top_p is None else [f"--top-p={top_p}"]
+    argv += [] if seed is None else [f"--seed={seed}"]
+    argv += [] if invalid is None else [invalid]  # a later value overrides an earlier one
+    code, out, err = cli(argv)
+    if invalid is None:
+        assert code == 0, err
+        assert out.endswith("\n") and "Traceback" not in err
+    else:
+        assert_one_line_error(code, out, err)
+
+
+# ---- the real command ----------------------------------------------------------------------------
+
+
+def test_generate_py_prints_a_completion_without_importing_lightning_or_datasets(tiny_checkpoint: Path) -> None:
+    cmd = [sys.executable, "-X", "importtime", str(REPO / "generate.py"), *greedy(tiny_checkpoint, "--prompt", "hi")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n") and len(result.stdout) > 1
+    log = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in log}
+    assert "torch" in imported  # the import log was read
+    heavy = {name for name in imported if name.split(".")[0] in {"lightning", "pytorch_lightning", "datasets"}}
+    assert not heavy
+
+
+def test_generate_py_bad_argument_exits_2_with_one_line_and_no_traceback(tiny_checkpoint: Path) -> None:
+    cmd = [sys.executable, str(REPO / "generate.py"), "--ckpt", str(tiny_checkpoint), "--temperature", "-1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert_one_line_error(result.returncode, result.stdout, result.stderr)
