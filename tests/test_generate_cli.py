@@ -181,7 +181,7 @@ def test_valid_arguments_complete_and_invalid_ones_give_a_one_line_error(
     argv += [] if top_p is None else [f"--top-p={top_p}"]
     argv += [] if seed is None else [f"--seed={seed}"]
     argv += [] if invalid is None else [invalid]  # a later value overrides an earlier one
-    code, out, err = cli(argv)
+    code, out, err = cli(argv, stdin="from stdin")  # --prompt=- reads it
     if invalid is None:
         assert code == 0, err
         assert out.endswith("\n") and "Traceback" not in err
