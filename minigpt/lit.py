@@ -67,6 +67,7 @@ class LitGPT(L.LightningModule):
         self.val_bytes_per_token = val_bytes_per_token
         self.payload = payload or {}
         self._last_batch_time: float | None = None
+        self._resume_rng: torch.Tensor | None = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -126,8 +127,13 @@ class LitGPT(L.LightningModule):
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         self.payload = ckpt.get(checkpoint.PAYLOAD_KEY, self.payload)
-        if "rng_state" in ckpt:
-            torch.set_rng_state(ckpt["rng_state"])
+        self._resume_rng = ckpt.get("rng_state")
+
+    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
+        # Restored here, not on load: creating DataLoader iterators in between draws from the global RNG.
+        if self._resume_rng is not None:
+            torch.set_rng_state(self._resume_rng)
+            self._resume_rng = None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

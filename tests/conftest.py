@@ -14,6 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models run faster on one thread: OpenMP hand-offs cost more than the work (worse on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(**overrides) -> GPTConfig:
     """A model small enough to train for a few steps in a test."""
     fields = dict(vocab_size=257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)

@@ -43,14 +43,6 @@ def greedy(ckpt: Path, *extra: str) -> list[str]:
     return ["--ckpt", str(ckpt), "--max-new-tokens", "12", "--temperature", "0", *extra]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread: OpenMP hand-offs cost more than the work (worse on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ---- output --------------------------------------------------------------------------------------
 
 

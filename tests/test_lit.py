@@ -24,7 +24,7 @@ def train(tmp_path: Path, out: str, *extra: str) -> int:
         "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
         "--batch_size", "4", "--val_windows", "8", "--samples", "0", "--optim.warmup_steps", "2",
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.accelerator", "cpu",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
     ]  # fmt: skip
     return run(main, args + list(extra))
 

@@ -37,15 +37,6 @@ def collect_ids(steps) -> torch.Tensor:
     return torch.stack(list(steps), dim=1)  # (B, new tokens)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread: OpenMP hand-offs cost more than the work (worse on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # ---- KV cache ------------------------------------------------------------------------------------
 
 

@@ -107,9 +107,10 @@ def test_a_folder_holding_a_run_is_never_overwritten(tmp_path, capsys, corpus):
 @pytest.mark.e2e
 def test_train_then_generate_as_real_commands(tmp_path):
     """The user's path: train.py on a text file, then generate.py from the checkpoint alone."""
-    corpus = tmp_path / "notes" / "a.md"
-    corpus.parent.mkdir()
-    corpus.write_text("ROMEO: wherefore art thou.\nJULIET: here I am.\n" * 40)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for n in range(3):
+        (notes / f"{n}.md").write_text("".join(f"ROMEO: wherefore art thou, {i * n}?\nJULIET: here, {i}.\n" for i in range(60)))
     env_run = dict(cwd=tmp_path, capture_output=True, text=True, timeout=300)
     trained = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "notes" / "*.md"), "--tokenizer", "bpe:300",
