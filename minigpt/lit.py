@@ -100,7 +100,10 @@ class LitGPT(L.LightningModule):
         self.log("val/bpb", bpb)
         self.log("val/ppl", torch.exp(loss))
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            log.info("step %d: val loss %.4f nats/token, %.4f bits/byte", self.global_step, loss, bpb)
+            log.info(
+                "step %d: val loss %.4f nats/token = %.4f nats/byte = %.4f bits/byte",
+                self.global_step, loss, loss / self.val_bytes_per_token, bpb,
+            )  # fmt: skip
 
     def on_validation_start(self) -> None:
         self._last_batch_time = None  # validation time is not training throughput
