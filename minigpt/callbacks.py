@@ -1,4 +1,4 @@
-"""Lightning callbacks that look inside the model while it trains."""
+"""Lightning callbacks that look inside the model while it trains: sample text and attention maps."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt import attention
 from minigpt import tokenizer as tok
+from minigpt.sample import generate
+
+
+def _tensorboard_writers(trainer: L.Trainer) -> list:
+    """The SummaryWriters of the trainer's TensorBoard loggers; none during the sanity check."""
+    if trainer.sanity_checking:
+        return []
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
 class AttentionLogger(L.Callback):
@@ -27,8 +35,8 @@ class AttentionLogger(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if trainer.sanity_checking or not writers:
+        writers = _tensorboard_writers(trainer)
+        if not writers:
             return
         from minigpt import report  # matplotlib: only once there is something to draw
 
@@ -44,3 +52,24 @@ class AttentionLogger(L.Callback):
             for layer in range(n_layer):
                 for head in range(n_head):
                     writer.add_scalar(f"attention/entropy/L{layer}H{head}", float(entropies[layer, head]), step)
+
+
+class SampleLogger(L.Callback):
+    """At each validation, log a few completions as text to TensorBoard, to watch the model learn to write."""
+
+    def __init__(self, tokenizer: tiktoken.Encoding, count: int = 2, tokens: int = 128, seed: int = 0) -> None:
+        self.tokenizer, self.count, self.tokens, self.seed = tokenizer, count, tokens, seed
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writers = _tensorboard_writers(trainer)
+        if not writers:
+            return
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        texts = generate(model, self.tokenizer, "", max_new_tokens=self.tokens, num_samples=self.count, seed=self.seed)
+        model.train(was_training)
+        for writer in writers:
+            for i, text in enumerate(texts):
+                writer.add_text(f"samples/{i}", f"```\n{text}\n```", trainer.global_step)

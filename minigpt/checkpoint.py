@@ -84,7 +84,10 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Lo
     payload = ckpt[PAYLOAD_KEY]
     model = GPT(GPTConfig(**payload["model_config"]))
     state = {k.removeprefix(MODEL_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise MiniGPTError(f"{path} has no complete model weights for its config; use a checkpoint written by train.py") from None
     enc = tok.from_dict(payload["tokenizer"])
     if enc.n_vocab != model.config.vocab_size:
         raise MiniGPTError(

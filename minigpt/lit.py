@@ -166,23 +166,3 @@ class InterruptCheckpoint(L.Callback):
         if isinstance(exception, KeyboardInterrupt) and made_progress:
             trainer.save_checkpoint(self.path)
 
-
-class SampleLogger(L.Callback):
-    """At each validation, log a few completions as text to TensorBoard, to watch the model learn to write."""
-
-    def __init__(self, tokenizer: Any, count: int = 2, tokens: int = 128, seed: int = 0) -> None:
-        self.tokenizer, self.count, self.tokens, self.seed = tokenizer, count, tokens, seed
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = getattr(trainer.logger, "experiment", None)
-        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(writer, "add_text"):
-            return
-        from minigpt.sample import generate
-
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        texts = generate(model, self.tokenizer, "", max_new_tokens=self.tokens, num_samples=self.count, seed=self.seed)
-        model.train(was_training)
-        for i, text in enumerate(texts):
-            writer.add_text(f"samples/{i}", f"```\n{text}\n```", trainer.global_step)

@@ -49,3 +49,11 @@ def test_bad_checkpoints_are_user_errors(tmp_path: Path, content, message):
         torch.save(content, path)
     with pytest.raises(MiniGPTError, match=message):
         checkpoint.load(path)
+
+
+def test_checkpoint_without_weights_is_a_user_error(tiny_checkpoint):
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["state_dict"] = {}
+    torch.save(ckpt, tiny_checkpoint)
+    with pytest.raises(MiniGPTError, match="no complete model weights"):
+        checkpoint.load(tiny_checkpoint)

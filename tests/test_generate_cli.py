@@ -184,7 +184,7 @@ def test_valid_arguments_complete_and_invalid_ones_give_a_one_line_error(
 # ---- the real command ----------------------------------------------------------------------------
 
 
-def test_generate_py_prints_a_completion_without_importing_lightning_or_datasets(tiny_checkpoint: Path) -> None:
+def test_generate_py_prints_a_completion_without_importing_lightning_datasets_or_matplotlib(tiny_checkpoint: Path) -> None:
     cmd = [sys.executable, "-X", "importtime", str(REPO / "generate.py"), *greedy(tiny_checkpoint, "--prompt", "hi")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -192,7 +192,7 @@ def test_generate_py_prints_a_completion_without_importing_lightning_or_datasets
     log = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
     imported = {line.rsplit("|", 1)[-1].strip() for line in log}
     assert "torch" in imported  # the import log was read
-    heavy = {name for name in imported if name.split(".")[0] in {"lightning", "pytorch_lightning", "datasets"}}
+    heavy = {name for name in imported if name.split(".")[0] in {"lightning", "pytorch_lightning", "datasets", "matplotlib"}}
     assert not heavy
 
 
@@ -200,3 +200,21 @@ def test_generate_py_bad_argument_exits_2_with_one_line_and_no_traceback(tiny_ch
     cmd = [sys.executable, str(REPO / "generate.py"), "--ckpt", str(tiny_checkpoint), "--temperature", "-1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert_one_line_error(result.returncode, result.stdout, result.stderr)
+
+
+def test_attention_option_writes_the_maps_of_prompt_and_completion(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    code, stdout, _ = cli(greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(out), "--attention-completion"))
+    assert code == 0
+    assert {"overview.png", "attention.html", "attention.npz", "heads.json", "layer_0.png"} <= {p.name for p in out.iterdir()}
+    import numpy as np
+
+    tokens = list(np.load(out / "attention.npz")["tokens"])
+    assert tokens[:5] == list("hello") and len(tokens) > 5  # the prompt, then the completion
+    assert "previous-token heads:" in stdout
+
+
+def test_attention_layer_out_of_range_fails_before_sampling(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = cli(greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(tmp_path / "maps"), "--layers", "7"))
+    assert_one_line_error(*result)
+    assert "--layers 7" in result[2] and not (tmp_path / "maps").exists()

@@ -112,3 +112,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypa
     resumed = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["state_dict"]
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_training_logs_attention_maps_and_samples_to_tensorboard(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tb"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "attention/overview" in tags["images"]
+    assert "attention/entropy/L1H1" in tags["scalars"]
+    assert "samples/0/text_summary" in tags["tensors"]

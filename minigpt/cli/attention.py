@@ -19,6 +19,7 @@ from minigpt import attention, checkpoint
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.errors import MiniGPTError
+from minigpt.model import GPTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +66,18 @@ def parse_indices(text: str | None, count: int, what: str) -> list[int]:
     return list(dict.fromkeys(indices))
 
 
+def selected_layers_and_heads(args: argparse.Namespace, config: GPTConfig) -> tuple[list[int], list[int]]:
+    """The --layers and --heads chosen, checked against the model (so bad ones fail before any sampling)."""
+    return parse_indices(args.layers, config.n_layer, "layers"), parse_indices(args.heads, config.n_head, "heads")
+
+
 def write_attention(args: argparse.Namespace, loaded: checkpoint.Loaded, ids: list[int]) -> None:
     """Write the maps and head statistics of `ids` into ``args.attention_dir`` and print the top heads."""
     from minigpt import report  # matplotlib is slow to import: only when maps are written
 
     if not ids:
         raise MiniGPTError("the prompt is empty: pass some text with --prompt")
-    config = loaded.model.config
-    layers = parse_indices(args.layers, config.n_layer, "layers")
-    heads = parse_indices(args.heads, config.n_head, "heads")
+    layers, heads = selected_layers_and_heads(args, loaded.model.config)
     maps = attention.extract(loaded.model, ids)
     tokens = report.token_strings(loaded.tokenizer, maps.ids)
     selected = maps.weights[:, heads]  # (L, h, T, T)

@@ -16,6 +16,8 @@ from typing import NoReturn
 import torch
 
 from minigpt import checkpoint
+from minigpt import tokenizer as tok
+from minigpt.cli.attention import add_attention_arguments, selected_layers_and_heads, write_attention
 from minigpt.errors import MiniGPTError
 from minigpt.sample import check_settings, stream
 
@@ -65,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
         help="where to run (default %(default)s = cuda, else mps, else cpu); bf16 autocast on GPUs that support it",
     )  # fmt: skip
+    add_attention_arguments(p)
+    p.add_argument(
+        "--attention-completion", action="store_true",
+        help="with --attention: draw the maps of the prompt plus the (first) completion, not the prompt alone",
+    )  # fmt: skip
     return p
 
 
@@ -79,13 +86,19 @@ def main(argv: Sequence[str]) -> None:
     prompt = read_prompt(args.prompt, args.prompt_file)
     device = resolve_device(args.device)
     loaded = checkpoint.load(args.ckpt, device)
+    if args.attention_dir:
+        selected_layers_and_heads(args, loaded.model.config)
     pieces = stream(loaded.model, loaded.tokenizer, prompt, seed=args.seed, **settings)
+    completions = [""]
     try:
         with autocast(device):
-            print_completions(prompt, pieces, args.num_samples)
+            completions = print_completions(prompt, pieces, args.num_samples)
     except BrokenPipeError:
         # The reader (e.g. `| head`) has gone: stop quietly, and keep Python's exit-time flush from complaining.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.attention_dir:
+        analysed = prompt + completions[0] if args.attention_completion else prompt
+        write_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None) -> str:

@@ -189,7 +189,8 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from minigpt.lit import AtomicCheckpointIO, InterruptCheckpoint, LitGPT, SampleLogger
+    from minigpt.callbacks import AttentionLogger, SampleLogger
+    from minigpt.lit import AtomicCheckpointIO, InterruptCheckpoint, LitGPT
 
     meta = prepared.meta
     model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
@@ -202,6 +203,7 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
         ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/loss", save_last=True, auto_insert_metric_name=False),
         InterruptCheckpoint(str(run_dir / "last.ckpt")),
         SampleLogger(prepared.tokenizer),
+        AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
         LearningRateMonitor(),
     ]
     trainer = L.Trainer(
@@ -214,6 +216,16 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
     # SIGTERM (a scheduler ending the job) takes the same path as Ctrl-C: save last.ckpt, then stop.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     trainer.fit(module, datamodule=data, ckpt_path=str(_resume_path(cfg.resume)) if cfg.resume else None)
+
+
+def probe_text(prepared: Any, block_size: int, tokens: int = 48) -> str:
+    """A fixed piece of validation text whose attention maps are logged at every validation."""
+    from minigpt.data import open_shard
+
+    from minigpt.tokenizer import eot_id
+
+    val = open_shard(prepared.dir, "val", prepared.meta["dtype"])[: min(tokens, block_size) + 1].tolist()
+    return prepared.tokenizer.decode([t for t in val if t != eot_id(prepared.tokenizer)])
 
 
 def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> None:
