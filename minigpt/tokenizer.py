@@ -11,7 +11,7 @@ token; the special token only ever comes from `eot_id`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import tiktoken
@@ -124,26 +124,3 @@ def from_dict(data: dict[str, Any]) -> tiktoken.Encoding:
         data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
     )
 
-
-def iter_decoded(enc: tiktoken.Encoding, ids: Iterable[int]) -> Iterator[str]:
-    """Decode a stream of ids into text pieces, holding back bytes until they form whole UTF-8 characters."""
-    pending = b""
-    for token in ids:
-        pending += enc.decode_single_token_bytes(token)
-        text, pending = _split_complete_utf8(pending)
-        if text:
-            yield text
-    if pending:
-        yield pending.decode("utf-8", errors="replace")
-
-
-def _split_complete_utf8(data: bytes) -> tuple[str, bytes]:
-    """Decode the longest prefix of `data` that ends on a character boundary; return it and the rest."""
-    for cut in range(len(data), max(len(data) - 4, -1), -1):
-        try:
-            return data[:cut].decode("utf-8"), data[cut:]
-        except UnicodeDecodeError as err:
-            if err.reason != "unexpected end of data":
-                # Invalid (not merely unfinished) bytes can never complete: show them replaced.
-                return data.decode("utf-8", errors="replace"), b""
-    return "", data

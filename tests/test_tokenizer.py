@@ -1,0 +1,79 @@
+import pytest
+import tiktoken
+
+from minigpt import tokenizer as tok
+from minigpt.errors import MiniGPTError
+from tests.conftest import SHAKESPEARE
+
+SAMPLES = [
+    "Hello, world! The quick brown fox.",
+    "Привет, как дела? Съешь же ещё этих мягких французских булок.",
+    "Tiếng Việt có dấu: Xin chào các bạn, hôm nay trời đẹp quá.",
+    "İstanbul'da ılık bir gün; Çağrı ğüşıöç.",
+    "emoji 🙂🚀👩‍👩‍👧 and CJK 漢字かな交じり文",
+    "  leading spaces\n\n\ttabs and\r\nwindows newlines  ",
+]
+TRAINING_TEXT = ["".join(SAMPLES) * 20, "plain english words and more words " * 50]
+
+
+@pytest.fixture(scope="module", params=["bytes", "bpe:400"])
+def enc(request) -> tiktoken.Encoding:
+    return tok.build_tokenizer(request.param, TRAINING_TEXT)
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_encode_then_decode_returns_the_text(enc, text):
+    assert enc.decode(tok.encode(enc, text)) == text
+
+
+def test_literal_special_token_is_encoded_as_ordinary_text(enc):
+    text = "before <|endoftext|> after"
+    ids = tok.encode(enc, text)
+    assert tok.eot_id(enc) not in ids
+    assert enc.decode(ids) == text
+
+
+def test_vocab_sizes_include_endoftext():
+    assert tok.byte_tokenizer().n_vocab == 257
+    bpe = tok.build_tokenizer("bpe:400", TRAINING_TEXT)
+    assert bpe.n_vocab == 400 and tok.eot_id(bpe) == 399
+
+
+def test_bpe_compresses_better_than_bytes():
+    text = SHAKESPEARE.read_text()[:200_000] if SHAKESPEARE.exists() else " ".join(TRAINING_TEXT)
+    bpe = tok.build_tokenizer("bpe:512", [text])
+    assert len(tok.encode(bpe, text)) < 0.8 * len(text.encode())
+
+
+def test_serialised_tokenizer_rebuilds_identically(enc):
+    rebuilt = tok.from_dict(tok.to_dict(enc))
+    for text in SAMPLES:
+        assert tok.encode(rebuilt, text) == tok.encode(enc, text)
+    assert rebuilt.n_vocab == enc.n_vocab and tok.eot_id(rebuilt) == tok.eot_id(enc)
+
+
+def test_serialised_form_is_plain_data(enc):
+    data = tok.to_dict(enc)
+    assert isinstance(data["pattern"], str) and isinstance(data["special_tokens"], dict)
+    assert all(isinstance(token, bytes) for token in data["ranks"])
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "bpe:abc", "bpe:100", "bpe:"])
+def test_bad_tokenizer_specs_are_user_errors(spec):
+    with pytest.raises(MiniGPTError, match="tokenizer"):
+        tok.build_tokenizer(spec, TRAINING_TEXT)
+
+
+def test_bpe_vocab_larger_than_the_text_supports_is_a_user_error():
+    with pytest.raises(MiniGPTError, match="too small"):
+        tok.build_tokenizer("bpe:5000", ["ab ab ab"])
+
+
+def test_pretrained_encoding_offline_is_a_user_error(monkeypatch):
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(MiniGPTError, match="TIKTOKEN_CACHE_DIR"):
+        tok.build_tokenizer("gpt2")
+
