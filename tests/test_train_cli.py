@@ -105,8 +105,8 @@ def test_a_folder_holding_a_run_is_never_overwritten(tmp_path, capsys, corpus):
 
 
 @pytest.mark.e2e
-def test_train_then_generate_as_real_commands(tmp_path):
-    """The user's path: train.py on a text file, then generate.py from the checkpoint alone."""
+def test_train_then_generate_then_inspect_as_real_commands(tmp_path):
+    """The user's path: train.py on text files, then generate.py (and its attention maps) from the checkpoint alone."""
     notes = tmp_path / "notes"
     notes.mkdir()
     for n in range(3):
@@ -126,6 +126,10 @@ def test_train_then_generate_as_real_commands(tmp_path):
     second = subprocess.run(command, **env_run)
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout and first.stdout.startswith("ROMEO:")
+    inspected = subprocess.run([*command, "--attention", str(tmp_path / "maps")], **env_run)
+    assert inspected.returncode == 0, inspected.stderr
+    assert inspected.stdout.startswith(first.stdout) and "previous-token heads:" in inspected.stdout
+    assert {"overview.png", "attention.html", "heads.json"} <= {p.name for p in (tmp_path / "maps").iterdir()}
 
 
 @pytest.mark.slow
@@ -141,3 +145,17 @@ def test_shakespeare_cpu_recipe_reaches_nanogpt_loss(tmp_path):
     best = torch.load(tmp_path / "run" / "best.ckpt", weights_only=True)
     score = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"]
     assert float(score) <= 1.89
+
+
+def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
+    import torch
+
+    from minigpt.cli.train import pick_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert pick_precision(None, "auto") == "bf16-mixed"
+    assert pick_precision(None, "cpu") == "32-true"
+    assert pick_precision("16-mixed", "auto") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_precision(None, "auto") == "32-true"

@@ -141,13 +141,14 @@ def resolved_config(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
     return yaml.safe_load(parser.dump(clean, skip_validation=True))
 
 
-def pick_precision(requested: str | None) -> str:
+def pick_precision(requested: str | None, accelerator: str | None) -> str:
     """bf16 mixed precision on GPUs that support it, full fp32 elsewhere, unless the user chose."""
     import torch
 
     if requested is not None:
         return str(requested)
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    on_gpu = str(accelerator) in ("auto", "gpu", "cuda", "None") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def main(argv: Sequence[str]) -> None:
@@ -198,7 +199,7 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
     module = LitGPT(model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload)
     log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, run_dir)
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
-    trainer_args["precision"] = pick_precision(trainer_args.get("precision"))
+    trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     callbacks = [
         ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/loss", save_last=True, auto_insert_metric_name=False),
         InterruptCheckpoint(str(run_dir / "last.ckpt")),

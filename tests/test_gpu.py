@@ -1,0 +1,47 @@
+"""CUDA checks: run with `pytest -m gpu` on a machine with a GPU; skipped everywhere else."""
+
+import pytest
+import torch
+
+from minigpt import checkpoint
+from minigpt.lit import LitGPT
+from minigpt.sample import make_generators, sample_tokens
+from tests.conftest import tiny_config
+from tests.test_lit import train
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_kv_cache_matches_full_forward_on_cuda(tiny_model):
+    model = tiny_model.cuda()
+    idx = torch.randint(0, 257, (2, 32), device="cuda")
+    cache = model.new_cache()
+    pieces = [model(idx[:, :5], cache)] + [model(idx[:, t : t + 1], cache) for t in range(5, 32)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), model(idx), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_logits_stay_close_to_fp32(tiny_model):
+    model = tiny_model.cuda()
+    idx = torch.randint(0, 257, (2, 32), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = model(idx).float()
+    assert (low - model(idx)).abs().max().item() < 0.1
+
+
+def test_adamw_is_fused_on_cuda():
+    module = LitGPT(tiny_config().to_dict(), {}).cuda()
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    assert module.configure_optimizers()["optimizer"].defaults["fused"]
+
+
+def test_gpu_training_writes_a_checkpoint_that_samples_on_cpu(tmp_path):
+    assert train(tmp_path, "run", "--trainer.accelerator", "gpu", "--trainer.devices", "1") == 0
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"] and ckpt["global_step"] == 6
+    loaded = checkpoint.load(tmp_path / "run" / "last.ckpt", device="cpu")
+    steps = sample_tokens(loaded.model, torch.zeros(1, 1, dtype=torch.long), max_new_tokens=5, eot_id=-1,
+                          generators=make_generators(1, 1))  # fmt: skip
+    assert len(list(steps)) == 5
