@@ -187,7 +187,7 @@ def _warn_if_data_changed(resume: str, meta: dict[str, Any]) -> None:
 def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], run_dir: Path) -> None:
     """Build the LightningModule and Trainer for `cfg` and train, writing checkpoints and logs to `run_dir`."""
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from minigpt.callbacks import AttentionLogger, SampleLogger
@@ -205,7 +205,6 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
         InterruptCheckpoint(str(run_dir / "last.ckpt")),
         SampleLogger(prepared.tokenizer),
         AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
-        LearningRateMonitor(),
     ]
     trainer = L.Trainer(
         **trainer_args,
