@@ -159,3 +159,14 @@ def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
     assert pick_precision("16-mixed", "auto") == "16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_precision(None, "auto") == "32-true"
+
+
+def test_default_run_folder_moves_to_a_free_name(tmp_path, monkeypatch):
+    from minigpt.cli.train import choose_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    _, cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])
+    assert choose_run_dir(cfg) == Path("runs/shakespeare_cpu")
+    (tmp_path / "runs" / "shakespeare_cpu").mkdir(parents=True)
+    (tmp_path / "runs" / "shakespeare_cpu" / "last.ckpt").write_bytes(b"x")
+    assert choose_run_dir(cfg) == Path("runs/shakespeare_cpu-2")
