@@ -147,11 +147,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 
-class InterruptCheckpoint(L.Callback):
-    """On Ctrl-C (or SIGTERM turned into one), save `path` so the run resumes where it stopped.
+class LastCheckpoint(L.Callback):
+    """Save `path` when training ends, or on Ctrl-C (or SIGTERM turned into one), so no step is lost.
 
-    Only when the run made progress since it started: an early interrupt must not replace a good
-    checkpoint with a less trained one.
+    Validation-time checkpoints miss the steps after the last validation; this catches them. Only when
+    the run made progress since it started: an early interrupt must not replace a good checkpoint with a
+    less trained one.
     """
 
     def __init__(self, path: str) -> None:
@@ -161,8 +162,14 @@ class InterruptCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        made_progress = self._start_step is not None and trainer.global_step > self._start_step
-        if isinstance(exception, KeyboardInterrupt) and made_progress:
+    def _save_if_progressed(self, trainer: L.Trainer) -> None:
+        if self._start_step is not None and trainer.global_step > self._start_step:
             trainer.save_checkpoint(self.path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_if_progressed(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self._save_if_progressed(trainer)
 

@@ -123,3 +123,8 @@ def test_training_logs_attention_maps_and_samples_to_tensorboard(trained_run):
     assert "attention/overview" in tags["images"]
     assert "attention/entropy/L1H1" in tags["scalars"]
     assert "samples/0/text_summary" in tags["tensors"]
+
+
+def test_last_checkpoint_holds_the_final_step_even_between_validations(tmp_path):
+    assert train(tmp_path, "odd", "--trainer.max_steps", "5") == 0  # validations at step 3 only
+    assert torch.load(tmp_path / "odd" / "last.ckpt", weights_only=True)["global_step"] == 5

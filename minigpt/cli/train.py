@@ -191,7 +191,7 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from minigpt.callbacks import AttentionLogger, SampleLogger
-    from minigpt.lit import AtomicCheckpointIO, InterruptCheckpoint, LitGPT
+    from minigpt.lit import AtomicCheckpointIO, LastCheckpoint, LitGPT
 
     meta = prepared.meta
     model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
@@ -202,7 +202,7 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     callbacks = [
         ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/loss", save_last=True, auto_insert_metric_name=False),
-        InterruptCheckpoint(str(run_dir / "last.ckpt")),
+        LastCheckpoint(str(run_dir / "last.ckpt")),
         SampleLogger(prepared.tokenizer),
         AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
     ]
