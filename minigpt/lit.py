@@ -129,7 +129,10 @@ class LitGPT(L.LightningModule):
         ckpt["rng_state"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
-        self.payload = ckpt.get(checkpoint.PAYLOAD_KEY, self.payload)
+        # The payload stays the one built for this run (its config overrides, its data); only compare.
+        saved = ckpt.get(checkpoint.PAYLOAD_KEY, {}).get("data", {}).get("fingerprint")
+        if saved is not None and saved != self.payload.get("data", {}).get("fingerprint"):
+            log.warning("the corpus changed since this run's checkpoint; training continues on the new shards")
         self._resume_rng = ckpt.get("rng_state")
 
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -146,24 +149,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         checkpoint.atomic_save(ckpt, path)
 
 
-
 class LastCheckpoint(L.Callback):
     """Save `path` when training ends, or on Ctrl-C (or SIGTERM turned into one), so no step is lost.
 
-    Validation-time checkpoints miss the steps after the last validation; this catches them. Only when
-    the run made progress since it started: an early interrupt must not replace a good checkpoint with a
-    less trained one.
+    Validation-time checkpoints miss the steps after the last validation; this catches them. It saves
+    only steps not yet on disk: an early interrupt must not replace a good checkpoint with a less trained
+    one, and the end of a run that just validated needs no second write.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._start_step: int | None = None
+        self._saved_step: int | None = None  # the latest step already in a checkpoint
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start_step = trainer.global_step
+        self._saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
+        self._saved_step = trainer.global_step
 
     def _save_if_progressed(self, trainer: L.Trainer) -> None:
-        if self._start_step is not None and trainer.global_step > self._start_step:
+        if self._saved_step is not None and trainer.global_step > self._saved_step:
             trainer.save_checkpoint(self.path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -172,4 +177,3 @@ class LastCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
             self._save_if_progressed(trainer)
-

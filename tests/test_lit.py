@@ -128,3 +128,11 @@ def test_training_logs_attention_maps_and_samples_to_tensorboard(trained_run):
 def test_last_checkpoint_holds_the_final_step_even_between_validations(tmp_path):
     assert train(tmp_path, "odd", "--trainer.max_steps", "5") == 0  # validations at step 3 only
     assert torch.load(tmp_path / "odd" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+def test_resuming_on_changed_data_warns_and_keeps_this_runs_payload(caplog):
+    module = LitGPT(tiny_config().to_dict(), {}, payload={"data": {"fingerprint": "new"}})
+    with caplog.at_level("WARNING", logger="minigpt.lit"):
+        module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: {"data": {"fingerprint": "old"}}})
+    assert "corpus changed" in caplog.text
+    assert module.payload["data"]["fingerprint"] == "new"

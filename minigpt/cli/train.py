@@ -8,15 +8,20 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from minigpt import checkpoint
+from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.lit import OptimConfig
 from minigpt.model import GPTConfig
+
+if TYPE_CHECKING:  # the real imports wait until after argument checks: they pull in Lightning
+    from minigpt.data import TokenDataModule
+    from minigpt.prepare import Prepared
 
 log = logging.getLogger("minigpt.train")
 
@@ -169,8 +174,6 @@ def main(argv: Sequence[str]) -> None:
     )  # fmt: skip
     prepared = data.prepare()  # fails fast, with a one-line error, before any run folder is written
     train_config = resolved_config(parser, cfg)
-    if cfg.resume:
-        _warn_if_data_changed(cfg.resume, prepared.meta)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
@@ -178,13 +181,7 @@ def main(argv: Sequence[str]) -> None:
     print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
 
 
-def _warn_if_data_changed(resume: str, meta: dict[str, Any]) -> None:
-    saved = checkpoint.read(_resume_path(resume))[checkpoint.PAYLOAD_KEY].get("data", {})
-    if saved.get("fingerprint") != meta["fingerprint"]:
-        log.warning("the corpus changed since this run's checkpoint; training continues on the new shards")
-
-
-def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], run_dir: Path) -> None:
+def fit(cfg: Namespace, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any], run_dir: Path) -> None:
     """Build the LightningModule and Trainer for `cfg` and train, writing checkpoints and logs to `run_dir`."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -218,14 +215,12 @@ def fit(cfg: Namespace, data: Any, prepared: Any, train_config: dict[str, Any], 
     trainer.fit(module, datamodule=data, ckpt_path=str(_resume_path(cfg.resume)) if cfg.resume else None)
 
 
-def probe_text(prepared: Any, block_size: int, tokens: int = 48) -> str:
+def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
     """A fixed piece of validation text whose attention maps are logged at every validation."""
     from minigpt.data import open_shard
 
-    from minigpt.tokenizer import eot_id
-
     val = open_shard(prepared.dir, "val", prepared.meta["dtype"])[: min(tokens, block_size) + 1].tolist()
-    return prepared.tokenizer.decode([t for t in val if t != eot_id(prepared.tokenizer)])
+    return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
 
 
 def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> None:
