@@ -10,7 +10,8 @@ A spec is resolved in this order:
    (``1`` to stream rows instead of downloading the whole split), ``limit`` (at most N documents) and
    ``data_files`` (repeat it for several files).
 2. An existing local path: a file is one document; a folder gives every text file below it, recursively, in sorted
-   path order. A local path wins over a builtin name.
+   path order. A local path wins over a builtin name. A single file that is binary (a NUL byte in its first 8 KiB)
+   is an error, and so is a device, pipe or socket.
 3. A builtin name: ``pydoc`` (the default, offline: the prose of Python's reference documentation shipped in
    ``pydoc_data.topics``, one topic per document, sorted by key), ``stdlib`` (the top-level ``.py`` files of
    the standard library, ~5 MB of code) or ``shakespeare`` (tiny-shakespeare, downloaded once into the cache).
@@ -19,6 +20,10 @@ A spec is resolved in this order:
 Folders and globs skip hidden files and folders (a name starting with ``.``) and binaries: files with a known
 binary extension, or with a NUL byte in their first 8 KiB. Any other file must be UTF-8. Empty and whitespace-only
 documents are skipped; a corpus without any text is an error.
+
+The fingerprint of local files hashes their names, sizes and whole content, so any change to the text is seen
+(size and modification time alone would miss an edit that keeps both). A file whose content does not match its
+stat size (``/proc`` files, a file being written) cannot be fingerprinted and is an error.
 """
 
 from __future__ import annotations
@@ -71,6 +76,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MINIGPT_CACHE") or Path.home() / ".cache" / "minigpt").expanduser()
 
 
+def cache_dir_error(folder: Path, exc: OSError) -> MiniGPTError:
+    """The one-line error for a cache folder that cannot be created or written to."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = "it or a folder above it is a file"
+    else:
+        reason = exc.strerror or type(exc).__name__
+    return MiniGPTError(
+        f"cannot write to the cache folder {folder} ({reason}): pass --cache_dir (or set MINIGPT_CACHE) "
+        "to a writable folder"
+    )
+
+
 def open_corpus(spec: str, cache_dir: Path | None = None) -> Corpus:
     """Resolve `spec` (see the module docstring) into a corpus; `cache_dir` receives downloads."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
@@ -78,9 +95,19 @@ def open_corpus(spec: str, cache_dir: Path | None = None) -> Corpus:
         return HFCorpus.open(spec)
     path = Path(spec).expanduser()
     if path.is_file():
+        if _has_nul(path):
+            raise MiniGPTError(
+                f"corpus file {path} is binary (a NUL byte in its first {_SNIFF_BYTES // 1024} KiB): "
+                "pass a UTF-8 text file"
+            )
         return FileCorpus(spec, [path])
     if path.is_dir():
         return FileCorpus(spec, _folder_files(path))
+    if path.exists():
+        raise MiniGPTError(
+            f"corpus '{spec}' is neither a regular file nor a folder (a device, pipe or socket): "
+            "save its text to a file and pass that"
+        )
     if spec in BUILTINS:
         return _builtin(spec, cache_dir)
     if glob.has_magic(spec):
@@ -104,11 +131,19 @@ class FileCorpus:
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for path in self.files:
-            # The name and length frame each file, so moving bytes between files changes the digest too.
-            digest.update(f"{path}\0{path.stat().st_size}\0".encode())
             with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                # The name and length frame each file, so moving bytes between files changes the digest too.
+                digest.update(f"{path}\0{size}\0".encode())
+                read = 0
                 while chunk := f.read(_HASH_CHUNK):
                     digest.update(chunk)
+                    read += len(chunk)
+            if read != size:
+                raise MiniGPTError(
+                    f"{path} is not a stable regular file (its size says {size} bytes but {read} were read, as with "
+                    "/proc files or a file still being written): copy it to a regular file and pass that"
+                )
         return digest.hexdigest()
 
 
@@ -221,8 +256,11 @@ def _download_once(url: str, path: Path) -> Path:
     """Download `url` to `path` unless it is already there; a tmp file then a rename, so never half-written."""
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise cache_dir_error(path.parent, exc) from None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             while chunk := response.read(_HASH_CHUNK):
@@ -258,10 +296,13 @@ def _is_text_file(path: Path, shown: Path) -> bool:
     """A regular file, not hidden (no part of `shown` starts with a dot), not a binary by extension or content."""
     if not path.is_file() or any(part.startswith(".") for part in shown.parts):
         return False
-    if path.suffix.lower() in BINARY_EXTENSIONS:
-        return False
+    return path.suffix.lower() not in BINARY_EXTENSIONS and not _has_nul(path)
+
+
+def _has_nul(path: Path) -> bool:
+    """Whether the file starts like a binary: a NUL byte in its first 8 KiB, which text files practically never hold."""
     with path.open("rb") as f:
-        return b"\0" not in f.read(_SNIFF_BYTES)
+        return b"\0" in f.read(_SNIFF_BYTES)
 
 
 def _read_utf8(path: Path) -> str:

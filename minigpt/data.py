@@ -55,11 +55,17 @@ class RandomWindows(IterableDataset):
 
 
 class FixedWindows(Dataset):
-    """`count` windows spread evenly over the validation shard: the same windows at every validation."""
+    """`count` windows spread evenly over the validation shard: the same windows at every validation.
+
+    A shard of n tokens has only n - block_size distinct windows, so a larger `count` gives each of them once.
+    """
 
     def __init__(self, folder: Path, dtype: str, block_size: int, count: int):
         self.folder, self.dtype, self.block_size = folder, dtype, block_size
         n = len(open_shard(folder, "val", dtype))
+        # Capped before linspace allocates: a count above the distinct windows (n - block_size) selects all of them
+        # anyway, so the windows of every count stay what they were, without a huge array for a huge count.
+        count = min(count, max(n - block_size, 0))
         self.offsets = np.unique(np.linspace(0, n - block_size - 1, num=count).astype(np.int64))
         self._tokens: np.memmap | None = None
 

@@ -9,31 +9,39 @@ val_fraction), and holds:
   training nor the network.
 - ``meta.json``: source, fingerprint, tokenizer, vocab_size, dtype, val_fraction, format_version, documents,
   train_tokens, val_tokens, train_bytes, val_bytes (UTF-8 bytes of each split's text, without separators, for
-  bits per byte).
+  bits per byte), train_sha256, val_sha256 (hex SHA-256 of each shard, computed while writing it).
 
 Split: when the corpus has at least max(10, k) documents (k = round(1 / val_fraction)), every k-th document goes
 to validation; otherwise the last val_fraction of the characters does (nanoGPT's split of a single text), which
 may cut one document in two. Every document, and each part of a cut one, is preceded by one ``<|endoftext|>``,
 the token that also starts an empty prompt when sampling; ``documents`` counts these separators.
 
-A folder is built under a temporary sibling name and renamed when complete, so an interrupted run never leaves
-an entry that looks valid.
+A folder is built under a temporary sibling ``.<key>.<host>.<pid>.<random>.tmp`` and renamed when complete, so an
+interrupted run never leaves an entry that looks valid. A run killed before it could clean up (``kill -9``) leaves
+its temporary folder behind; every later `prepare` removes such folders whose process no longer runs on this host.
+
+A cached folder is trusted only after checking it: meta.json parses with every key of the right type and matches
+the key's inputs, each shard's size is its token count times the item size and its SHA-256 matches, and the
+tokenizer loads with the recorded vocabulary size. A folder that fails is rebuilt and replaced, with one warning.
+Reusing a valid folder writes nothing, so a read-only cache works for shards that are already there.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,21 +51,38 @@ import tiktoken
 from tqdm import tqdm
 
 from minigpt import tokenizer as tok
-from minigpt.corpus import default_cache_dir, open_corpus
+from minigpt.corpus import cache_dir_error, default_cache_dir, open_corpus
 from minigpt.errors import MiniGPTError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MIN_DOCS_FOR_DOC_SPLIT = 10
 TOKENIZER_FILE = "tokenizer.json"
+SPLITS = ("train", "val")
 CHUNK_CHARS = 1 << 18  # a long document is tokenized in pieces of about this size ...
 BATCH_CHARS = 1 << 22  # ... and this much text goes to the tokenizer threads at once
+_HASH_CHUNK = 1 << 20
 
 # A cut right after a newline between two non-space characters never changes the tokens: the pre-tokenizer
 # patterns of all our encodings (GPT-2, cl100k, rustbpe's) end a piece at such a newline either way.
 _SAFE_CUT = re.compile(r"\S\n(?=\S)")
 _LITTLE_ENDIAN = {"uint16": "<u2", "uint32": "<u4"}
+_META_TYPES = {
+    "source": str,
+    "fingerprint": str,
+    "tokenizer": str,
+    "vocab_size": int,
+    "dtype": str,
+    "val_fraction": float,
+    "format_version": int,
+    "documents": int,
+    **{f"{split}_{field}": int for split in SPLITS for field in ("tokens", "bytes")},
+    **{f"{split}_sha256": str for split in SPLITS},
+}
+# ``.<key>.<host>.<pid>.<random>.tmp``: the host part has no dots (see `_host`), so the name splits unambiguously.
+_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]{1,9})\.[0-9a-f]{8}\.tmp")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -70,51 +95,69 @@ class Prepared:
     reused: bool = False
 
 
+class _Unusable(Exception):
+    """Why a shard folder cannot be used: the message is the first problem found."""
+
+
 def prepare(
     data_spec: str, tokenizer_spec: str, cache_dir: Path | None = None, val_fraction: float = 0.1
 ) -> Prepared:
-    """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones."""
+    """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones if they check out."""
     if not 0 < val_fraction <= 0.5:
         raise MiniGPTError(f"val_fraction {val_fraction} is out of range: use a fraction above 0 and at most 0.5")
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     corpus = open_corpus(data_spec, cache_dir)
     fingerprint = corpus.fingerprint()
+    expected = {"fingerprint": fingerprint, "tokenizer": tokenizer_spec, "val_fraction": val_fraction}
     target = cache_dir / _cache_key(fingerprint, tokenizer_spec, val_fraction)
-    if (target / "meta.json").is_file():
-        logger.info("reusing the prepared shards of %s (%s) in %s", data_spec, tokenizer_spec, target)
-        return dataclasses.replace(load(target), reused=True)
+    _sweep_dead_builds(cache_dir)
+    if os.path.lexists(target):
+        try:
+            prepared = _verified(target, expected)
+        except _Unusable as problem:
+            logger.warning("the cached shards in %s are damaged (%s): rebuilding them", target, problem)
+        else:
+            logger.info("reusing the prepared shards of %s (%s) in %s", data_spec, tokenizer_spec, target)
+            return dataclasses.replace(prepared, reused=True)
+    tmp = _new_build_dir(target)
     logger.info("tokenizing %s with %s into %s", data_spec, tokenizer_spec, target)
-    with _build_dir(target) as tmp:
+    try:
         enc = _build_tokenizer(tokenizer_spec, corpus.documents(), val_fraction)
         _save_tokenizer(enc, tmp / TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
-        counts = _write_shards(enc, _split(corpus.documents(), val_fraction), tmp, dtype)
-        if not counts["train_tokens"] or not counts["val_tokens"]:
+        written = _write_shards(enc, _split(corpus.documents(), val_fraction), tmp, dtype)
+        if not written["train_tokens"] or not written["val_tokens"]:
             raise MiniGPTError(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
             )
         meta = {
             "source": data_spec,
-            "fingerprint": fingerprint,
-            "tokenizer": tokenizer_spec,
+            **expected,
             "vocab_size": enc.n_vocab,
             "dtype": dtype,
-            "val_fraction": val_fraction,
             "format_version": FORMAT_VERSION,
-            **counts,
+            **written,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("wrote %d training and %d validation tokens", meta["train_tokens"], meta["val_tokens"])
-    return load(target)
+        logger.info("wrote %d training and %d validation tokens", meta["train_tokens"], meta["val_tokens"])
+        return _publish(tmp, Prepared(target, meta, enc), expected)
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise MiniGPTError(
+            f"no space left on device while writing shards to {cache_dir}: free some space, or pass --cache_dir "
+            "(or set MINIGPT_CACHE) to a folder on a disk with room"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load(shard_dir: Path) -> Prepared:
-    """Open a shard folder written by `prepare`: its meta and tokenizer (no tokenizing, no network)."""
-    meta_path = Path(shard_dir) / "meta.json"
-    if not meta_path.is_file():
-        raise MiniGPTError(f"{shard_dir} is not a prepared shard folder (no meta.json): prepare the data first")
-    meta = json.loads(meta_path.read_text())
-    return Prepared(meta_path.parent, meta, _load_tokenizer(meta_path.parent / TOKENIZER_FILE))
+    """Open a shard folder written by `prepare` after checking it is whole (no tokenizing, no network)."""
+    try:
+        return _verified(Path(shard_dir))
+    except _Unusable as problem:
+        raise MiniGPTError(f"{shard_dir} is not a prepared shard folder ({problem}): prepare the data again") from None
 
 
 def shard_dtype(n_vocab: int) -> str:
@@ -127,22 +170,149 @@ def _cache_key(fingerprint: str, tokenizer_spec: str, val_fraction: float) -> st
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-@contextmanager
-def _build_dir(target: Path) -> Iterator[Path]:
-    """A temporary sibling of `target` that becomes `target` only if the block finishes without an error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the finished shards are ordinary readable files
+def _verified(folder: Path, expected: dict[str, Any] | None = None) -> Prepared:
+    """The folder's meta and tokenizer, once its meta, shard sizes, checksums and vocabulary agree; else `_Unusable`."""
+    meta = _read_meta(folder / "meta.json")
+    for key, value in (expected or {}).items():
+        if meta[key] != value:
+            raise _Unusable(f"meta.json has {key} {meta[key]!r}, not {value!r}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in SPLITS:
+        path = folder / f"{split}.bin"
+        tokens = meta[f"{split}_tokens"]
+        try:
+            size = path.stat().st_size
+            if size != tokens * itemsize:
+                raise _Unusable(f"{path.name} has {size} bytes, not {tokens} tokens of {itemsize} bytes")
+            if _file_sha256(path) != meta[f"{split}_sha256"]:
+                raise _Unusable(f"{path.name} does not match its checksum")
+        except OSError as exc:
+            raise _Unusable(f"{path.name}: {_describe(exc)}") from None
     try:
-        yield tmp
+        enc = _load_tokenizer(folder / TOKENIZER_FILE)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, or a damaged record of any shape
+        raise _Unusable(f"{TOKENIZER_FILE} does not load: {_describe(exc)}") from None
+    if enc.n_vocab != meta["vocab_size"]:
+        raise _Unusable(f"{TOKENIZER_FILE} has {enc.n_vocab} tokens, meta.json says {meta['vocab_size']}")
+    return Prepared(folder, meta, enc)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # missing, unreadable, not UTF-8 or not JSON
+        raise _Unusable(f"{path.name}: {_describe(exc)}") from None
+    if not isinstance(meta, dict):
+        raise _Unusable(f"{path.name} is not a JSON object")
+    for key, kind in _META_TYPES.items():
+        if type(meta.get(key)) is not kind:
+            raise _Unusable(f"{path.name} has no {kind.__name__} {key}")
+    if meta["dtype"] not in _LITTLE_ENDIAN:
+        raise _Unusable(f"{path.name} has an unknown dtype {meta['dtype']!r}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise _Unusable(f"{path.name} has format version {meta['format_version']}, not {FORMAT_VERSION}")
+    return meta
+
+
+def _describe(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _new_build_dir(target: Path) -> Path:
+    """Create the temporary sibling that `target` is built in, named for this process (see `_sweep_dead_builds`)."""
+    tmp = _owned_sibling(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise cache_dir_error(target.parent, exc) from None
+    return tmp
+
+
+def _publish(tmp: Path, built: Prepared, expected: dict[str, Any]) -> Prepared:
+    """Rename `tmp` to ``built.dir``; a valid folder another process put there first wins, a bad one is replaced."""
+    target = built.dir
+    while True:
         try:
             tmp.rename(target)
+            return built
         except OSError:
-            # Another process finished the same shards first; they are identical, so keep theirs.
-            if not (target / "meta.json").is_file():
+            if not os.path.lexists(target):
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            return _verified(target, expected)
+        except _Unusable:
+            _discard(target)
+
+
+def _discard(path: Path) -> None:
+    """Delete `path`, first renamed to a name this process owns, so a crash halfway leaves only sweepable litter."""
+    trash = _owned_sibling(path)
+    try:
+        path.rename(trash)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    _remove(trash)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _owned_sibling(path: Path) -> Path:
+    """A fresh name beside `path` that tells which process owns it: ``.<name>.<host>.<pid>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _host() -> str:
+    """Where this process's pid means something: the host name, plus the pid namespace where Linux has one."""
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):  # containers can share a host name but not their pids
+        host += f"-{os.stat('/proc/self/ns/pid').st_ino}"
+    # Only letters, digits and dashes, so the temporary names split at their dots unambiguously.
+    return re.sub(r"[^A-Za-z0-9-]", "-", host)
+
+
+def _sweep_dead_builds(cache_dir: Path) -> None:
+    """Remove the temporary folders whose process died on this host without cleaning up (``kill -9``, power loss)."""
+    if os.name != "posix":  # the liveness check needs POSIX signal 0; on Windows os.kill would end the process
+        return
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:  # no cache folder yet, or not a folder at all, which building then reports
+        return
+    host = _host()
+    for name in names:
+        match = _TEMP_NAME.fullmatch(name)
+        # A pid says nothing about another host's processes (a cache on a shared disk), so only ours are judged.
+        if match is None or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        try:
+            _remove(cache_dir / name)
+        except OSError:  # a read-only cache, or another process sweeping the same folder
+            continue
+        logger.info("removed %s, left behind by process %s, which no longer runs", cache_dir / name, match["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, but belongs to another user
+        return True
+    return True
 
 
 def _build_tokenizer(spec: str, documents: Iterable[str], val_fraction: float) -> tiktoken.Encoding:
@@ -179,10 +349,14 @@ def _tail_split(documents: list[str], val_fraction: float) -> Iterator[tuple[str
         cut -= len(text)
 
 
-def _write_shards(enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str) -> dict[str, int]:
-    """Tokenize labelled text in parallel batches, appending ids to ``train.bin``/``val.bin``; return the counts."""
+def _write_shards(enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str) -> dict[str, Any]:
+    """Tokenize labelled text in parallel batches, appending ids to ``train.bin``/``val.bin``.
+
+    Returns the meta entries they fill: documents, ``{split}_tokens``, ``{split}_bytes`` and ``{split}_sha256``.
+    """
     eot = tok.eot_id(enc)
     counts = dict.fromkeys(("documents", "train_tokens", "val_tokens", "train_bytes", "val_bytes"), 0)
+    digests = {split: hashlib.sha256() for split in SPLITS}
     threads = os.cpu_count() or 1
     with (
         (out / "train.bin").open("wb") as train,
@@ -202,9 +376,11 @@ def _write_shards(enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out
                 counts[f"{split}_bytes"] += size
                 progress.update(size)
             for split, split_ids in ids.items():
-                np.asarray(split_ids, dtype=_LITTLE_ENDIAN[dtype]).tofile(files[split])
+                array = np.asarray(split_ids, dtype=_LITTLE_ENDIAN[dtype])
+                digests[split].update(array)
+                array.tofile(files[split])
                 counts[f"{split}_tokens"] += len(split_ids)
-    return counts
+    return {**counts, **{f"{split}_sha256": digest.hexdigest() for split, digest in digests.items()}}
 
 
 def _chunks(pieces: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, bool]]:

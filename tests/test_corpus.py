@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sysconfig
 import urllib.error
 import urllib.request
@@ -227,3 +228,47 @@ def test_hf_spec_parts_are_parsed() -> None:
     name, config, options = corpus._parse_hf_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT?split=train&limit=5")
 
     assert (name, config, options) == ("HuggingFaceFW/fineweb-edu", "sample-10BT", {"split": "train", "limit": "5"})
+
+
+def test_a_single_binary_file_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "weights.txt").write_bytes(b"looks like text\0\x01\x02 but is not")
+
+    with pytest.raises(MiniGPTError, match=r"weights\.txt is binary.*pass a UTF-8 text file") as err:
+        open_corpus(str(tmp_path / "weights.txt"), tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="needs Linux's /proc")
+def test_a_proc_file_cannot_be_fingerprinted_and_is_a_user_error() -> None:
+    source = open_corpus("/proc/cpuinfo")  # a "regular" file whose stat size is 0 although it has content
+
+    with pytest.raises(MiniGPTError, match=r"/proc/cpuinfo is not a stable regular file.*copy it") as err:
+        source.fingerprint()
+    assert "\n" not in str(err.value)
+
+
+def test_a_pipe_is_a_user_error(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")
+
+    with pytest.raises(MiniGPTError, match="neither a regular file nor a folder"):
+        open_corpus(str(tmp_path / "pipe"), tmp_path)
+
+
+def test_fingerprint_sees_an_edit_that_keeps_size_and_modification_time(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.txt", "hello")
+    stat = path.stat()
+    before = open_corpus(str(path), tmp_path).fingerprint()
+
+    write(path, "hellO")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert open_corpus(str(path), tmp_path).fingerprint() != before
+
+
+def test_a_download_into_a_cache_under_a_file_is_a_user_error(tmp_path: Path) -> None:
+    write(tmp_path / "file", "not a folder")
+
+    with pytest.raises(MiniGPTError, match=r"cannot write to the cache folder .*file/cache.*--cache_dir") as err:
+        open_corpus("shakespeare", tmp_path / "file" / "cache")
+    assert "\n" not in str(err.value)

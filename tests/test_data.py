@@ -1,3 +1,4 @@
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,14 @@ def test_corpus_shorter_than_one_window_is_a_user_error(tmp_path):
     dm = TokenDataModule(str(tmp_path / "tiny.txt"), "bytes", block_size=64, batch_size=2, cache_dir=str(tmp_path / "c"))
     with pytest.raises(MiniGPTError, match="fewer than one window"):
         dm.prepare()
+
+
+def test_more_validation_windows_than_offsets_gives_each_offset_once_without_a_huge_allocation(shard_dir):
+    tracemalloc.start()
+    try:
+        windows = FixedWindows(shard_dir, "uint16", block_size=16, count=10_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(windows.offsets, np.arange(300 - 16))  # every window of the 300-token shard
+    assert peak < 1 << 20

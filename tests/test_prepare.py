@@ -1,16 +1,31 @@
-"""Token shards: the split, the EOT separators, byte counts, the dtype, BPE training and the cache."""
+"""Token shards: the split, the EOT separators, byte counts, the dtype, BPE training, and the cache: reuse,
+validation and rebuilding of damaged folders, concurrent builds, sweeping dead builds, and unwritable caches."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from minigpt import prepare as prep
 from minigpt import tokenizer as tok
+from minigpt.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 from minigpt.prepare import Prepared, prepare
+
+REPO = Path(__file__).resolve().parents[1]
 
 WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly hex jolly boxing frogs".split()
 
@@ -220,3 +235,234 @@ def test_val_fraction_out_of_range_is_a_user_error(tmp_path: Path) -> None:
 def test_load_rejects_a_folder_that_was_never_prepared(tmp_path: Path) -> None:
     with pytest.raises(MiniGPTError, match="not a prepared shard folder"):
         prep.load(tmp_path)
+
+
+def flip_first_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def set_meta(folder: Path, key: str, value: object) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    meta[key] = value
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+DAMAGES = {
+    "train.bin truncated to half": lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes()[:300]),
+    "empty val.bin": lambda d: (d / "val.bin").write_bytes(b""),
+    "odd-sized train.bin": lambda d: (d / "train.bin").write_bytes((d / "train.bin").read_bytes() + b"\0"),
+    "missing val.bin": lambda d: (d / "val.bin").unlink(),
+    "same-size change in train.bin": lambda d: flip_first_byte(d / "train.bin"),
+    "missing meta.json": lambda d: (d / "meta.json").unlink(),
+    "meta.json not JSON": lambda d: (d / "meta.json").write_text("{"),
+    "meta.json token count as text": lambda d: set_meta(d, "train_tokens", "many"),
+    "meta.json without checksums": lambda d: set_meta(d, "val_sha256", None),
+    "tokenizer.json not JSON": lambda d: (d / prep.TOKENIZER_FILE).write_text("{"),
+    "tokenizer.json of another vocabulary": lambda d: prep._save_tokenizer(
+        tok.build_tokenizer("bpe:260", ["abcabcabd " * 20]), d / prep.TOKENIZER_FILE
+    ),
+    "missing tokenizer.json": lambda d: (d / prep.TOKENIZER_FILE).unlink(),
+    "a file instead of the folder": lambda d: (shutil.rmtree(d), d.write_text("not a folder")),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_cache_folder_is_rebuilt_with_one_warning(
+    tmp_path: Path, damage: Callable[[Path], object], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) * 5 for i in range(12)])
+    first = prepare(str(data), "bytes", tmp_path / "cache")
+    shards = {split: shard(first, split) for split in prep.SPLITS}
+    assert len(shards["train"]) * 2 > 300  # so that truncating to 300 bytes cuts the shard
+
+    damage(first.dir)
+    with caplog.at_level(logging.INFO, logger="minigpt.prepare"):
+        second = prepare(str(data), "bytes", tmp_path / "cache")
+
+    assert not second.reused and second.dir == first.dir and second.meta == first.meta
+    assert {split: shard(second, split) for split in prep.SPLITS} == shards
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{first.dir} are damaged" in warnings[0].getMessage()
+    assert prepare(str(data), "bytes", tmp_path / "cache").reused
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [first.dir.name]
+
+
+def test_meta_records_a_checksum_of_each_shard(tmp_path: Path) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+
+    prepared = prepare(str(data), "bytes", tmp_path / "cache")
+
+    for split in prep.SPLITS:
+        content = (prepared.dir / f"{split}.bin").read_bytes()
+        assert prepared.meta[f"{split}_sha256"] == hashlib.sha256(content).hexdigest()
+
+
+def target_of(data: Path, cache: Path) -> Path:
+    fingerprint = open_corpus(str(data), cache).fingerprint()
+    return cache / prep._cache_key(fingerprint, "bytes", 0.1)
+
+
+def test_a_valid_folder_another_process_finished_first_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    target = target_of(data, tmp_path / "cache")
+    write_shards = prep._write_shards
+    theirs = {}
+
+    def race(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        monkeypatch.setattr(prep, "_write_shards", write_shards)
+        theirs["prepared"] = prepare(str(data), "bytes", tmp_path / "cache")  # the other process, done first
+        theirs["inode"] = target.stat().st_ino
+        return write_shards(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "_write_shards", race)
+    ours = prepare(str(data), "bytes", tmp_path / "cache")
+
+    assert ours.dir == theirs["prepared"].dir == target and target.stat().st_ino == theirs["inode"]
+    assert ours.meta == theirs["prepared"].meta
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [target.name]
+
+
+def test_a_bad_folder_that_appears_while_building_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    target = target_of(data, tmp_path / "cache")
+    write_shards = prep._write_shards
+
+    def race(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        target.mkdir()  # another process left a half-copied folder under the final name
+        (target / "train.bin").write_bytes(b"\0\0")
+        return write_shards(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "_write_shards", race)
+    built = prepare(str(data), "bytes", tmp_path / "cache")
+
+    assert built.dir == target and prep.load(target).meta == built.meta
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [target.name]
+
+
+def test_a_build_killed_without_cleanup_is_swept_by_the_next_prepare(tmp_path: Path) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    cache = tmp_path / "cache"
+    killed = (
+        "import os, signal, sys\n"
+        "from minigpt import prepare as prep\n"
+        "prep._write_shards = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "prep.prepare(sys.argv[1], 'bytes', prep.Path(sys.argv[2]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", killed, str(data), str(cache)], cwd=REPO, capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    (left,) = cache.iterdir()
+    assert left.name.startswith(".") and left.name.endswith(".tmp")
+
+    prepared = prepare(str(data), "bytes", cache)
+
+    assert [path.name for path in cache.iterdir()] == [prepared.dir.name]
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", ""])
+    process.wait()
+    return process.pid
+
+
+def test_the_sweep_keeps_temporary_folders_of_live_processes_and_other_hosts(tmp_path: Path) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    pid = dead_pid()
+    own_live = prep._owned_sibling(cache / "0123456789abcdef")
+    own_dead = cache / f".0123456789abcdef.{prep._host()}.{pid}.0badc0de.tmp"
+    other_host = cache / f".0123456789abcdef.{prep._host()}-elsewhere.{pid}.0badc0de.tmp"
+    unknown = cache / ".0123456789abcdef.x1y2z3w4.tmp"  # no owner in the name: never swept
+    for folder in (own_live, own_dead, other_host, unknown):
+        folder.mkdir()
+
+    prepared = prepare(str(data), "bytes", cache)
+
+    assert sorted(path.name for path in cache.iterdir()) == sorted(
+        [prepared.dir.name, own_live.name, other_host.name, unknown.name]
+    )
+
+
+def assert_one_line_cache_error(err: pytest.ExceptionInfo[MiniGPTError], folder: Path) -> None:
+    assert f"cache folder {folder}" in str(err.value) and "--cache_dir" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_cache_path_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    (tmp_path / "cache").write_text("a file")
+
+    with pytest.raises(MiniGPTError, match="is a file") as err:
+        prepare(str(data), "bytes", tmp_path / "cache")
+    assert_one_line_cache_error(err, tmp_path / "cache")
+
+
+def test_a_cache_path_under_a_file_is_a_user_error(tmp_path: Path) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    (tmp_path / "file").write_text("a file")
+
+    with pytest.raises(MiniGPTError, match="is a file") as err:
+        prepare(str(data), "bytes", tmp_path / "file" / "cache")
+    assert_one_line_cache_error(err, tmp_path / "file" / "cache")
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Make folders read-only (skipping the test where that stops nothing, e.g. as root); restored afterwards."""
+    folders: list[Path] = []
+
+    def make(folder: Path) -> None:
+        folder.chmod(0o555)
+        folders.append(folder)
+
+    yield make
+    for folder in folders:
+        folder.chmod(0o755)
+
+
+def writes_are_refused(folder: Path) -> bool:
+    try:
+        (folder / ".probe").touch()
+    except PermissionError:
+        return True
+    (folder / ".probe").unlink()
+    return False
+
+
+def test_a_read_only_cache_is_a_user_error(tmp_path: Path, read_only: Callable[[Path], None]) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    (tmp_path / "cache").mkdir()
+    read_only(tmp_path / "cache")
+    if not writes_are_refused(tmp_path / "cache"):
+        pytest.skip("permissions do not stop this user's writes (root)")
+
+    with pytest.raises(MiniGPTError, match="Permission denied") as err:
+        prepare(str(data), "bytes", tmp_path / "cache")
+    assert_one_line_cache_error(err, tmp_path / "cache")
+
+
+def test_valid_shards_are_reused_from_a_read_only_cache(tmp_path: Path, read_only: Callable[[Path], None]) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+    first = prepare(str(data), "bytes", tmp_path / "cache")
+    read_only(first.dir)
+    read_only(tmp_path / "cache")
+
+    second = prepare(str(data), "bytes", tmp_path / "cache")
+
+    assert second.reused and second.meta == first.meta
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [first.dir.name]
+
+
+def test_a_full_disk_while_writing_shards_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
+
+    def disk_full(enc: Any, pieces: Any, out: Path, dtype: str) -> None:
+        (out / "train.bin").write_bytes(b"\0" * 64)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "train.bin"))
+
+    monkeypatch.setattr(prep, "_write_shards", disk_full)
+    with pytest.raises(MiniGPTError, match=f"no space left on device while writing shards to {tmp_path / 'cache'}:"):
+        prepare(str(data), "bytes", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
