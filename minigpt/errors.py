@@ -1,8 +1,16 @@
-"""The one exception type meant for users: the CLI prints it as one line and exits 2."""
+"""The exceptions meant for users: the CLI prints each as one line instead of a traceback."""
 
 
 class MiniGPTError(Exception):
-    """A problem with the user's input (arguments, files, data) that they can fix.
+    """A problem with the user's input (arguments, files, data, disk) that they can fix: exit code 2.
 
     The message names the problem and the fix in one line; anything else raised is a bug.
     """
+
+
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C or SIGTERM after saving its state; the message says how to continue."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from minigpt import checkpoint
+from minigpt import checkpoint, signals
+from minigpt.data import batch_seed
+from minigpt.errors import Interrupted, MiniGPTError
 from minigpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,32 @@ class OptimConfig:
     weight_decay: float = 0.1
     """Decoupled weight decay, applied to matrices and embeddings only."""
     beta1: float = 0.9
+    """AdamW's first-moment decay, in [0, 1)."""
     beta2: float = 0.99
+    """AdamW's second-moment decay, in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        """Check ranges here, so a bad value fails before training rather than inside torch."""
+        checks = [
+            (_finite(self.lr) and self.lr > 0, "lr must be a positive number"),
+            (_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            (type(self.warmup_steps) is int and self.warmup_steps >= 0, "warmup_steps must be an integer >= 0"),
+            (_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a number >= 0"),
+            (_finite(self.beta1) and 0 <= self.beta1 < 1, "beta1 must be in [0, 1)"),
+            (_finite(self.beta2) and 0 <= self.beta2 < 1, "beta2 must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                name = message.split()[0]
+                raise ValueError(f"{message}, got {getattr(self, name)!r}")
+
+
+def _finite(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+class Diverged(MiniGPTError):
+    """Training produced a non-finite loss, gradient or weight; nothing non-finite was saved."""
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -59,6 +89,7 @@ class LitGPT(L.LightningModule):
         optim_config: dict[str, Any],
         val_bytes_per_token: float = 1.0,
         payload: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["payload"])  # plain dicts and floats: loads with weights_only=True
@@ -66,8 +97,10 @@ class LitGPT(L.LightningModule):
         self.optim = OptimConfig(**optim_config)
         self.val_bytes_per_token = val_bytes_per_token
         self.payload = payload or {}
+        self.seed = seed
         self._last_batch_time: float | None = None
-        self._resume_rng: torch.Tensor | None = None
+        self._last_loss: torch.Tensor | None = None
+        self._micro = (-1, 0)  # (global step, micro-batch index within it) of the batch being trained
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -79,6 +112,7 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
+        self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
@@ -123,38 +157,69 @@ class LitGPT(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
+        # Dropout masks are a pure function of (seed, rank, step, micro-batch), like the data windows, so a
+        # resumed run draws the same masks as an uninterrupted one, wherever the first run stopped.
+        step, micro = self._micro
+        self._micro = (self.global_step, micro + 1 if step == self.global_step else 0)
+        index = self.global_step * self.trainer.accumulate_grad_batches + self._micro[1]
+        torch.manual_seed(batch_seed(self.seed + 7919 * self.global_rank, index) + 1)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The divergence guard: stop before a non-finite loss or gradient reaches the weights."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        self.log("train/grad_norm", norm)
+        # A float16 GradScaler skips steps with inf gradients on purpose; there only the loss tells.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        finite = torch.isfinite(self._last_loss) & (scaled | torch.isfinite(norm))
+        if not finite:
+            what = "loss" if not torch.isfinite(self._last_loss) else "gradient norm"
+            value = self._last_loss if what == "loss" else norm
+            raise Diverged(f"training diverged at step {self.global_step + 1}: the {what} is {float(value)}")
+
     def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise Diverged(f"training diverged by step {self.global_step}: the weights are no longer finite")
         ckpt[checkpoint.PAYLOAD_KEY] = self.payload
-        # Restoring the global RNG makes dropout after a resume match an uninterrupted run.
-        ckpt["rng_state"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         # The payload stays the one built for this run (its config overrides, its data); only compare.
         saved = ckpt.get(checkpoint.PAYLOAD_KEY, {}).get("data", {}).get("fingerprint")
         if saved is not None and saved != self.payload.get("data", {}).get("fingerprint"):
             log.warning("the corpus changed since this run's checkpoint; training continues on the new shards")
-        self._resume_rng = ckpt.get("rng_state")
-
-    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
-        # Restored here, not on load: creating DataLoader iterators in between draws from the global RNG.
-        if self._resume_rng is not None:
-            torch.set_rng_state(self._resume_rng)
-            self._resume_rng = None
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file and renames it, so a crash never truncates a checkpoint."""
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reads and writes through `minigpt.checkpoint`: atomic, checksummed writes, and
+    reads that unpickle tensors and plain data only (Lightning's own leaves ``weights_only`` unset).
+
+    `preloaded` is a (path, checkpoint) already read and verified by the caller, so resuming reads it once.
+    """
+
+    def __init__(self, preloaded: tuple[str, dict[str, Any]] | None = None) -> None:
+        self.preloaded = preloaded
 
     def save_checkpoint(self, ckpt: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         checkpoint.atomic_save(ckpt, path)
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if self.preloaded is not None and str(path) == self.preloaded[0]:
+            ckpt, self.preloaded = self.preloaded[1], None
+            return ckpt
+        return checkpoint.read(path)
+
 
 class LastCheckpoint(L.Callback):
-    """Save `path` when training ends, or on Ctrl-C (or SIGTERM turned into one), so no step is lost.
+    """Keep `path` current: save it when training ends and when a signal stops it, so no step is lost.
+
+    Ctrl-C and SIGTERM (see `minigpt.signals`) stop training between steps: SIGINT here, at the start of
+    the next batch; SIGTERM through Lightning's own handler, after the step's schedule update. The state
+    saved then is exactly that of an uninterrupted run at that step. An interrupt forced inside a step
+    (a second Ctrl-C) and a divergence save nothing: the last good checkpoint stays.
 
     Validation-time checkpoints miss the steps after the last validation; this catches them. It saves
-    only steps not yet on disk: an early interrupt must not replace a good checkpoint with a less trained
-    one, and the end of a run that just validated needs no second write.
+    only steps not yet on disk, so a run that just validated needs no second write.
     """
 
     def __init__(self, path: str) -> None:
@@ -164,16 +229,48 @@ class LastCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        signum = signals.received()
+        if signum is not None:
+            raise Interrupted(signum, f"training stopped after step {trainer.global_step}")
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
         self._saved_step = trainer.global_step
 
     def _save_if_progressed(self, trainer: L.Trainer) -> None:
         if self._saved_step is not None and trainer.global_step > self._saved_step:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_if_progressed(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, (Interrupted, SIGTERMException)):
             self._save_if_progressed(trainer)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """`best.ckpt` (lowest validation loss) and `last.ckpt` at each validation, each always under its own
+    name: never a ``-v1`` copy beside an existing file. A resumed run folder that was moved or copied keeps
+    its best score, with the recorded paths moved into the folder being resumed."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(
+            dirpath=dirpath, filename="best", monitor="val/loss", save_last=True,
+            auto_insert_metric_name=False, enable_version_counter=False,
+        )  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+
+            def moved(path: Any) -> Any:
+                return os.path.join(self.dirpath, os.path.basename(path)) if path else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{key: moved(state_dict.get(key)) for key in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)

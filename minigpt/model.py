@@ -33,8 +33,17 @@ class GPTConfig:
     """Biases in Linear layers and LayerNorms, as in GPT-2."""
 
     def __post_init__(self) -> None:
+        """Check types and ranges, so a bad config fails here rather than deep inside torch."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if type(self.bias) is not bool:
+            raise ValueError(f"bias must be true or false, got {self.bias!r}")
 
     def to_dict(self) -> dict[str, int | float | bool]:
         return asdict(self)

@@ -117,10 +117,38 @@ def to_dict(enc: tiktoken.Encoding) -> dict[str, Any]:
     }
 
 
-def from_dict(data: dict[str, Any]) -> tiktoken.Encoding:
-    """Rebuild the tokenizer saved by `to_dict`, without any network access."""
+def from_dict(data: Any) -> tiktoken.Encoding:
+    """Rebuild the tokenizer saved by `to_dict`, without any network access.
+
+    Raises ValueError naming the first problem when `data` is not a well-formed tokenizer record; it is
+    checked before tiktoken sees it, since tiktoken aborts on duplicate ids instead of raising.
+    """
+    _check_record(data)
     ranks = {token: rank for rank, token in enumerate(data["ranks"])}
-    return tiktoken.Encoding(
-        data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
-    )
+    try:
+        return tiktoken.Encoding(
+            data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
+        )
+    except ValueError as err:  # the split pattern does not compile
+        raise ValueError(f"tokenizer pattern is not a valid regular expression ({err})") from None
+
+
+def _check_record(data: Any) -> None:
+    if not isinstance(data, dict) or not {"name", "pattern", "ranks", "special_tokens"} <= data.keys():
+        raise ValueError("tokenizer record must have name, pattern, ranks and special_tokens")
+    if not isinstance(data["name"], str) or not isinstance(data["pattern"], str):
+        raise ValueError("tokenizer name and pattern must be strings")
+    ranks, specials = data["ranks"], data["special_tokens"]
+    if not isinstance(ranks, list) or not all(isinstance(t, bytes) and t for t in ranks):
+        raise ValueError("tokenizer ranks must be a list of non-empty byte strings")
+    if len(set(ranks)) != len(ranks):
+        raise ValueError("tokenizer ranks repeat a token")
+    # Byte-level BPE: every single byte must be a token, or some text could not be encoded at all.
+    if not {bytes([b]) for b in range(256)} <= set(ranks):
+        raise ValueError("tokenizer ranks lack some of the 256 single bytes")
+    ids = list(specials.values()) if isinstance(specials, dict) else []
+    if not isinstance(specials, dict) or not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
+        raise ValueError("tokenizer special_tokens must map strings to integer ids")
+    if len(set(ids)) != len(ids) or any(i < len(ranks) for i in ids):
+        raise ValueError("tokenizer special token ids must be distinct and follow the ranks")
 

@@ -1,4 +1,5 @@
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -91,27 +92,27 @@ def test_validation_metrics_are_consistent(trained_run):
         assert tag in events.Tags()["scalars"], tag
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_signal_saves_the_step_and_resume_matches_the_uninterrupted_run(tmp_path, monkeypatch, signum):
     assert train(tmp_path, "whole", "--model.dropout", "0.1") == 0
     step = LitGPT.training_step
 
-    def interrupt_after_four_steps(self, batch, batch_idx):
+    def signal_during_step_five(self, batch, batch_idx):
         if self.global_step == 4:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)  # arrives mid-step: the step finishes, training stops after it
         return step(self, batch, batch_idx)
 
-    monkeypatch.setattr(LitGPT, "training_step", interrupt_after_four_steps)
-    with pytest.raises(SystemExit):  # Lightning exits 1 after a graceful Ctrl-C shutdown
-        train(tmp_path, "cut", "--model.dropout", "0.1")
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C after one
+    monkeypatch.setattr(LitGPT, "training_step", signal_during_step_five)
+    assert train(tmp_path, "cut", "--model.dropout", "0.1") == 128 + signum
     monkeypatch.undo()
-    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["global_step"] == 5
 
     assert run(main, ["--resume", str(tmp_path / "cut")]) == 0
     whole = torch.load(tmp_path / "whole" / "last.ckpt", weights_only=True)["state_dict"]
     resumed = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["state_dict"]
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert sorted(p.name for p in (tmp_path / "cut").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
 
 
 def test_training_logs_attention_maps_and_samples_to_tensorboard(trained_run):

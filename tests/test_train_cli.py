@@ -161,12 +161,16 @@ def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
     assert pick_precision(None, "auto") == "32-true"
 
 
-def test_default_run_folder_moves_to_a_free_name(tmp_path, monkeypatch):
-    from minigpt.cli.train import choose_run_dir
+def test_default_run_folder_moves_past_finished_and_busy_runs(tmp_path, monkeypatch):
+    from minigpt.cli.train import claim_run_folder
 
     monkeypatch.chdir(tmp_path)
     _, cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])
-    assert choose_run_dir(cfg) == Path("runs/shakespeare_cpu")
-    (tmp_path / "runs" / "shakespeare_cpu").mkdir(parents=True)
-    (tmp_path / "runs" / "shakespeare_cpu" / "last.ckpt").write_bytes(b"x")
-    assert choose_run_dir(cfg) == Path("runs/shakespeare_cpu-2")
+    with claim_run_folder(cfg) as first:
+        assert first.path == Path("runs/shakespeare_cpu")
+        (first.path / "last.ckpt").write_bytes(b"x")
+    with claim_run_folder(cfg) as busy:  # held by a live run (the lock), without a checkpoint yet
+        assert busy.path == Path("runs/shakespeare_cpu-2")
+        with claim_run_folder(cfg) as third:
+            assert third.path == Path("runs/shakespeare_cpu-3")
+    assert not Path("runs/shakespeare_cpu-2").exists()  # nothing saved there: nothing left behind

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import logging
-import signal
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -13,13 +14,16 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from minigpt import checkpoint
+from minigpt import checkpoint, signals
 from minigpt import tokenizer as tok
-from minigpt.errors import MiniGPTError
-from minigpt.lit import OptimConfig
+from minigpt.errors import Interrupted, MiniGPTError
+from minigpt.lit import Diverged, OptimConfig
 from minigpt.model import GPTConfig
+from minigpt.rundir import InUse, RunFolder, holds_run
 
 if TYPE_CHECKING:  # the real imports wait until after argument checks: they pull in Lightning
+    import lightning as L
+
     from minigpt.data import TokenDataModule
     from minigpt.prepare import Prepared
 
@@ -74,8 +78,8 @@ def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
         base = ["--config", str(DEFAULT_CONFIG)]
     try:
         cfg = parser.parse_args(base + argv)
-    except Exception as exc:  # jsonargparse reports bad options and values as exceptions
-        raise MiniGPTError(str(exc).strip().splitlines()[0]) from None
+    except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
+        raise MiniGPTError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
     _validate(cfg)
     return parser, cfg
 
@@ -100,42 +104,56 @@ def _resume_path(path: str) -> Path:
 
 
 def _validate(cfg: Namespace) -> None:
+    """Every value checked before anything is written: ranges here, the model's and optimizer's own checks."""
     checks = [
-        (cfg.batch_size >= 1, "--batch_size must be at least 1"),
-        (0 < cfg.val_fraction < 1, "--val_fraction must be between 0 and 1"),
-        (cfg.val_windows >= 1, "--val_windows must be at least 1"),
-        (cfg.model.n_embd % cfg.model.n_head == 0, "--model.n_embd must be divisible by --model.n_head"),
-        (min(cfg.model.n_layer, cfg.model.n_head, cfg.model.block_size) >= 1, "model sizes must be at least 1"),
-        (0 <= cfg.model.dropout < 1, "--model.dropout must be in [0, 1)"),
+        (cfg.batch_size >= 1, f"--batch_size must be at least 1, got {cfg.batch_size}"),
+        (0 < cfg.val_fraction <= 0.5, f"--val_fraction must be above 0 and at most 0.5, got {cfg.val_fraction}"),
+        (cfg.val_windows >= 1, f"--val_windows must be at least 1, got {cfg.val_windows}"),
+        (cfg.num_workers >= 0, f"--num_workers must be 0 or more, got {cfg.num_workers}"),
+        (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
+        (cfg.samples >= 0, f"--samples must be 0 or more, got {cfg.samples}"),
+        (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
         (cfg.trainer.max_steps is not None and cfg.trainer.max_steps > 0, "set --trainer.max_steps to a positive number"),
     ]
     for ok, message in checks:
         if not ok:
             raise MiniGPTError(message)
+    for group, config in (("model", GPTConfig), ("optim", OptimConfig)):
+        try:
+            config(**vars(cfg[group]))
+        except ValueError as err:
+            raise MiniGPTError(f"--{group}.{err}") from None
 
 
-def choose_run_dir(cfg: Namespace) -> Path:
-    """The run folder: the resumed run's, the one asked for (if it holds no run yet), or a fresh runs/<name>[-N]."""
+def claim_run_folder(cfg: Namespace) -> RunFolder:
+    """The run folder, locked: the resumed run's, the one asked for (if it holds no run yet), or a fresh
+    runs/<config name>[-N]. A folder that holds a run, or that another process is using, is never reused."""
     if cfg.resume:
-        return _resume_path(cfg.resume).parent
+        return RunFolder(_resume_path(cfg.resume).parent.resolve()).acquire()
     if cfg.out_dir:
-        run_dir = Path(cfg.out_dir)
-        if _holds_run(run_dir):
+        folder = RunFolder(Path(cfg.out_dir)).acquire()
+        if holds_run(folder.path):
+            folder.release()
             raise MiniGPTError(
-                f"{run_dir} already holds a trained run; continue it with --resume {run_dir / 'last.ckpt'} "
+                f"{folder.path} already holds a trained run; continue it with --resume {folder.path} "
                 "or choose another --out_dir"
             )
-        return run_dir
+        folder.clear_leftovers()
+        return folder
     name = Path(str(cfg.config[-1])).stem if cfg.get("config") else "default"
-    run_dir, n = Path("runs") / name, 1
-    while _holds_run(run_dir):
-        n += 1
-        run_dir = Path("runs") / f"{name}-{n}"
-    return run_dir
-
-
-def _holds_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in ("last.ckpt", "best.ckpt", "config.yaml"))
+    for n in itertools.count(1):
+        path = Path("runs") / (name if n == 1 else f"{name}-{n}")
+        if holds_run(path):
+            continue
+        try:
+            folder = RunFolder(path).acquire()
+        except InUse:
+            continue
+        if not holds_run(folder.path):  # no run appeared between the check and the lock
+            folder.clear_leftovers()
+            return folder
+        folder.release()
+    raise AssertionError("unreachable")
 
 
 def resolved_config(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
@@ -158,7 +176,8 @@ def pick_precision(requested: str | None, accelerator: str | None) -> str:
 
 def main(argv: Sequence[str]) -> None:
     parser, cfg = parse(argv)
-    run_dir = choose_run_dir(cfg)
+    # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
+    resumed = checkpoint.read(_resume_path(cfg.resume)) if cfg.resume else None
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
 
@@ -167,51 +186,83 @@ def main(argv: Sequence[str]) -> None:
 
     from minigpt.data import TokenDataModule
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = TokenDataModule(
-        cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
-        cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir,
-    )  # fmt: skip
-    prepared = data.prepare()  # fails fast, with a one-line error, before any run folder is written
-    train_config = resolved_config(parser, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resume:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
-    fit(cfg, data, prepared, train_config, run_dir)
+    with claim_run_folder(cfg) as folder:
+        run_dir = folder.path
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        data = TokenDataModule(
+            cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
+            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir,
+        )  # fmt: skip
+        trainer = build_trainer(cfg, run_dir, resumed)  # Lightning checks its own options: nothing written yet
+        prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
+        train_config = resolved_config(parser, cfg)
+        if not cfg.resume:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
+        try:
+            with signals.deferred():
+                fit(cfg, trainer, data, prepared, train_config, run_dir)
+            signum = signals.received()
+            if signum is not None:  # it arrived during the last validation; the final save has been made
+                raise Interrupted(signum, "training stopped at its end")
+        except Diverged as err:
+            kept = f"the last good checkpoint is kept in {run_dir}" if holds_run(run_dir) else "nothing was saved"
+            raise MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again") from None
+        except BaseException as exc:
+            signum = signals.received()
+            if signum is None:
+                raise
+            if holds_run(run_dir):
+                hint = f"state saved in {run_dir / 'last.ckpt'}; continue with: python train.py --resume {run_dir}"
+            else:
+                hint = "nothing was saved yet"
+            stopped = str(exc) if isinstance(exc, Interrupted) else "training stopped"
+            raise Interrupted(signum, f"{stopped}; {hint}") from None
     print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
 
 
-def fit(cfg: Namespace, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any], run_dir: Path) -> None:
-    """Build the LightningModule and Trainer for `cfg` and train, writing checkpoints and logs to `run_dir`."""
+def build_trainer(cfg: Namespace, run_dir: Path, resumed: dict[str, Any] | None) -> L.Trainer:
+    """The Trainer for `cfg`, writing checkpoints and logs to `run_dir`; a `--trainer.*` value that Lightning
+    rejects is a one-line error here, before anything is written."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+    from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO
+
+    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
+    trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
+    run_dir = run_dir.resolve()  # absolute, so a resume from another working folder finds the same files
+    preloaded = (str(_resume_path(cfg.resume)), resumed) if resumed is not None else None
+    try:
+        return L.Trainer(
+            **trainer_args,
+            default_root_dir=run_dir,
+            logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
+            callbacks=[BestCheckpoint(str(run_dir)), LastCheckpoint(str(run_dir / "last.ckpt"))],
+            plugins=[SafeCheckpointIO(preloaded)],
+        )
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        message = " ".join(str(err).split())
+        raise MiniGPTError(f"a --trainer option is not usable here: {message}") from None
+
+
+def fit(
+    cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any], run_dir: Path
+) -> None:
+    """Build the LightningModule for `cfg` and the prepared data, and train it with `trainer`."""
     from minigpt.callbacks import AttentionLogger, SampleLogger
-    from minigpt.lit import AtomicCheckpointIO, LastCheckpoint, LitGPT
+    from minigpt.lit import LitGPT
 
     meta = prepared.meta
     model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
     payload = checkpoint.make_payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta)
-    module = LitGPT(model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload)
-    log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, run_dir)
-    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
-    trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/loss", save_last=True, auto_insert_metric_name=False),
-        LastCheckpoint(str(run_dir / "last.ckpt")),
-        SampleLogger(prepared.tokenizer),
-        AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
-    ]
-    trainer = L.Trainer(
-        **trainer_args,
-        default_root_dir=run_dir,
-        logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+    module = LitGPT(
+        model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload, cfg.seed
     )
-    # SIGTERM (a scheduler ending the job) takes the same path as Ctrl-C: save last.ckpt, then stop.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, run_dir)
+    trainer.callbacks.extend(
+        [SampleLogger(prepared.tokenizer), AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size))]
+    )
     trainer.fit(module, datamodule=data, ckpt_path=str(_resume_path(cfg.resume)) if cfg.resume else None)
 
 

@@ -1,0 +1,151 @@
+"""Run folders: one training process per folder at a time, and nothing left behind by a run that saved nothing.
+
+A claimed folder holds a ``.lock`` file locked with ``flock``: the kernel releases it when its process
+dies (even by ``kill -9``), so a stale lock can never block a folder. A folder "holds a run" once it has a
+checkpoint; a ``config.yaml`` or TensorBoard files without one are leftovers of a run that failed before
+saving anything, and are cleared when such a run ends or the folder is claimed afresh.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+from pathlib import Path
+from types import TracebackType
+
+from minigpt.checkpoint import TEMP_GLOB
+from minigpt.errors import MiniGPTError
+
+LOCK_NAME = ".lock"
+CHECKPOINTS = ("last.ckpt", "best.ckpt")
+LEFTOVERS = ("config.yaml", "tb")  # what a run writes before its first checkpoint
+
+
+def holds_run(folder: Path) -> bool:
+    """True when `folder` holds a checkpoint of a run."""
+    return any((folder / name).exists() for name in CHECKPOINTS)
+
+
+class InUse(MiniGPTError):
+    """Another live process holds the folder's lock."""
+
+
+class RunFolder:
+    """An exclusive claim on a run folder (see the module docstring): `acquire()`, then use it as a context
+    manager whose exit releases it.
+
+    Acquiring creates the folder if needed, takes the lock and removes temporary files that a killed
+    checkpoint write left. Releasing drops the lock; when the folder holds no checkpoint, it also removes
+    what the run wrote, and the folder itself if acquiring created it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._created: Path | None = None  # the topmost folder acquiring had to create
+
+    def acquire(self) -> RunFolder:
+        """Create and lock the folder; `InUse` if another process holds it, `MiniGPTError` if it is unusable."""
+        self._created = _first_missing(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except InUse:
+            self._remove_created()
+            raise
+        except OSError as err:
+            self._remove_created()
+            raise MiniGPTError(
+                f"cannot use {self.path} as the run folder ({err.strerror or err}): choose another --out_dir"
+            ) from None
+        for stale in self.path.glob(TEMP_GLOB):
+            stale.unlink(missing_ok=True)
+        return self
+
+    def release(self) -> None:
+        """Unlock; clear what a run that saved no checkpoint left (see the class docstring)."""
+        if not holds_run(self.path):
+            self.clear_leftovers()
+        self._unlock()
+        if not holds_run(self.path):
+            self._remove_created()
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+    def clear_leftovers(self) -> None:
+        """Remove a config and logs that no checkpoint goes with."""
+        for name in LEFTOVERS:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK_NAME
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read(fd)
+                os.close(fd)
+                raise InUse(
+                    f"{self.path} is in use by another training run ({owner or 'unknown process'}); "
+                    "wait for it to end or choose another --out_dir"
+                ) from None
+            # The previous owner unlinks the file as it leaves: if it did so after we opened it, retry.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is None:
+            return
+        (self.path / LOCK_NAME).unlink(missing_ok=True)
+        os.close(self._lock_fd)  # closing releases the flock
+        self._lock_fd = None
+
+    def _remove_created(self) -> None:
+        """Remove the folders entering created, if they are empty (nothing of anyone else's is touched)."""
+        if self._created is None:
+            return
+        folder = self.path
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            if folder == self._created:
+                return
+            folder = folder.parent
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost ancestor of `path` (or `path` itself) that does not exist yet."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _read(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
