@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import tiktoken
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -11,10 +14,17 @@ from minigpt import attention
 from minigpt import tokenizer as tok
 from minigpt.sample import generate
 
+log = logging.getLogger(__name__)
 
-def _tensorboard_writers(trainer: L.Trainer) -> list:
-    """The SummaryWriters of the trainer's TensorBoard loggers; none during the sanity check."""
+
+def _tensorboard_writers(trainer: L.Trainer, model: torch.nn.Module) -> list:
+    """The SummaryWriters of the trainer's TensorBoard loggers; none during the sanity check, and none
+    (with a warning) when the model is not finite: a diverged model cannot be sampled, and a logger must
+    never be what crashes a run."""
     if trainer.sanity_checking:
+        return []
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        log.warning("step %d: the model has non-finite weights; skipping samples and attention maps", trainer.global_step)
         return []
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
@@ -35,7 +45,7 @@ class AttentionLogger(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writers = _tensorboard_writers(trainer)
+        writers = _tensorboard_writers(trainer, pl_module.model)
         if not writers:
             return
         from minigpt import report  # matplotlib: only once there is something to draw
@@ -62,7 +72,7 @@ class SampleLogger(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writers = _tensorboard_writers(trainer)
+        writers = _tensorboard_writers(trainer, pl_module.model)
         if not writers:
             return
         model = pl_module.model

@@ -55,3 +55,21 @@ def test_attention_logger_writes_overview_and_entropies(tmp_path: Path) -> None:
     assert "attention/overview" in tags["images"]
     assert [e.step for e in events.Images("attention/overview")] == [2, 4]
     assert {f"attention/entropy/L{l}H{h}" for l in range(2) for h in range(2)} <= set(tags["scalars"])
+
+
+def test_loggers_skip_a_diverged_model_with_a_warning_instead_of_crashing(tmp_path: Path, caplog) -> None:
+    from types import SimpleNamespace
+
+    from minigpt.callbacks import SampleLogger
+
+    module = TinyModule()
+    with torch.no_grad():
+        module.model.transformer.wte.weight[0, 0] = float("nan")
+    logger = TensorBoardLogger(tmp_path, name="tb", version="")
+    trainer = SimpleNamespace(sanity_checking=False, global_step=3, loggers=[logger])
+    enc = tokenizer.byte_tokenizer()
+    with caplog.at_level("WARNING"):
+        for callback in (SampleLogger(enc), AttentionLogger(enc, "To be")):
+            callback.on_validation_end(trainer, module)  # torch.multinomial would raise on NaN probabilities
+    assert "non-finite weights" in caplog.text
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))

@@ -137,3 +137,40 @@ def test_resuming_on_changed_data_warns_and_keeps_this_runs_payload(caplog):
         module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: {"data": {"fingerprint": "old"}}})
     assert "corpus changed" in caplog.text
     assert module.payload["data"]["fingerprint"] == "new"
+
+
+def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    loss = LitGPT._loss
+
+    def nan_from_step_five(self, batch):
+        value = loss(self, batch)
+        return value * float("nan") if self.training and self.global_step >= 4 else value
+
+    monkeypatch.setattr(LitGPT, "_loss", nan_from_step_five)
+    assert train(tmp_path, "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training diverged at step 5: the loss is nan" in err and "last good checkpoint is kept" in err
+    assert "--optim.lr" in err
+    for name in ("last.ckpt", "best.ckpt"):
+        ckpt = torch.load(tmp_path / "run" / name, weights_only=True)
+        assert ckpt["global_step"] == 3
+        assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_a_run_that_diverges_before_saving_leaves_a_reusable_folder(tmp_path, capsys):
+    assert train(tmp_path, "run", "--optim.lr", "1e6", "--optim.warmup_steps", "1") == 2
+    assert "nothing was saved" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert train(tmp_path, "run") == 0
+
+
+def test_infinite_gradients_stop_training_before_they_reach_the_weights(tmp_path, monkeypatch, capsys):
+    def inf_gradients(self, optimizer):
+        if self.global_step == 1:
+            next(self.model.parameters()).grad.fill_(float("inf"))
+        return guard(self, optimizer)
+
+    guard = LitGPT.on_before_optimizer_step
+    monkeypatch.setattr(LitGPT, "on_before_optimizer_step", inf_gradients)
+    assert train(tmp_path, "run") == 2
+    assert "diverged at step 2: the gradient norm is inf" in capsys.readouterr().err

@@ -114,6 +114,12 @@ def _validate(cfg: Namespace) -> None:
         (cfg.samples >= 0, f"--samples must be 0 or more, got {cfg.samples}"),
         (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
         (cfg.trainer.max_steps is not None and cfg.trainer.max_steps > 0, "set --trainer.max_steps to a positive number"),
+        # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
+        (cfg.trainer.accumulate_grad_batches >= 1, "--trainer.accumulate_grad_batches must be at least 1"),
+        (cfg.trainer.val_check_interval is None or cfg.trainer.val_check_interval > 0,
+         "--trainer.val_check_interval must be positive (steps, or a fraction of an epoch)"),
+        (cfg.trainer.gradient_clip_val is None or cfg.trainer.gradient_clip_val >= 0,
+         "--trainer.gradient_clip_val must be 0 or more"),
     ]
     for ok, message in checks:
         if not ok:
