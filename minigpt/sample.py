@@ -8,6 +8,8 @@ The KV cache reproduces exactly that. While the sequence fits the window, positi
 cache is extended one token per step. Once the sequence is longer than ``block_size`` the window slides
 by one every step, every token's learned position changes, and no cached key or value stays valid: each
 step then runs the window in one full forward pass, the only way to match the no-cache logits.
+The sampling loop holds at most ``block_size + 1`` tokens: the window, plus the one token that tells
+`next_logits` the window has slid. Memory and time per token stay flat however long generation runs.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def sample_tokens(
     `max_new_tokens` steps or when every row is finished; the consumer may also stop early.
     """
     B = idx.size(0)
+    held = model.config.block_size + 1
     cache = model.new_cache() if use_cache else None
     seq = idx
     seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=idx.device)
@@ -140,7 +143,7 @@ def sample_tokens(
         ids = ids.masked_fill(finished, eot_id)
         finished |= ids == eot_id
         seen.scatter_(1, ids[:, None], True)
-        seq = torch.cat([seq, ids[:, None]], dim=1)  # (B, T) -> (B, T + 1)
+        seq = torch.cat([seq, ids[:, None]], dim=1)[:, -held:]  # (B, T) -> (B, min(T + 1, block_size + 1))
         yield ids
         if finished.all():
             return

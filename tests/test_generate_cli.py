@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,13 @@ from minigpt.cli.generate import DIVIDER, build_parser, main, print_completions
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
-    """Run the command in-process like generate.py does; return (exit code, stdout, stderr)."""
+def cli(argv: list[str], stdin: str | None = None, stdin_closed: bool = False) -> tuple[int, str, str]:
+    """Run the command in-process like generate.py does; return (exit code, stdout, stderr).
+
+    `stdin_closed` plays `<&-`: Python then sets sys.stdin to None.
+    """
     out, err = io.StringIO(), io.StringIO()
-    fake_stdin = io.StringIO(stdin) if stdin is not None else sys.stdin
+    fake_stdin = None if stdin_closed else io.StringIO(stdin) if stdin is not None else sys.stdin
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.object(sys, "stdin", fake_stdin):
         try:
             code = run(main, argv)
@@ -72,6 +76,11 @@ def test_one_sample_streams_the_prompt_then_each_piece_before_the_next_is_made(c
     assert capsys.readouterr().out == "é\n"
 
 
+def test_a_streamed_sample_not_kept_is_still_printed_whole(capsys) -> None:
+    assert print_completions("Q:", iter([(0, "ab"), (0, "cd")]), 1, keep=False) == [""]
+    assert capsys.readouterr().out == "Q:abcd\n"
+
+
 def test_stop_string_is_not_printed(tiny_checkpoint: Path) -> None:
     argv = greedy(tiny_checkpoint, "--prompt", "x", "--max-new-tokens", "40")
     full = cli(argv)[1].removeprefix("x")
@@ -94,6 +103,14 @@ def test_prompt_file_stdin_and_dash_give_the_same_prompt(tiny_checkpoint: Path, 
     assert cli(greedy(tiny_checkpoint, "--prompt", "Something else"))[1] != expected
 
 
+def test_closed_stdin_is_an_empty_prompt_unless_dash_asks_to_read_it(tiny_checkpoint: Path) -> None:
+    code, out, _ = cli(greedy(tiny_checkpoint), stdin_closed=True)
+    assert code == 0 and out == cli(greedy(tiny_checkpoint, "--prompt", ""))[1]
+    result = cli(greedy(tiny_checkpoint, "--prompt", "-"), stdin_closed=True)
+    assert_one_line_error(*result)
+    assert "standard input" in result[2] and "closed" in result[2]
+
+
 def test_prompt_longer_than_the_context_still_generates(tiny_checkpoint: Path) -> None:
     code, out, _ = cli(greedy(tiny_checkpoint, "--prompt", "long " * 50))
     assert code == 0 and out.endswith("\n")
@@ -109,10 +126,54 @@ def test_prompt_longer_than_the_context_still_generates(tiny_checkpoint: Path) -
         ["--top-p", "0"], ["--top-p", "1.5"], ["--top-p", "nan"], ["--repetition-penalty", "0.5"],
         ["--max-new-tokens", "0"], ["--num-samples", "0"], ["--stop", ""], ["--top-k", "many"],
         ["--temperature", "warm"], ["--device", "tpu"], ["--no-such-option"], ["--prompt-file", "/no/such/file"],
+        ["--top-heads", "0"], ["--top-heads", "-1"], ["--top-heads", "three"],
     ],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_errors(tiny_checkpoint: Path, bad: list[str]) -> None:
     assert_one_line_error(*cli(["--ckpt", str(tiny_checkpoint), "--prompt", "hi", *bad]))
+
+
+@pytest.mark.parametrize("name", ["missing.txt", "missing\nwith a newline.txt", "."])
+def test_unreadable_prompt_file_is_a_one_line_error(tiny_checkpoint: Path, tmp_path: Path, name: str) -> None:
+    assert_one_line_error(*cli(["--ckpt", str(tiny_checkpoint), "--prompt-file", str(tmp_path / name)]))
+
+
+@pytest.mark.parametrize("where", ["the file itself", "a folder under the file"])
+def test_attention_folder_that_is_a_file_fails_before_sampling(tiny_checkpoint: Path, where: str) -> None:
+    target = tiny_checkpoint if where == "the file itself" else tiny_checkpoint / "maps"
+    result = cli(greedy(tiny_checkpoint, "--prompt", "hi", "--attention", str(target)))
+    assert_one_line_error(*result)  # nothing on stdout: sampling never started
+    assert "is a file, not a folder" in result[2]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_attention_folder_in_a_read_only_folder_fails_before_sampling(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = cli(greedy(tiny_checkpoint, "--prompt", "hi", "--attention", str(locked / "maps")))
+    assert_one_line_error(*result)
+    assert "not writable" in result[2]
+
+
+def test_closed_stdout_is_a_one_line_error(tiny_checkpoint: Path, capsys) -> None:
+    with mock.patch.object(sys, "stdout", None):
+        code = run(main, greedy(tiny_checkpoint, "--prompt", "hi"))
+    assert_one_line_error(code, *capsys.readouterr())
+
+
+def test_stdout_that_cannot_encode_the_text_is_a_one_line_error(tiny_checkpoint: Path, capsys) -> None:
+    ascii_stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    with mock.patch.object(sys, "stdout", ascii_stdout):
+        code = run(main, greedy(tiny_checkpoint, "--prompt", "café"))
+    assert_one_line_error(code, *capsys.readouterr())
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tiny_checkpoint: Path, capsys) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` after it has read enough
+    with open(write_end, "w") as gone, mock.patch.object(sys, "stdout", gone):
+        code = run(main, greedy(tiny_checkpoint, "--prompt", "hi"))
+    assert code == 0 and "error:" not in capsys.readouterr().err
 
 
 def test_missing_or_unreadable_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
@@ -137,6 +198,8 @@ def test_help_documents_every_option() -> None:
     assert all(option in text for option in options)
 
 
+CKPT = "CKPT"  # in an INVALID argument: the path of the checkpoint, an existing file
+
 INVALID = st.one_of(
     st.floats(max_value=-1e-6).map(lambda t: f"--temperature={t}"),
     st.sampled_from(["nan", "inf", "hot", ""]).map(lambda t: f"--temperature={t}"),
@@ -147,12 +210,15 @@ INVALID = st.one_of(
     st.integers(max_value=0).map(lambda n: f"--max-new-tokens={n}"),
     st.integers(max_value=0).map(lambda n: f"--num-samples={n}"),
     st.just("--stop="),
+    st.integers(max_value=0).map(lambda k: f"--top-heads={k}"),
+    st.text(max_size=5).filter(lambda d: d not in {"auto", "cpu", "cuda", "mps"}).map(lambda d: f"--device={d}"),
+    st.sampled_from([f"--attention={CKPT}", f"--attention={CKPT}/maps"]),
 )
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    prompt=st.text(max_size=40),
+    prompt=st.one_of(st.just("-"), st.text(max_size=40)),
     max_new_tokens=st.integers(1, 8),
     temperature=st.floats(0, 3),
     top_k=st.one_of(st.none(), st.integers(1, 300)),
@@ -161,22 +227,28 @@ INVALID = st.one_of(
     stops=st.lists(st.text(min_size=1, max_size=3), max_size=2),
     num_samples=st.integers(1, 3),
     seed=st.one_of(st.none(), st.integers(-(2**40), 2**40)),
+    device=st.sampled_from(["auto", "cpu"]),
+    top_heads=st.integers(1, 10**6),
+    stdin_closed=st.booleans(),
     invalid=st.one_of(st.none(), INVALID),
 )
 def test_valid_arguments_complete_and_invalid_ones_give_a_one_line_error(
-    tiny_checkpoint: Path, prompt, max_new_tokens, temperature, top_k, top_p, penalty, stops, num_samples, seed, invalid
-) -> None:
+    tiny_checkpoint: Path, prompt, max_new_tokens, temperature, top_k, top_p, penalty, stops, num_samples, seed,
+    device, top_heads, stdin_closed, invalid,
+) -> None:  # fmt: skip
     argv = [f"--ckpt={tiny_checkpoint}", f"--prompt={prompt}", f"--max-new-tokens={max_new_tokens}"]
     argv += [f"--temperature={temperature}", f"--repetition-penalty={penalty}", f"--num-samples={num_samples}"]
     argv += [f"--stop={s}" for s in stops]
     argv += [] if top_k is None else [f"--top-k={top_k}"]
     argv += [] if top_p is None else [f"--top-p={top_p}"]
     argv += [] if seed is None else [f"--seed={seed}"]
-    argv += [] if invalid is None else [invalid]  # a later value overrides an earlier one
-    code, out, err = cli(argv, stdin="from stdin")  # --prompt=- reads it
-    if invalid is None:
+    argv += [f"--device={device}", f"--top-heads={top_heads}"]
+    argv += [] if invalid is None else [invalid.replace(CKPT, str(tiny_checkpoint))]  # overrides an earlier value
+    code, out, err = cli(argv, stdin="from stdin", stdin_closed=stdin_closed)  # --prompt=- reads it
+    assert code in {0, 2} and "Traceback" not in err
+    if invalid is None and not (stdin_closed and prompt == "-"):
         assert code == 0, err
-        assert out.endswith("\n") and "Traceback" not in err
+        assert out.endswith("\n")
     else:
         assert_one_line_error(code, out, err)
 
@@ -200,6 +272,19 @@ def test_generate_py_bad_argument_exits_2_with_one_line_and_no_traceback(tiny_ch
     cmd = [sys.executable, str(REPO / "generate.py"), "--ckpt", str(tiny_checkpoint), "--temperature", "-1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert_one_line_error(result.returncode, result.stdout, result.stderr)
+
+
+def test_generate_py_on_a_full_disk_is_a_one_line_error(tiny_checkpoint: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    cmd = [sys.executable, str(REPO / "generate.py"), *greedy(tiny_checkpoint, "--prompt", "hi")]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: cannot write to standard output: No space left on device"]
+    assert result.stderr.endswith(errors[0] + "\n")
 
 
 def test_attention_option_writes_the_maps_of_prompt_and_completion(tiny_checkpoint: Path, tmp_path: Path) -> None:

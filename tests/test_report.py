@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
+from unittest import mock
 
 import matplotlib.image
 import numpy as np
@@ -19,7 +22,11 @@ PROMPT = "To be, or not to be:\n\tthat is"  # 29 byte tokens, within block_size 
 
 
 def attention_cli(*args: str) -> int:
-    return run(main, list(args))
+    """Run the command in-process; return its exit code, argparse's usage errors included."""
+    try:
+        return run(main, list(args))
+    except SystemExit as exit_:
+        return exit_.code
 
 
 @pytest.fixture
@@ -162,6 +169,9 @@ def _garbage(path: Path) -> None:
         (["--heads", "0,5"], "out of range"),
         (["--heads", "-1"], "out of range"),
         (["--layers", "one"], "comma-separated"),
+        (["--layers", "0\n1"], "comma-separated"),  # a newline in what is echoed must not break the line
+        (["--layers", "1\n,7"], "out of range"),
+        (["--out", "/dev/null/maps\n"], "is a file, not a folder"),
         (["--prompt", ""], "prompt is empty"),
     ],
 )
@@ -170,6 +180,56 @@ def test_bad_options_exit_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path,
     assert attention_cli(*args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--top-heads", "0"], "--top-heads: must be at least 1"),
+        (["--top-heads", "-1"], "--top-heads: must be at least 1"),
+        (["--device", "bogus"], "--device: invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys, extra, needle) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "o"), *extra]
+    assert attention_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_gpu_exits_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "o"), "--device", "cuda"]
+    assert attention_cli(*args) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+ROOT_WRITES_ANYWHERE = pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+
+
+@pytest.mark.parametrize(
+    "where", ["a file", "under a file", pytest.param("in a read-only folder", marks=ROOT_WRITES_ANYWHERE)]
+)
+def test_out_that_cannot_be_a_folder_exits_2_before_loading(
+    tiny_checkpoint: Path, tmp_path: Path, capsys, where: str
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "locked").mkdir(mode=0o555)
+    out = {"a file": "file", "under a file": "file/maps", "in a read-only folder": "locked/maps"}[where]
+    with mock.patch.object(checkpoint, "load", side_effect=AssertionError("loaded before checking --out")):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / out)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert ("not writable" if where == "in a read-only folder" else "is a file, not a folder") in err
+
+
+def test_full_stdout_exits_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    with open("/dev/full", "w") as full, mock.patch.object(sys, "stdout", full):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path)) == 2
+    assert capsys.readouterr().err.endswith("error: cannot write to standard output: No space left on device\n")
 
 
 @pytest.mark.parametrize("make", [_no_payload, _garbage, None])

@@ -85,6 +85,47 @@ def test_cache_and_no_cache_sample_the_same_tokens(window_model: GPT) -> None:
     assert torch.equal(run(True), run(False))
 
 
+def test_long_generation_holds_at_most_one_window_and_samples_as_with_the_whole_sequence(
+    window_model: GPT, monkeypatch
+) -> None:
+    block_size, steps = window_model.config.block_size, 200
+    controls = dict(temperature=1.0, top_k=40, repetition_penalty=1.3)
+    held_lengths, fed_lengths = [], []
+    original_next_logits, original_forward = sample.next_logits, window_model.forward
+
+    def record_held(model, seq, cache):
+        held_lengths.append(seq.size(1))
+        return original_next_logits(model, seq, cache)
+
+    def record_fed(idx, cache=None):
+        fed_lengths.append(idx.size(1))
+        return original_forward(idx, cache)
+
+    monkeypatch.setattr(sample, "next_logits", record_held)
+    monkeypatch.setattr(window_model, "forward", record_fed)
+    prompt = torch.tensor([[1, 2, 3, 4, 5]] * 2)
+    ids = collect_ids(
+        sample.sample_tokens(
+            window_model, prompt, max_new_tokens=steps, eot_id=-1, generators=sample.make_generators(2, 2), **controls
+        )
+    )
+    assert max(held_lengths) == block_size + 1
+    # While the sequence fits the window the cache is still used: the prompt once, then one token per step.
+    fits = block_size - prompt.size(1) + 1
+    assert fed_lengths == [prompt.size(1)] + [1] * (fits - 1) + [block_size] * (steps - fits)
+
+    # The reference keeps the whole sequence and recomputes every step without a cache.
+    seq, seen = prompt, torch.zeros(2, 257, dtype=torch.bool).scatter(1, prompt, True)
+    generators = sample.make_generators(2, 2)
+    with torch.inference_mode():
+        for _ in range(steps):
+            logits = sample.apply_repetition_penalty(no_cache_logits(window_model, seq), seen, 1.3)
+            next_ids = sample.sample_next(logits, generators, temperature=1.0, top_k=40)
+            seen.scatter_(1, next_ids[:, None], True)
+            seq = torch.cat([seq, next_ids[:, None]], dim=1)
+    assert torch.equal(ids, seq[:, prompt.size(1) :])
+
+
 # ---- sampling controls ---------------------------------------------------------------------------
 
 

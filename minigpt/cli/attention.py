@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +48,31 @@ def add_attention_arguments(
         help="draw one map per layer instead of one per head: mean over heads, or attention rollout through layers",
     )  # fmt: skip
     group.add_argument("--per-head", action="store_true", help="one PNG per head (layer_L_head_H.png), not per layer")
-    group.add_argument("--top-heads", type=int, default=3, help="how many heads of each kind to print (default: 3)")
+    group.add_argument(
+        "--top-heads", type=positive_int, default=3, help="how many heads of each kind to print (>= 1; default: 3)"
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count of at least 1: anything else is a one-line usage error."""
+    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_out_dir(path: Path) -> None:
+    """Raise `MiniGPTError` unless `path` is, or can be made as, a folder we may write into; creates nothing."""
+    # The nearest part of the path that exists decides: it must be a folder, and writable.
+    existing = path
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    # Paths are quoted with repr: a newline in one must not break the one-line message.
+    if not os.path.isdir(existing):
+        where = "it is" if existing == path else f"{str(existing)!r} is"
+        raise MiniGPTError(f"cannot write attention maps to {str(path)!r}: {where} a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MiniGPTError(f"cannot write attention maps to {str(path)!r}: {str(existing)!r} is not writable")
 
 
 def parse_indices(text: str | None, count: int, what: str) -> list[int]:
@@ -57,11 +82,12 @@ def parse_indices(text: str | None, count: int, what: str) -> list[int]:
     try:
         indices = [int(part) for part in text.split(",")]
     except ValueError:
-        raise MiniGPTError(f"bad --{what} '{text}': write comma-separated numbers, e.g. --{what} 0,2") from None
+        raise MiniGPTError(f"bad --{what} {text!r}: write comma-separated numbers, e.g. --{what} 0,2") from None
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         raise MiniGPTError(
-            f"--{what} {text}: the model has {count} {what} (0 to {count - 1}), so {bad[0]} is out of range"
+            f"--{what} {','.join(map(str, indices))}: the model has {count} {what} (0 to {count - 1}), "
+            f"so {bad[0]} is out of range"
         )
     return list(dict.fromkeys(indices))
 
@@ -93,14 +119,18 @@ def write_attention(args: argparse.Namespace, loaded: checkpoint.Loaded, ids: li
         png = page = report.Panels(selected[layers], layers, columns)
 
     out = args.attention_dir
-    out.mkdir(parents=True, exist_ok=True)
     stats = attention.head_stats(loaded.model, maps.weights)
-    written = [
-        *report.write_pngs(out, png, tokens, per_head=args.per_head),
-        report.write_html(out / "attention.html", page, tokens, stats),
-        report.write_npz(out / "attention.npz", maps.weights, tokens, maps.ids, aggregates),
-        report.write_heads_json(out / "heads.json", stats, args.top_heads),
-    ]
+    # check_out_dir ran before sampling, but the folder can change meanwhile, or the disk fill up.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = [
+            *report.write_pngs(out, png, tokens, per_head=args.per_head),
+            report.write_html(out / "attention.html", page, tokens, stats),
+            report.write_npz(out / "attention.npz", maps.weights, tokens, maps.ids, aggregates),
+            report.write_heads_json(out / "heads.json", stats, args.top_heads),
+        ]
+    except OSError as err:
+        raise MiniGPTError(f"cannot write attention maps to {str(out)!r}: {err}") from None
     logger.info("wrote %d files to %s", len(written), out)
     print_top_heads(stats, args.top_heads)
 
@@ -113,17 +143,26 @@ def print_top_heads(stats: attention.HeadStats, k: int) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(
+    """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
+    # generate.py imports this module for its --attention option, so its pieces are imported here, not above.
+    from minigpt.cli.generate import (
+        OneLineParser, add_device_argument, check_stdout_open, resolve_device, writing_stdout,
+    )  # fmt: skip
+
+    parser = OneLineParser(
         prog="python -m minigpt.cli.attention",
         description="Draw the attention maps of every layer and head of a checkpoint on a prompt.",
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint file or run folder (RUN_DIR/last.ckpt)")
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
     args = parser.parse_args(argv)
-    loaded = checkpoint.load(args.ckpt, args.device)
-    write_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt))
+    check_stdout_open()
+    check_out_dir(args.attention_dir)
+    loaded = checkpoint.load(args.ckpt, resolve_device(args.device))
+    with writing_stdout():
+        write_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt))
 
 
 if __name__ == "__main__":

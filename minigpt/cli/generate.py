@@ -17,23 +17,31 @@ import torch
 
 from minigpt import checkpoint
 from minigpt import tokenizer as tok
-from minigpt.cli.attention import add_attention_arguments, selected_layers_and_heads, write_attention
+from minigpt.cli.attention import add_attention_arguments, check_out_dir, selected_layers_and_heads, write_attention
 from minigpt.errors import MiniGPTError
 from minigpt.sample import check_settings, stream
 
 DIVIDER = "-" * 20
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (exit code 2 stays)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """Add --device; `resolve_device` turns its value into a torch device."""
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+        help="where to run (default %(default)s = cuda, else mps, else cpu); bf16 autocast on GPUs that support it",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The generate command's options; other features add theirs to the returned parser."""
-    p = _Parser(
+    p = OneLineParser(
         prog="generate.py",
         description="Sample text from a minigpt checkpoint: prints the prompt and its completion "
         "(one sample streams as it is produced).",
@@ -63,10 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--num-samples", type=int, default=1, help="samples drawn together in one batch (>= 1; default 1)")
     p.add_argument("--seed", type=int, help="the same seed gives the same samples (default: a random seed)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-        help="where to run (default %(default)s = cuda, else mps, else cpu); bf16 autocast on GPUs that support it",
-    )  # fmt: skip
+    add_device_argument(p)
     add_attention_arguments(p)
     p.add_argument(
         "--attention-completion", action="store_true",
@@ -82,23 +87,26 @@ def main(argv: Sequence[str]) -> None:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
     )  # fmt: skip
-    check_settings(**settings)  # before the slow part: loading the checkpoint
+    # Every check before the slow part: loading the checkpoint.
+    check_settings(**settings)
+    check_stdout_open()
     prompt = read_prompt(args.prompt, args.prompt_file)
+    if args.attention_dir:
+        check_out_dir(args.attention_dir)
     device = resolve_device(args.device)
     loaded = checkpoint.load(args.ckpt, device)
     if args.attention_dir:
         selected_layers_and_heads(args, loaded.model.config)
     pieces = stream(loaded.model, loaded.tokenizer, prompt, seed=args.seed, **settings)
     completions = [""]
-    try:
-        with autocast(device):
-            completions = print_completions(prompt, pieces, args.num_samples)
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) has gone: stop quietly, and keep Python's exit-time flush from complaining.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    with writing_stdout(), autocast(device):
+        completions = print_completions(
+            prompt, pieces, args.num_samples, keep=bool(args.attention_dir) and args.attention_completion,
+        )
     if args.attention_dir:
         analysed = prompt + completions[0] if args.attention_completion else prompt
-        write_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
+        with writing_stdout():
+            write_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
@@ -108,8 +116,11 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
             with open(prompt_file, encoding="utf-8") as f:
                 return f.read()
         except (OSError, UnicodeDecodeError) as err:
-            raise MiniGPTError(f"cannot read prompt file {prompt_file}: {err}") from None
-    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+            raise MiniGPTError(f"cannot read prompt file {prompt_file!r}: {err}") from None
+    # A closed standard input (`<&-`) is None: like a terminal, it holds no prompt unless `-` asks for one.
+    if prompt == "-" or (prompt is None and sys.stdin is not None and not sys.stdin.isatty()):
+        if sys.stdin is None:
+            raise MiniGPTError("--prompt - reads standard input, but it is closed: pass --prompt TEXT or --prompt-file")
         try:
             return sys.stdin.read()
         except (OSError, UnicodeDecodeError) as err:
@@ -127,6 +138,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_stdout_open() -> None:
+    """Refuse to start when standard output is closed (`>&-`): everything printed would vanish."""
+    if sys.stdout is None:
+        raise MiniGPTError("cannot write to standard output: it is closed")
+
+
+@contextlib.contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Print inside this block, flushed at its end. A reader that has gone (`| head`) ends the output quietly;
+    any other failed write (a full disk, an encoding that cannot show the text) is a one-line `MiniGPTError`.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+    except OSError as err:
+        _discard_stdout()
+        raise MiniGPTError(f"cannot write to standard output: {err.strerror or err}") from None
+    except UnicodeEncodeError as err:
+        # utf-8 writes any character, surrogateescape the undecodable bytes of a command line.
+        fix = "set PYTHONIOENCODING=utf-8:surrogateescape"
+        raise MiniGPTError(f"cannot write to standard output: {err}; {fix}") from None
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """bf16 autocast on CUDA GPUs that support it (faster, half the memory); full precision elsewhere."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -134,20 +177,25 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def print_completions(prompt: str, pieces: Iterator[tuple[int, str]], num_samples: int) -> list[str]:
+def print_completions(
+    prompt: str, pieces: Iterator[tuple[int, str]], num_samples: int, keep: bool = True
+) -> list[str]:
     """Print the prompt and each completion, and return the completions.
 
-    One sample streams as it comes; several print together, each under a divider line.
+    One sample streams as it comes; with `keep` False it is not held once printed (its completion is
+    returned as ""), so a long run's memory stays flat. Several print together, each under a divider line.
     """
-    if num_samples == 1:
+    streaming = num_samples == 1
+    if streaming:
         print(prompt, end="", flush=True)
     texts: list[list[str]] = [[] for _ in range(num_samples)]
     for i, piece in pieces:
-        texts[i].append(piece)
-        if num_samples == 1:
+        if streaming:
             print(piece, end="", flush=True)
+        if keep or not streaming:  # several samples print at the end, so they are always kept
+            texts[i].append(piece)
     completions = ["".join(t) for t in texts]
-    if num_samples == 1:
+    if streaming:
         print()
     else:
         for i, text in enumerate(completions, 1):
