@@ -141,9 +141,13 @@ def _out_of_space(exc: BaseException, folder: Path) -> bool:
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file, or a run folder's ``last.ckpt``."""
+    """A checkpoint file, or a run folder's ``last.ckpt`` (its ``best.ckpt`` when a crash came between the
+    two writes of a validation, so that only ``best.ckpt`` exists)."""
     path = Path(path)
-    return path / "last.ckpt" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    last, best = path / "last.ckpt", path / "best.ckpt"
+    return best if best.is_file() and not last.is_file() else last
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -224,21 +224,22 @@ class LastCheckpoint(L.Callback):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._saved_step: int | None = None  # the latest step already in a checkpoint
+        self.saved_step: int | None = None
+        """The latest step already in a checkpoint."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
+        self.saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         signum = signals.received()
         if signum is not None:
-            raise Interrupted(signum, f"training stopped after step {trainer.global_step}")
+            raise Interrupted(signum, "")  # train.py words the message
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
-        self._saved_step = trainer.global_step
+        self.saved_step = trainer.global_step
 
     def _save_if_progressed(self, trainer: L.Trainer) -> None:
-        if self._saved_step is not None and trainer.global_step > self._saved_step:
+        if self.saved_step is not None and trainer.global_step > self.saved_step:
             trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -258,6 +259,9 @@ class BestCheckpoint(ModelCheckpoint):
         super().__init__(
             dirpath=dirpath, filename="best", monitor="val/loss", save_last=True,
             auto_insert_metric_name=False, enable_version_counter=False,
+            # Training is one endless epoch, so validation is the only save point (Lightning would wait for
+            # an epoch end that never comes when val_check_interval is 1).
+            save_on_train_epoch_end=False,
         )  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

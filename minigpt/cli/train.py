@@ -81,6 +81,8 @@ def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
         raise MiniGPTError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
     _validate(cfg)
+    if cfg.resume:
+        cfg.resume = str(_resume_path(cfg.resume))  # resolved once: the file every later step uses
     return parser, cfg
 
 
@@ -94,8 +96,7 @@ def _option_value(argv: list[str], name: str) -> str | None:
 
 
 def _resume_path(path: str) -> Path:
-    p = Path(path)
-    p = p / "last.ckpt" if p.is_dir() else p
+    p = checkpoint.resolve(path)
     if not p.is_file():
         raise MiniGPTError(f"cannot resume: {p} not found; pass a run's last.ckpt (or its folder) to --resume")
     if not (p.parent / "config.yaml").is_file():
@@ -135,7 +136,7 @@ def claim_run_folder(cfg: Namespace) -> RunFolder:
     """The run folder, locked: the resumed run's, the one asked for (if it holds no run yet), or a fresh
     runs/<config name>[-N]. A folder that holds a run, or that another process is using, is never reused."""
     if cfg.resume:
-        return RunFolder(_resume_path(cfg.resume).parent.resolve()).acquire()
+        return RunFolder(Path(cfg.resume).parent.resolve()).acquire()
     if cfg.out_dir:
         folder = RunFolder(Path(cfg.out_dir)).acquire()
         if holds_run(folder.path):
@@ -183,7 +184,7 @@ def pick_precision(requested: str | None, accelerator: str | None) -> str:
 def main(argv: Sequence[str]) -> None:
     parser, cfg = parse(argv)
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
-    resumed = checkpoint.read(_resume_path(cfg.resume)) if cfg.resume else None
+    resumed = checkpoint.read(cfg.resume) if cfg.resume else None
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
 
@@ -191,6 +192,8 @@ def main(argv: Sequence[str]) -> None:
         warnings.filterwarnings("ignore", message=noise)
 
     from minigpt.data import TokenDataModule
+
+    from minigpt.lit import LastCheckpoint
 
     with claim_run_folder(cfg) as folder:
         run_dir = folder.path
@@ -209,20 +212,20 @@ def main(argv: Sequence[str]) -> None:
                 fit(cfg, trainer, data, prepared, train_config, run_dir)
             signum = signals.received()
             if signum is not None:  # it arrived during the last validation; the final save has been made
-                raise Interrupted(signum, "training stopped at its end")
+                raise Interrupted(signum, "")
         except Diverged as err:
             kept = f"the last good checkpoint is kept in {run_dir}" if holds_run(run_dir) else "nothing was saved"
             raise MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again") from None
-        except BaseException as exc:
+        except BaseException:
             signum = signals.received()
             if signum is None:
                 raise
-            if holds_run(run_dir):
-                hint = f"state saved in {run_dir / 'last.ckpt'}; continue with: python train.py --resume {run_dir}"
-            else:
-                hint = "nothing was saved yet"
-            stopped = str(exc) if isinstance(exc, Interrupted) else "training stopped"
-            raise Interrupted(signum, f"{stopped}; {hint}") from None
+            if not holds_run(run_dir):
+                raise Interrupted(signum, "training stopped before its first checkpoint; nothing was saved") from None
+            saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
+            raise Interrupted(
+                signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
+            ) from None
     print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
 
 
@@ -238,7 +241,7 @@ def build_trainer(cfg: Namespace, run_dir: Path, resumed: dict[str, Any] | None)
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     run_dir = run_dir.resolve()  # absolute, so a resume from another working folder finds the same files
-    preloaded = (str(_resume_path(cfg.resume)), resumed) if resumed is not None else None
+    preloaded = (cfg.resume, resumed) if resumed is not None else None
     try:
         return L.Trainer(
             **trainer_args,
@@ -269,7 +272,7 @@ def fit(
     trainer.callbacks.extend(
         [SampleLogger(prepared.tokenizer), AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size))]
     )
-    trainer.fit(module, datamodule=data, ckpt_path=str(_resume_path(cfg.resume)) if cfg.resume else None)
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.resume)
 
 
 def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:

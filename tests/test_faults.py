@@ -1,0 +1,197 @@
+"""Fault injection: the real train.py, killed and interrupted at awkward moments, must never lose work.
+
+After every fault, every checkpoint in the run folder loads (checksum and all), and the run either
+resumes to its last step or, when it saved nothing, starts again in the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt import checkpoint
+from minigpt.cli import run
+from minigpt.cli.train import main
+from minigpt.rundir import LOCK_NAME, RunFolder, holds_run
+from tests.conftest import REPO
+
+STEPS = 8
+TINY = [
+    "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "64",
+    "--batch_size", "4", "--val_windows", "2", "--samples", "0", "--model.dropout", "0.1",
+    "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "1", "--trainer.accelerator", "cpu",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+# Tiny models train fastest on one thread; it also keeps several of these processes from fighting.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(1, 6))) for _ in range(500)]
+    path = tmp_path_factory.mktemp("corpus") / "words.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(3000)))
+    return path
+
+
+def train_command(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
+    cache = run_dir.parent / "cache"
+    return [sys.executable, str(REPO / "train.py"), "--data", str(corpus), "--cache_dir", str(cache), "--out_dir", str(run_dir), *TINY, *extra]
+
+
+def resume_command(run_dir: Path) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--resume", str(run_dir)]
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    """Run `command` with its output in files beside the run (pipes nobody reads would fill and block it)."""
+    log = Path(command[command.index("--out_dir") + 1]).parent / "train.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=ENV, stdout=out, stderr=subprocess.STDOUT, text=True)
+    process.log = log
+    return process
+
+
+def finish(process: subprocess.Popen) -> str:
+    process.wait(timeout=120)
+    return process.log.read_text()
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """Poll `condition` every millisecond until it holds (True) or the process ends (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.001)
+    raise TimeoutError("the training process neither finished nor reached the awaited state")
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def assert_recoverable(corpus: Path, run_dir: Path) -> None:
+    """Every checkpoint loads; the run resumes to its end, or restarts in the same folder if nothing was saved."""
+    for path in run_dir.glob("*.ckpt"):
+        checkpoint.read(path)  # raises on a truncated, corrupt or foreign file
+    command = resume_command(run_dir) if holds_run(run_dir) else train_command(corpus, run_dir)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert step_of(run_dir / "last.ckpt") == STEPS
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "tb"]
+
+
+def kill_at_random(corpus: Path, run_dir: Path, rng: random.Random) -> None:
+    process = start(train_command(corpus, run_dir))
+    # Past start-up (imports, data) into training, where checkpoints are written at every step.
+    wait_for(lambda: (run_dir / "config.yaml").exists(), process)
+    time.sleep(rng.uniform(0, 2.5))
+    process.kill()
+    process.wait()
+    assert_recoverable(corpus, run_dir)
+
+
+def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path, corpus):
+    rng = random.Random(int(os.environ.get("MINIGPT_FAULT_SEED", "1")))
+    for attempt in range(2):
+        kill_at_random(corpus, tmp_path / f"run{attempt}", rng)
+
+
+@pytest.mark.slow
+def test_kill_9_twenty_times(tmp_path, corpus):
+    rng = random.Random(20)
+    for attempt in range(20):
+        kill_at_random(corpus, tmp_path / f"run{attempt}", rng)
+
+
+def test_kill_9_in_the_middle_of_a_checkpoint_write(tmp_path, corpus):
+    """Killed while a checkpoint's temporary file is being written: the old checkpoint stays whole."""
+    caught = False
+    for attempt in range(3):
+        run_dir = tmp_path / f"run{attempt}"
+        process = start(train_command(corpus, run_dir))
+        caught = wait_for(lambda: any(run_dir.glob(checkpoint.TEMP_GLOB)), process)
+        process.kill()
+        process.wait()
+        assert_recoverable(corpus, run_dir)
+        if caught:
+            break
+    assert caught, "no checkpoint write was ever in progress when polled"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_saves_the_state_exits_128_plus_signal_and_says_how_to_resume(tmp_path, corpus, signum):
+    run_dir = tmp_path / "run"
+    process = start(train_command(corpus, run_dir, "--trainer.max_steps", "1000"))
+    assert wait_for(lambda: (run_dir / "last.ckpt").exists(), process)
+    process.send_signal(signum)
+    err = finish(process)
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("stopped by " + ("Ctrl-C" if signum == signal.SIGINT else "SIGTERM"))
+    assert f"--resume {run_dir.resolve()}" in last_line
+    stopped_at = int(last_line.split("; step ")[1].split()[0])
+    assert step_of(run_dir / "last.ckpt") == stopped_at
+    assert not (run_dir / LOCK_NAME).exists()
+
+
+def test_a_run_or_resume_into_a_folder_in_use_is_refused_and_touches_nothing(tmp_path, corpus, capsys):
+    run_dir = tmp_path / "run"
+    assert run(main, train_command(corpus, run_dir, "--trainer.max_steps", "2")[2:]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    (run_dir / "last.ckpt").unlink()  # so that only the lock, not "holds a run", can refuse the fresh run
+    with RunFolder(run_dir).acquire():  # what a live training process holds (an flock: another open file)
+        assert run(main, train_command(corpus, run_dir)[2:]) == 2
+        assert run(main, ["--resume", str(run_dir / "best.ckpt")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert all("is in use by another training run" in line for line in errors[-2:])
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == {k: v for k, v in before.items() if k != "last.ckpt"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_preparation_exits_cleanly_and_leaves_no_temporary_files(tmp_path, corpus, monkeypatch, signum, capsys):
+    from minigpt import tokenizer
+
+    encode_batch = tokenizer.encode_batch
+
+    def signal_mid_batch(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return encode_batch(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode_batch", signal_mid_batch)
+    assert run(main, train_command(corpus, tmp_path / "run")[2:]) == 128 + signum
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_during_bpe_training_exits_130_without_a_traceback(tmp_path, corpus, monkeypatch, capsys):
+    from minigpt import prepare
+
+    split = prepare._split
+
+    def interrupted_after_one_document(*args, **kwargs):
+        for n, item in enumerate(split(*args, **kwargs)):
+            if n == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives while rustbpe is pulling documents
+            yield item
+
+    monkeypatch.setattr(prepare, "_split", interrupted_after_one_document)
+    assert run(main, train_command(corpus, tmp_path / "run", "--tokenizer", "bpe:300")[2:]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "SystemError" not in err
