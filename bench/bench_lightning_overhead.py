@@ -2,7 +2,7 @@
 
 Both train the same model (shakespeare_cpu shape by default) on the same batch with the same optimizer,
 schedule and gradient clipping, in one process, alternating several rounds; the ratio of median step
-times is the overhead. Usage: python bench/bench_lightning_overhead.py [--steps 200] [--rounds 3]
+times is the overhead. Usage: python bench/bench_lightning_overhead.py [--steps 200] [--rounds 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -53,22 +53,22 @@ def lightning_step_seconds(batch: torch.Tensor, steps: int, warmup: int) -> floa
     module = LitGPT(MODEL, vars(OPTIM))
     timer = StepTimer(warmup)
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_steps=steps, accelerator="gpu" if batch.is_cuda else "cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, gradient_clip_val=1.0, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[timer],
     )  # fmt: skip
-    trainer.fit(module, train_dataloaders=DataLoader(SameBatch(batch), batch_size=None))
+    trainer.fit(module, train_dataloaders=DataLoader(SameBatch(batch.cpu()), batch_size=None))
     return timer.seconds / (steps - warmup)
 
 
 def plain_step_seconds(batch: torch.Tensor, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
-    model = LitGPT(MODEL, vars(OPTIM)).model  # the same GPT, same init
+    model = LitGPT(MODEL, vars(OPTIM)).model.to(batch.device)  # the same GPT, same init
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": OPTIM.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2),
+        lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), fused=batch.is_cuda or None,  # as LitGPT chooses
     )  # fmt: skip
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, OPTIM.warmup_steps, steps, OPTIM.min_lr_ratio)
@@ -95,16 +95,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    batch = torch.randint(0, MODEL["vocab_size"], (args.batch_size, MODEL["block_size"] + 1))
+    batch = torch.randint(0, MODEL["vocab_size"], (args.batch_size, MODEL["block_size"] + 1), device=args.device)
     lit, plain = [], []
     for _ in range(args.rounds):  # alternate so machine noise hits both alike
         lit.append(lightning_step_seconds(batch, args.steps, args.warmup))
         plain.append(plain_step_seconds(batch, args.steps, args.warmup))
     lit_ms, plain_ms = statistics.median(lit) * 1e3, statistics.median(plain) * 1e3
-    print(f"model {MODEL}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, {torch.get_num_threads()} threads")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"model {MODEL}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, {where}, fp32")
     print(f"plain PyTorch loop : {plain_ms:7.2f} ms/step")
     print(f"Lightning LitGPT   : {lit_ms:7.2f} ms/step")
     print(f"ratio Lightning / plain: {lit_ms / plain_ms:.3f}")

@@ -100,6 +100,7 @@ class LitGPT(L.LightningModule):
         self.seed = seed
         self._last_batch_time: float | None = None
         self._last_loss: torch.Tensor | None = None
+        self._grad_norm: torch.Tensor | None = None  # of the step being taken, for the guard and clipping
         self._micro = (-1, 0)  # (global step, micro-batch index within it) of the batch being trained
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -149,7 +150,8 @@ class LitGPT(L.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = all(p.is_cuda for p in params)
+        # Fused AdamW unscales float16 gradients itself, which would make clipping see scaled ones.
+        fused = all(p.is_cuda for p in params) and not self._grad_scaler()
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -165,18 +167,37 @@ class LitGPT(L.LightningModule):
         index = self.global_step * self.trainer.accumulate_grad_batches + self._micro[1]
         torch.manual_seed(batch_seed(self.seed + 7919 * self.global_rank, index) + 1)
 
+    def _grad_scaler(self) -> bool:
+        """True under float16 mixed precision, whose GradScaler scales the gradients."""
+        plugin = getattr(getattr(self, "_trainer", None), "precision_plugin", None)
+        return getattr(plugin, "scaler", None) is not None
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The divergence guard: stop before a non-finite loss or gradient reaches the weights."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = self._grad_norm = torch.nn.utils.get_total_norm(grads)
         self.log("train/grad_norm", norm)
         # A float16 GradScaler skips steps with inf gradients on purpose; there only the loss tells.
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        finite = torch.isfinite(self._last_loss) & (scaled | torch.isfinite(norm))
+        finite = torch.isfinite(self._last_loss) & (self._grad_scaler() | torch.isfinite(norm))
         if not finite:
             what = "loss" if not torch.isfinite(self._last_loss) else "gradient norm"
             value = self._last_loss if what == "loss" else norm
             raise Diverged(f"training diverged at step {self.global_step + 1}: the {what} is {float(value)}")
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:  # fmt: skip
+        """Clip as Lightning would, reusing the guard's gradient norm. Without a GradScaler the gradients
+        are the true ones, so this also works for fused AdamW, which Lightning refuses to clip under bf16."""
+        if not gradient_clip_val:
+            return
+        if self._grad_scaler():
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), gradient_clip_val, self._grad_norm)
 
     def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):

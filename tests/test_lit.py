@@ -174,3 +174,24 @@ def test_infinite_gradients_stop_training_before_they_reach_the_weights(tmp_path
     monkeypatch.setattr(LitGPT, "on_before_optimizer_step", inf_gradients)
     assert train(tmp_path, "run") == 2
     assert "diverged at step 2: the gradient norm is inf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algorithm", [None, "norm", "value"])
+def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm):
+    """LitGPT clips itself (so fused AdamW works under bf16); it must equal torch's own clipping."""
+    import copy
+
+    torch.manual_seed(0)
+    module = LitGPT(tiny_config().to_dict(), {})
+    reference = copy.deepcopy(module.model)
+    batch = torch.randint(0, 257, (4, 17))
+    for model in (module.model, reference):
+        (module._loss.__func__(type("M", (), {"model": model})(), batch) * 100).backward()
+    module._grad_norm = torch.nn.utils.get_total_norm([p.grad for p in module.model.parameters()])
+    module.configure_gradient_clipping(None, 0.5, algorithm)
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(reference.parameters(), 0.5)
+    else:
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    for ours, theirs in zip(module.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
