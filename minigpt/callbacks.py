@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt import attention
 from minigpt import tokenizer as tok
+from minigpt.errors import MiniGPTError
 from minigpt.sample import generate
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,13 @@ class SampleLogger(L.Callback):
         model = pl_module.model
         was_training = model.training
         model.eval()
-        texts = generate(model, self.tokenizer, "", max_new_tokens=self.tokens, num_samples=self.count, seed=self.seed)
-        model.train(was_training)
+        try:
+            texts = generate(model, self.tokenizer, "", max_new_tokens=self.tokens, num_samples=self.count, seed=self.seed)
+        except MiniGPTError as err:  # finite but enormous weights can still overflow the logits
+            log.warning("step %d: no samples logged: %s", trainer.global_step, err)
+            return
+        finally:
+            model.train(was_training)
         for writer in writers:
             for i, text in enumerate(texts):
                 writer.add_text(f"samples/{i}", f"```\n{text}\n```", trainer.global_step)

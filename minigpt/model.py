@@ -45,6 +45,13 @@ class GPTConfig:
         if type(self.bias) is not bool:
             raise ValueError(f"bias must be true or false, got {self.bias!r}")
 
+    def num_parameters(self) -> int:
+        """The parameter count of the model this config describes (tied head counted once), without building it."""
+        d, bias = self.n_embd, int(self.bias)
+        norm = d + bias * d
+        block = 2 * norm + (3 * d * d + bias * 3 * d) + (d * d + bias * d) + (4 * d * d + bias * 4 * d) + (4 * d * d + bias * d)
+        return (self.vocab_size + self.block_size) * d + self.n_layer * block + norm
+
     def to_dict(self) -> dict[str, int | float | bool]:
         return asdict(self)
 

@@ -138,7 +138,10 @@ def sample_tokens(
     seen.scatter_(1, idx, True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
-        logits = apply_repetition_penalty(next_logits(model, seq, cache), seen, repetition_penalty)
+        logits = next_logits(model, seq, cache)
+        if not torch.isfinite(logits).all():  # else multinomial fails deep inside torch, or argmax picks junk
+            raise MiniGPTError("the model's output is not finite (NaN or inf): its weights are broken; use another checkpoint")
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         ids = sample_next(logits, generators, temperature, top_k, top_p)
         ids = ids.masked_fill(finished, eot_id)
         finished |= ids == eot_id

@@ -106,3 +106,9 @@ def test_dropout_is_active_in_training_only():
 def test_n_embd_must_divide_by_n_head():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=10, n_head=3)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_config_counts_the_parameters_of_the_model_it_builds(bias):
+    config = tiny_config(n_layer=3, n_embd=48, n_head=4, bias=bias, vocab_size=300)
+    assert config.num_parameters() == GPT(config).num_parameters()

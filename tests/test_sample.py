@@ -367,3 +367,11 @@ def test_endoftext_and_what_follows_are_not_shown(tiny_model: GPT, monkeypatch) 
 def test_unfinished_character_at_the_end_is_replaced_not_dropped(tiny_model: GPT, monkeypatch) -> None:
     monkeypatch.setattr(sample, "sample_tokens", fake_tokens([*b"ok", *"🌍".encode()[:2]]))
     assert completions(tiny_model, max_new_tokens=100) == ["ok\ufffd"]
+
+
+def test_a_model_with_non_finite_output_is_a_user_error_not_a_torch_crash(tiny_model):
+    with torch.no_grad():
+        tiny_model.lm_head.weight.mul_(1e38)  # finite weights, infinite logits
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    with pytest.raises(MiniGPTError, match="not finite"):
+        list(sample.sample_tokens(tiny_model, idx, max_new_tokens=3, eot_id=-1, generators=sample.make_generators(0, 1)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -104,24 +105,31 @@ def _resume_path(path: str) -> Path:
     return p
 
 
+MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
+MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
+
+
 def _validate(cfg: Namespace) -> None:
     """Every value checked before anything is written: ranges here, the model's and optimizer's own checks."""
+    interval = cfg.trainer.val_check_interval
     checks = [
         (cfg.batch_size >= 1, f"--batch_size must be at least 1, got {cfg.batch_size}"),
-        (0 < cfg.val_fraction <= 0.5, f"--val_fraction must be above 0 and at most 0.5, got {cfg.val_fraction}"),
+        (1e-6 <= cfg.val_fraction <= 0.5, f"--val_fraction must be from 1e-6 to 0.5, got {cfg.val_fraction}"),
         (cfg.val_windows >= 1, f"--val_windows must be at least 1, got {cfg.val_windows}"),
         (cfg.num_workers >= 0, f"--num_workers must be 0 or more, got {cfg.num_workers}"),
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
-        (cfg.samples >= 0, f"--samples must be 0 or more, got {cfg.samples}"),
+        (0 <= cfg.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {cfg.samples}"),
         (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
+        (cfg.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {cfg.model.n_layer}"),
         (cfg.trainer.max_steps is not None and cfg.trainer.max_steps > 0, "set --trainer.max_steps to a positive number"),
         # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
         (cfg.trainer.accumulate_grad_batches >= 1, "--trainer.accumulate_grad_batches must be at least 1"),
-        (cfg.trainer.val_check_interval is None or cfg.trainer.val_check_interval > 0,
-         "--trainer.val_check_interval must be positive (steps, or a fraction of an epoch)"),
         (cfg.trainer.gradient_clip_val is None or cfg.trainer.gradient_clip_val >= 0,
          "--trainer.gradient_clip_val must be 0 or more"),
-    ]
+        # Training is one endless stream: a fraction of an epoch never comes. Times (DD:HH:MM:SS) go to Lightning.
+        (not isinstance(interval, (int, float)) or (type(interval) is int and interval >= 1),
+         f"--trainer.val_check_interval must be a whole number of steps (or a time, DD:HH:MM:SS), got {interval}"),
+    ]  # fmt: skip
     for ok, message in checks:
         if not ok:
             raise MiniGPTError(message)
@@ -130,6 +138,32 @@ def _validate(cfg: Namespace) -> None:
             config(**vars(cfg[group]))
         except ValueError as err:
             raise MiniGPTError(f"--{group}.{err}") from None
+    check_fits_in_memory(cfg, vocab_size=257)  # the smallest vocabulary; again with the real one once it is known
+
+
+def check_fits_in_memory(cfg: Namespace, vocab_size: int) -> None:
+    """Refuse a model and batch that clearly cannot train in this machine's memory, before allocating any of it.
+
+    The estimate: 16 bytes per parameter (fp32 weights, gradients and AdamW's two moments) plus fp32
+    activations of about 16 * n_embd * n_layer + 2 * vocab_size numbers per token of the batch.
+    """
+    import torch
+
+    model = cfg.model
+    params = GPTConfig(**vars(model), vocab_size=vocab_size).num_parameters()
+    tokens = cfg.batch_size * model.block_size
+    need = 16 * params + 4 * tokens * (16 * model.n_embd * model.n_layer + 2 * vocab_size)
+    on_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda", "None") and torch.cuda.is_available()
+    if on_gpu:
+        have, where = torch.cuda.get_device_properties(0).total_memory, "GPU"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "machine"
+    if need > have:
+        raise MiniGPTError(
+            f"{params / 1e6:,.1f}M parameters and {tokens:,} tokens per batch need about {need / 2**30:,.0f} GiB to "
+            f"train, more than this {where}'s {have / 2**30:,.0f} GiB: use a smaller --model.n_embd, "
+            "--model.n_layer, --model.block_size or --batch_size"
+        )
 
 
 def claim_run_folder(cfg: Namespace) -> RunFolder:
@@ -193,6 +227,8 @@ def main(argv: Sequence[str]) -> None:
 
     from minigpt.data import TokenDataModule
 
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
     from minigpt.lit import LastCheckpoint
 
     with claim_run_folder(cfg) as folder:
@@ -202,8 +238,9 @@ def main(argv: Sequence[str]) -> None:
             cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
             cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir,
         )  # fmt: skip
-        trainer = build_trainer(cfg, run_dir, resumed)  # Lightning checks its own options: nothing written yet
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
+        check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
+        trainer = build_trainer(cfg, run_dir, resumed)  # Lightning checks its own options: still nothing written
         train_config = resolved_config(parser, cfg)
         if not cfg.resume:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
@@ -213,6 +250,8 @@ def main(argv: Sequence[str]) -> None:
             signum = signals.received()
             if signum is not None:  # it arrived during the last validation; the final save has been made
                 raise Interrupted(signum, "")
+        except MisconfigurationException as err:  # Lightning's word for a bad setting, found once fit started
+            raise MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}") from None
         except Diverged as err:
             kept = f"the last good checkpoint is kept in {run_dir}" if holds_run(run_dir) else "nothing was saved"
             raise MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again") from None
@@ -250,9 +289,12 @@ def build_trainer(cfg: Namespace, run_dir: Path, resumed: dict[str, Any] | None)
             callbacks=[BestCheckpoint(str(run_dir)), LastCheckpoint(str(run_dir / "last.ckpt"))],
             plugins=[SafeCheckpointIO(preloaded)],
         )
-    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
-        message = " ".join(str(err).split())
-        raise MiniGPTError(f"a --trainer option is not usable here: {message}") from None
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
+        raise MiniGPTError(f"a --trainer option is not usable here: {_one_line(err)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def fit(
