@@ -195,3 +195,15 @@ def test_ctrl_c_during_bpe_training_exits_130_without_a_traceback(tmp_path, corp
     assert run(main, train_command(corpus, tmp_path / "run", "--tokenizer", "bpe:300")[2:]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "SystemError" not in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_generation_exits_128_plus_signal_with_one_line(tiny_checkpoint, signum):
+    command = [sys.executable, str(REPO / "generate.py"), "--ckpt", str(tiny_checkpoint), "--prompt", "a",
+               "--max-new-tokens", "1000000", "--temperature", "0", "--device", "cpu"]  # fmt: skip
+    with subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        process.stdout.read(50)  # generation is under way
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum
+    assert err.strip().startswith("stopped by ") and err.count("\n") == 1, err

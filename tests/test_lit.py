@@ -195,3 +195,52 @@ def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm):
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
     for ours, theirs in zip(module.model.parameters(), reference.parameters()):
         torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+
+
+def test_resuming_a_short_run_and_a_copied_folder_keeps_one_current_last_checkpoint(tmp_path):
+    """last.ckpt is always the newest state: never a stale last.ckpt beside a last-v1.ckpt."""
+    import shutil
+
+    assert train(tmp_path, "short", "--trainer.max_steps", "2", "--trainer.val_check_interval", "100") == 0
+    assert sorted(p.name for p in (tmp_path / "short").glob("*.ckpt")) == ["last.ckpt"]
+    assert run(main, ["--resume", str(tmp_path / "short"), "--trainer.max_steps", "4"]) == 0
+    assert step(tmp_path / "short" / "last.ckpt") == 4
+
+    assert train(tmp_path, "original") == 0  # validations at steps 3 and 6: best.ckpt and last.ckpt
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    best_score = _best_score(tmp_path / "copy" / "best.ckpt")
+    assert run(main, ["--resume", str(tmp_path / "copy"), "--trainer.max_steps", "9"]) == 0
+    assert sorted(p.name for p in (tmp_path / "copy").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert step(tmp_path / "copy" / "last.ckpt") == 9
+    assert _best_score(tmp_path / "copy" / "best.ckpt") <= best_score  # the moved folder kept its best score
+    assert step(tmp_path / "original" / "last.ckpt") == 6  # the original is untouched
+
+
+def step(path: Path) -> int:
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def _best_score(path: Path) -> float:
+    callbacks = torch.load(path, weights_only=True)["callbacks"]
+    return float(next(v for k, v in callbacks.items() if k.startswith("BestCheckpoint"))["best_model_score"])
+
+
+def test_the_logged_step_axis_has_no_gap_or_duplicate_across_a_signal_and_resume(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    training_step = LitGPT.training_step
+
+    def sigterm_during_step_three(self, batch, batch_idx):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitGPT, "training_step", sigterm_during_step_three)
+    assert train(tmp_path, "run") == 143
+    monkeypatch.undo()
+    assert run(main, ["--resume", str(tmp_path / "run")]) == 0
+    steps = []
+    for events_file in sorted((tmp_path / "run" / "tb").glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(events_file)).Reload()
+        steps += [e.step for e in events.Scalars("train/loss")]
+    assert sorted(steps) == list(range(6)) and len(set(steps)) == len(steps)
