@@ -7,7 +7,8 @@ import itertools
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from minigpt import checkpoint, signals
 from minigpt import tokenizer as tok
 from minigpt.errors import Interrupted, MiniGPTError
-from minigpt.lit import Diverged, OptimConfig
+from minigpt.lit import OptimConfig
 from minigpt.model import GPTConfig
 from minigpt.rundir import InUse, RunFolder, holds_run
 
@@ -227,10 +228,6 @@ def main(argv: Sequence[str]) -> None:
 
     from minigpt.data import TokenDataModule
 
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from minigpt.lit import LastCheckpoint
-
     with claim_run_folder(cfg) as folder:
         run_dir = folder.path
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -240,53 +237,71 @@ def main(argv: Sequence[str]) -> None:
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
         check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
-        trainer = build_trainer(cfg, run_dir, resumed)  # Lightning checks its own options: still nothing written
+        trainer = build_trainer(cfg, run_dir, prepared, resumed)  # Lightning checks its options: nothing written yet
         train_config = resolved_config(parser, cfg)
         if not cfg.resume:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
-        try:
+        with explained_stops(cfg, trainer, run_dir):
             with signals.deferred():
-                fit(cfg, trainer, data, prepared, train_config, run_dir)
-            signum = signals.received()
-            if signum is not None:  # it arrived during the last validation; the final save has been made
-                raise Interrupted(signum, "")
-        except MisconfigurationException as err:  # Lightning's word for a bad setting, found once fit started
-            raise MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}") from None
-        except Diverged as err:
-            kept = f"the last good checkpoint is kept in {run_dir}" if holds_run(run_dir) else "nothing was saved"
-            raise MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again") from None
-        except BaseException:
-            signum = signals.received()
-            if signum is None:
-                raise
-            if not holds_run(run_dir):
-                raise Interrupted(signum, "training stopped before its first checkpoint; nothing was saved") from None
-            saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
-            raise Interrupted(
-                signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
-            ) from None
+                fit(cfg, trainer, data, prepared, train_config)
+            if signals.received() is not None:  # it arrived during the last validation; the final save is made
+                raise KeyboardInterrupt
     print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
 
 
-def build_trainer(cfg: Namespace, run_dir: Path, resumed: dict[str, Any] | None) -> L.Trainer:
+@contextmanager
+def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
+    """Turn the ways training can stop early into what the user reads: a signal into `Interrupted` (saying
+    what is saved and how to continue), a divergence or a setting Lightning rejects into a `MiniGPTError`."""
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from minigpt.lit import Diverged, LastCheckpoint
+
+    try:
+        yield
+    except MisconfigurationException as err:  # Lightning's word for a bad setting, found once fit started
+        raise MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}") from None
+    except Diverged as err:
+        kept = f"the last good checkpoint is kept in {run_dir}" if holds_run(run_dir) else "nothing was saved"
+        raise MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again") from None
+    except BaseException:
+        signum = signals.received()
+        if signum is None:
+            raise
+        if not holds_run(run_dir):
+            raise Interrupted(signum, "training stopped before its first checkpoint; nothing was saved") from None
+        saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
+        raise Interrupted(
+            signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
+        ) from None
+
+
+def build_trainer(cfg: Namespace, run_dir: Path, prepared: Prepared, resumed: dict[str, Any] | None) -> L.Trainer:
     """The Trainer for `cfg`, writing checkpoints and logs to `run_dir`; a `--trainer.*` value that Lightning
     rejects is a one-line error here, before anything is written."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+    from minigpt.callbacks import AttentionLogger, SampleLogger
     from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO
 
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     run_dir = run_dir.resolve()  # absolute, so a resume from another working folder finds the same files
+    callbacks = [
+        BestCheckpoint(str(run_dir)),
+        LastCheckpoint(str(run_dir / "last.ckpt")),
+        SampleLogger(prepared.tokenizer),
+        AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
+    ]
     preloaded = (cfg.resume, resumed) if resumed is not None else None
     try:
         return L.Trainer(
             **trainer_args,
             default_root_dir=run_dir,
             logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
-            callbacks=[BestCheckpoint(str(run_dir)), LastCheckpoint(str(run_dir / "last.ckpt"))],
+            callbacks=callbacks,
             plugins=[SafeCheckpointIO(preloaded)],
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
@@ -297,11 +312,8 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def fit(
-    cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any], run_dir: Path
-) -> None:
+def fit(cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any]) -> None:
     """Build the LightningModule for `cfg` and the prepared data, and train it with `trainer`."""
-    from minigpt.callbacks import AttentionLogger, SampleLogger
     from minigpt.lit import LitGPT
 
     meta = prepared.meta
@@ -310,10 +322,7 @@ def fit(
     module = LitGPT(
         model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload, cfg.seed
     )
-    log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, run_dir)
-    trainer.callbacks.extend(
-        [SampleLogger(prepared.tokenizer), AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size))]
-    )
+    log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, trainer.default_root_dir)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.resume)
 
 
