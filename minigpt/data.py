@@ -23,6 +23,11 @@ def open_shard(folder: Path, split: str, dtype: str) -> np.memmap:
     return np.memmap(folder / f"{split}.bin", dtype=np.dtype(dtype), mode="r")
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one distributed rank's stream: each rank draws its own windows (and dropout masks)."""
+    return seed + 7919 * rank
+
+
 def batch_seed(seed: int, batch: int) -> int:
     """A distinct, reproducible generator seed for every batch of a run."""
     return (seed * 1_000_003 + batch) % (2**63)
@@ -138,6 +143,4 @@ class TokenDataModule(L.LightningDataModule):
         return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def _rank_seed(self) -> int:
-        """Each distributed rank draws its own windows."""
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        return self.seed + 7919 * rank
+        return rank_seed(self.seed, self.trainer.global_rank if self.trainer is not None else 0)

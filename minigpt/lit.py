@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from minigpt import checkpoint, signals
-from minigpt.data import batch_seed
+from minigpt.data import batch_seed, rank_seed
 from minigpt.errors import Interrupted, MiniGPTError
 from minigpt.model import GPT, GPTConfig
 
@@ -165,7 +165,7 @@ class LitGPT(L.LightningModule):
         step, micro = self._micro
         self._micro = (self.global_step, micro + 1 if step == self.global_step else 0)
         index = self.global_step * self.trainer.accumulate_grad_batches + self._micro[1]
-        torch.manual_seed(batch_seed(self.seed + 7919 * self.global_rank, index) + 1)
+        torch.manual_seed(batch_seed(rank_seed(self.seed, self.global_rank), index) + 1)
 
     def _grad_scaler(self) -> bool:
         """True under float16 mixed precision, whose GradScaler scales the gradients."""
