@@ -58,6 +58,8 @@ class OptimConfig:
             if not ok:
                 name = message.split()[0]
                 raise ValueError(f"{message}, got {getattr(self, name)!r}")
+        if self.lr * self.weight_decay >= 1:  # each step scales the weights by (1 - lr * weight_decay)
+            raise ValueError(f"lr * weight_decay must be below 1, got {self.lr:g} * {self.weight_decay:g}")
 
 
 def _finite(value: object) -> bool:

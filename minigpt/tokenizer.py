@@ -48,7 +48,7 @@ def byte_tokenizer() -> tiktoken.Encoding:
 
 def _parse_bpe_size(spec: str) -> int:
     size = spec.removeprefix("bpe:")
-    if not size.isdigit() or not 257 <= int(size) <= _MAX_BPE_VOCAB:
+    if not (size.isascii() and size.isdigit()) or not 257 <= int(size) <= _MAX_BPE_VOCAB:
         raise MiniGPTError(
             f"bad tokenizer '{spec}': write bpe:<vocab_size> with a size from 257 to {_MAX_BPE_VOCAB}, e.g. bpe:4096"
         )

@@ -143,7 +143,7 @@ def test_shakespeare_cpu_recipe_reaches_nanogpt_loss(tmp_path):
     import torch
 
     best = torch.load(tmp_path / "run" / "best.ckpt", weights_only=True)
-    score = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"]
+    score = next(v for k, v in best["callbacks"].items() if k.startswith("BestCheckpoint"))["best_model_score"]
     assert float(score) <= 1.89
 
 

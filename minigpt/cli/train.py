@@ -108,6 +108,7 @@ def _resume_path(path: str) -> Path:
 
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
+MAX_WORKERS = 4 * (os.cpu_count() or 1)  # each worker is a process: thousands would exhaust the machine
 
 
 def _validate(cfg: Namespace) -> None:
@@ -117,7 +118,7 @@ def _validate(cfg: Namespace) -> None:
         (cfg.batch_size >= 1, f"--batch_size must be at least 1, got {cfg.batch_size}"),
         (1e-6 <= cfg.val_fraction <= 0.5, f"--val_fraction must be from 1e-6 to 0.5, got {cfg.val_fraction}"),
         (cfg.val_windows >= 1, f"--val_windows must be at least 1, got {cfg.val_windows}"),
-        (cfg.num_workers >= 0, f"--num_workers must be 0 or more, got {cfg.num_workers}"),
+        (0 <= cfg.num_workers <= MAX_WORKERS, f"--num_workers must be from 0 to {MAX_WORKERS}, got {cfg.num_workers}"),
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
         (0 <= cfg.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {cfg.samples}"),
         (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
@@ -158,11 +159,11 @@ def check_fits_in_memory(cfg: Namespace, vocab_size: int) -> None:
     if on_gpu:
         have, where = torch.cuda.get_device_properties(0).total_memory, "GPU"
     else:
-        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "machine"
+        have, where = _available_memory(), "machine"
     if need > have:
         raise MiniGPTError(
             f"{params / 1e6:,.1f}M parameters and {tokens:,} tokens per batch need about {need / 2**30:,.0f} GiB to "
-            f"train, more than this {where}'s {have / 2**30:,.0f} GiB: use a smaller --model.n_embd, "
+            f"train, more than the {have / 2**30:,.0f} GiB free on this {where}: use a smaller --model.n_embd, "
             "--model.n_layer, --model.block_size or --batch_size"
         )
 
@@ -274,6 +275,15 @@ def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path) -> Iterat
         raise Interrupted(
             signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
         ) from None
+
+
+def _available_memory() -> int:
+    """Bytes of memory free for a new job (Linux's MemAvailable), else the machine's total."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def build_trainer(cfg: Namespace, run_dir: Path, prepared: Prepared, resumed: dict[str, Any] | None) -> L.Trainer:
