@@ -207,3 +207,23 @@ def test_a_signal_during_generation_exits_128_plus_signal_with_one_line(tiny_che
         _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum
     assert err.strip().startswith("stopped by ") and err.count("\n") == 1, err
+
+
+def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(tmp_path, corpus):
+    """A real full disk (a 3 MB tmpfs: room for two checkpoints, not three): one line, exit 2, last.ckpt intact."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        run_dir = disk / "run"
+        command = train_command(corpus, run_dir, "--trainer.max_steps", "40", "--trainer.val_check_interval", "5")
+        command[command.index("--cache_dir") + 1] = str(tmp_path / "cache")
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1].startswith("error: no space left on the device while writing")
+        assert step_of(run_dir / "last.ckpt") == 5
+        checkpoint.read(run_dir / "last.ckpt")
+        assert not list(run_dir.glob(checkpoint.TEMP_GLOB)) and not (run_dir / LOCK_NAME).exists()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
