@@ -30,6 +30,7 @@ def exit_code(signum: int) -> int:
 
 
 def name(signum: int) -> str:
+    """How the user calls the signal: Ctrl-C, SIGTERM."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
