@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import parse_qs
 
 from minigpt.errors import MiniGPTError
@@ -131,7 +131,7 @@ class FileCorpus:
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for path in self.files:
-            with path.open("rb") as f:
+            with _open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 # The name and length frame each file, so moving bytes between files changes the digest too.
                 digest.update(f"{path}\0{size}\0".encode())
@@ -301,14 +301,22 @@ def _is_text_file(path: Path, shown: Path) -> bool:
 
 def _has_nul(path: Path) -> bool:
     """Whether the file starts like a binary: a NUL byte in its first 8 KiB, which text files practically never hold."""
-    with path.open("rb") as f:
+    with _open(path, "rb") as f:
         return b"\0" in f.read(_SNIFF_BYTES)
+
+
+def _open(path: Path, mode: str = "r", **kwargs: Any) -> IO[Any]:
+    """`path.open`, with a file that cannot be read (permissions, vanished) as a one-line user error."""
+    try:
+        return path.open(mode, **kwargs)
+    except OSError as err:
+        raise MiniGPTError(f"cannot read {path} ({err.strerror or err}): check that it exists and that you may read it") from None
 
 
 def _read_utf8(path: Path) -> str:
     try:
         # newline="" keeps the file's own line endings, so byte counts match the file.
-        with path.open(encoding="utf-8", newline="") as f:
+        with _open(path, encoding="utf-8", newline="") as f:
             return f.read()
     except UnicodeDecodeError as err:
         raise MiniGPTError(

@@ -272,3 +272,23 @@ def test_a_download_into_a_cache_under_a_file_is_a_user_error(tmp_path: Path) ->
     with pytest.raises(MiniGPTError, match=r"cannot write to the cache folder .*file/cache.*--cache_dir") as err:
         open_corpus("shakespeare", tmp_path / "file" / "cache")
     assert "\n" not in str(err.value)
+
+
+def test_an_unreadable_file_is_a_one_line_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from minigpt.corpus import open_corpus
+    from minigpt.errors import MiniGPTError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private notes\n" * 10)
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):  # what chmod 000 does for anyone but root
+        if self == secret:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(MiniGPTError, match="cannot read .*secret.txt \\(Permission denied\\)"):
+        open_corpus(str(secret), tmp_path / "cache").fingerprint()
