@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 MIN_DOCS_FOR_DOC_SPLIT = 10
+MIN_VAL_FRACTION, MAX_VAL_FRACTION = 1e-6, 0.5  # below the minimum, 1 / val_fraction stops being a usable stride
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "val")
 CHUNK_CHARS = 1 << 18  # a long document is tokenized in pieces of about this size ...
@@ -103,8 +104,10 @@ def prepare(
     data_spec: str, tokenizer_spec: str, cache_dir: Path | None = None, val_fraction: float = 0.1
 ) -> Prepared:
     """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones if they check out."""
-    if not 0 < val_fraction <= 0.5:
-        raise MiniGPTError(f"val_fraction {val_fraction} is out of range: use a fraction above 0 and at most 0.5")
+    if not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
+        raise MiniGPTError(
+            f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}"
+        )
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     corpus = open_corpus(data_spec, cache_dir)
     fingerprint = corpus.fingerprint()

@@ -21,6 +21,7 @@ from minigpt import tokenizer as tok
 from minigpt.errors import Interrupted, MiniGPTError
 from minigpt.lit import OptimConfig
 from minigpt.model import GPTConfig
+from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION
 from minigpt.rundir import InUse, RunFolder, holds_run
 
 if TYPE_CHECKING:  # the real imports wait until after argument checks: they pull in Lightning
@@ -116,7 +117,8 @@ def _validate(cfg: Namespace) -> None:
     interval = cfg.trainer.val_check_interval
     checks = [
         (cfg.batch_size >= 1, f"--batch_size must be at least 1, got {cfg.batch_size}"),
-        (1e-6 <= cfg.val_fraction <= 0.5, f"--val_fraction must be from 1e-6 to 0.5, got {cfg.val_fraction}"),
+        (MIN_VAL_FRACTION <= cfg.val_fraction <= MAX_VAL_FRACTION,
+         f"--val_fraction must be from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}, got {cfg.val_fraction}"),
         (cfg.val_windows >= 1, f"--val_windows must be at least 1, got {cfg.val_windows}"),
         (0 <= cfg.num_workers <= MAX_WORKERS, f"--num_workers must be from 0 to {MAX_WORKERS}, got {cfg.num_workers}"),
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
