@@ -19,6 +19,7 @@ import torch
 from minigpt import attention, checkpoint
 from minigpt import tokenizer as tok
 from minigpt.cli import run
+from minigpt.cli.common import OneLineParser, add_device_argument, check_stdout_open, resolve_device, writing_stdout
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
 
@@ -144,11 +145,6 @@ def print_top_heads(stats: attention.HeadStats, k: int) -> None:
 
 def main(argv: Sequence[str]) -> None:
     """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
-    # generate.py imports this module for its --attention option, so its pieces are imported here, not above.
-    from minigpt.cli.generate import (
-        OneLineParser, add_device_argument, check_stdout_open, resolve_device, writing_stdout,
-    )  # fmt: skip
-
     parser = OneLineParser(
         prog="python -m minigpt.cli.attention",
         description="Draw the attention maps of every layer and head of a checkpoint on a prompt.",

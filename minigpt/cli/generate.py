@@ -8,35 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import NoReturn
 
 import torch
 
 from minigpt import checkpoint
 from minigpt import tokenizer as tok
 from minigpt.cli.attention import add_attention_arguments, check_out_dir, selected_layers_and_heads, write_attention
+from minigpt.cli.common import OneLineParser, add_device_argument, check_stdout_open, resolve_device, writing_stdout
 from minigpt.errors import MiniGPTError
 from minigpt.sample import check_settings, stream
 
 DIVIDER = "-" * 20
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (exit code 2 stays)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """Add --device; `resolve_device` turns its value into a torch device."""
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-        help="where to run (default %(default)s = cuda, else mps, else cpu); bf16 autocast on GPUs that support it",
-    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,48 +110,6 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read the prompt from standard input: {err}") from None
     return prompt or ""
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for --device; asking for a GPU that is not there is a user error."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        name = "cuda" if cuda else "mps" if mps else "cpu"
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise MiniGPTError(f"--device {name} was asked for but is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def check_stdout_open() -> None:
-    """Refuse to start when standard output is closed (`>&-`): everything printed would vanish."""
-    if sys.stdout is None:
-        raise MiniGPTError("cannot write to standard output: it is closed")
-
-
-@contextlib.contextmanager
-def writing_stdout() -> Iterator[None]:
-    """Print inside this block, flushed at its end. A reader that has gone (`| head`) ends the output quietly;
-    any other failed write (a full disk, an encoding that cannot show the text) is a one-line `MiniGPTError`.
-    """
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _discard_stdout()
-    except OSError as err:
-        _discard_stdout()
-        raise MiniGPTError(f"cannot write to standard output: {err.strerror or err}") from None
-    except UnicodeEncodeError as err:
-        # utf-8 writes any character, surrogateescape the undecodable bytes of a command line.
-        fix = "set PYTHONIOENCODING=utf-8:surrogateescape"
-        raise MiniGPTError(f"cannot write to standard output: {err}; {fix}") from None
-
-
-def _discard_stdout() -> None:
-    """Point standard output at /dev/null, so that Python's flush at exit does not fail a second time."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
