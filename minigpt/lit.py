@@ -46,18 +46,17 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         """Check ranges here, so a bad value fails before training rather than inside torch."""
-        checks = [
-            (_finite(self.lr) and self.lr > 0, "lr must be a positive number"),
-            (_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
-            (type(self.warmup_steps) is int and self.warmup_steps >= 0, "warmup_steps must be an integer >= 0"),
-            (_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a number >= 0"),
-            (_finite(self.beta1) and 0 <= self.beta1 < 1, "beta1 must be in [0, 1)"),
-            (_finite(self.beta2) and 0 <= self.beta2 < 1, "beta2 must be in [0, 1)"),
-        ]
-        for ok, message in checks:
+        rules = {
+            "lr": (_finite(self.lr) and self.lr > 0, "must be a positive number"),
+            "min_lr_ratio": (_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            "warmup_steps": (type(self.warmup_steps) is int and self.warmup_steps >= 0, "must be an integer >= 0"),
+            "weight_decay": (_finite(self.weight_decay) and self.weight_decay >= 0, "must be a number >= 0"),
+            "beta1": (_finite(self.beta1) and 0 <= self.beta1 < 1, "must be in [0, 1)"),
+            "beta2": (_finite(self.beta2) and 0 <= self.beta2 < 1, "must be in [0, 1)"),
+        }
+        for name, (ok, rule) in rules.items():
             if not ok:
-                name = message.split()[0]
-                raise ValueError(f"{message}, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
         if self.lr * self.weight_decay >= 1:  # each step scales the weights by (1 - lr * weight_decay)
             raise ValueError(f"lr * weight_decay must be below 1, got {self.lr:g} * {self.weight_decay:g}")
 
