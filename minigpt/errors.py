@@ -14,3 +14,12 @@ class Interrupted(Exception):
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class ReportedByRankZero(Exception):
+    """A stop that every process of a distributed run meets alike (an interruption, a divergence, a bad
+    argument): global rank 0 tells the user, and this process only exits with `code`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exit {code}")
+        self.code = code

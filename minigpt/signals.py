@@ -2,7 +2,8 @@
 
 Outside `deferred()`, a signal raises `KeyboardInterrupt` at once (preparation, BPE training, sampling).
 Inside it (the training loop), the first signal only sets a flag that training reads between steps, so a
-stop never lands inside an optimizer step; a second signal interrupts at once.
+stop never lands inside an optimizer step; a second signal interrupts at once, unless a launcher such as
+torchrun forwards the signals (it sends its own copy of a Ctrl-C, and escalates to SIGKILL by itself).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 _received: int | None = None
 _deferring = False
+_escalate = True
+_installed = False
 
 
 def received() -> int | None:
@@ -39,14 +42,14 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     first = _received is None
     if first:
         _received = signum
-    if not (_deferring and first):
+    if not (_deferring and (first or not _escalate)):
         raise KeyboardInterrupt
 
 
 @contextmanager
 def installed() -> Iterator[None]:
     """Route SIGINT and SIGTERM through this module for the duration of a command; restore them after."""
-    global _received
+    global _received, _installed
     _received = None
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
@@ -54,19 +57,29 @@ def installed() -> Iterator[None]:
     previous = {s: signal.getsignal(s) for s in HANDLED}
     for s in HANDLED:
         signal.signal(s, _handle)
+    _installed = True
     try:
         yield
     finally:
+        _installed = False
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
+def reclaim() -> None:
+    """Route SIGINT and SIGTERM through this module again, after a library (Lightning) installed its own."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        for s in HANDLED:
+            signal.signal(s, _handle)
+
+
 @contextmanager
-def deferred() -> Iterator[None]:
-    """While inside, the first signal is only recorded (see the module docstring)."""
-    global _deferring
-    _deferring = True
+def deferred(escalate: bool = True) -> Iterator[None]:
+    """While inside, the first signal is only recorded, and with `escalate` False every later one too (see the
+    module docstring)."""
+    global _deferring, _escalate
+    _deferring, _escalate = True, escalate
     try:
         yield
     finally:
-        _deferring = False
+        _deferring, _escalate = False, True

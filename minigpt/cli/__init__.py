@@ -7,26 +7,40 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from minigpt import signals
-from minigpt.errors import Interrupted, MiniGPTError
+from minigpt import launch, signals
+from minigpt.errors import Interrupted, MiniGPTError, ReportedByRankZero
 
 USER_ERROR_EXIT = 2
 
 
+def configure_logging(label: str | None) -> None:
+    """Messages for people, without decoration; in a distributed run only global rank 0 (`label` None) shows
+    its progress, while the other processes show errors only, prefixed with their `label`."""
+    if label is None:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    else:
+        logging.basicConfig(level=logging.ERROR, format=f"[{label}] %(message)s")
+
+
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)` and return the exit code: 0 done, 2 a `MiniGPTError` (one line on stderr), 130 / 143
-    after Ctrl-C / SIGTERM (one line, no traceback, whatever was running); anything else is a bug and raises."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    after Ctrl-C / SIGTERM (one line, no traceback, whatever was running); anything else is a bug and raises.
+
+    In a distributed run, a stop that all processes meet alike is reported by global rank 0 alone."""
+    label = launch.process_label()
+    configure_logging(label)
     with signals.installed():
         try:
             main(sys.argv[1:] if argv is None else argv)
+        except ReportedByRankZero as stop:
+            return stop.code
         except MiniGPTError as err:
             if signals.received() is None:
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error{f' ({label})' if label else ''}: {err}", file=sys.stderr)
                 return USER_ERROR_EXIT
-            return _interrupted(signals.received(), "")
+            return _interrupted(signals.received(), "", label)
         except Interrupted as stop:
-            return _interrupted(stop.signum, str(stop))
+            return _interrupted(stop.signum, str(stop), label)
         except BaseException as exc:
             # After a signal, whatever surfaces (KeyboardInterrupt, Lightning's SystemExit, an extension's
             # SystemError) is the interruption itself.
@@ -35,10 +49,11 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
                 signum = signal.SIGINT
             if signum is None:
                 raise
-            return _interrupted(signum, "")
+            return _interrupted(signum, "", label)
     return 0
 
 
-def _interrupted(signum: int, message: str) -> int:
-    print(f"stopped by {signals.name(signum)}" + (f": {message}" if message else ""), file=sys.stderr)
+def _interrupted(signum: int, message: str, label: str | None) -> int:
+    if label is None:  # the other processes of a distributed run stop alike: rank 0 says so once
+        print(f"stopped by {signals.name(signum)}" + (f": {message}" if message else ""), file=sys.stderr)
     return signals.exit_code(signum)
