@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import lightning as L
 import tiktoken
@@ -13,16 +14,30 @@ from lightning.pytorch.utilities import rank_zero_only
 from minigpt import attention
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
+from minigpt.lit import whole_model_here
 from minigpt.sample import generate
 
 log = logging.getLogger(__name__)
 
 
+class ProcessSetup(L.Callback):
+    """Calls `configure(label)` in every process as training is set up, `label` naming the process as
+    `minigpt.launch.process_label` does. Worker processes that ddp_spawn starts run no command of their own,
+    so this is where they get its logging and warning settings."""
+
+    def __init__(self, configure: Callable[[str | None], None]) -> None:
+        self.configure = configure
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.configure(None if trainer.is_global_zero else f"rank {trainer.global_rank}")
+
+
 def _tensorboard_writers(trainer: L.Trainer, model: torch.nn.Module) -> list:
-    """The SummaryWriters of the trainer's TensorBoard loggers; none during the sanity check, and none
-    (with a warning) when the model is not finite: a diverged model cannot be sampled, and a logger must
-    never be what crashes a run."""
-    if trainer.sanity_checking:
+    """The SummaryWriters of the trainer's TensorBoard loggers; none during the sanity check, none when the
+    model is sharded across processes (see `RankZeroView`), and none (with a warning)
+    when the model is not finite: a diverged model cannot be sampled, and a logger must never be what
+    crashes a run."""
+    if trainer.sanity_checking or not whole_model_here(trainer):
         return []
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         log.warning("step %d: the model has non-finite weights; skipping samples and attention maps", trainer.global_step)
@@ -30,12 +45,28 @@ def _tensorboard_writers(trainer: L.Trainer, model: torch.nn.Module) -> list:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
-class AttentionLogger(L.Callback):
+class RankZeroView(L.Callback):
+    """A callback that runs the whole model in global rank 0 alone to show what it learns; under a strategy
+    that shards the model, where that would hang the run, it says once that it is off."""
+
+    shows = "views of the model"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and not whole_model_here(trainer):
+            log.warning(
+                "%s are not logged under %s, which shards the model; sample and inspect the checkpoint instead",
+                self.shows, type(trainer.strategy).__name__,
+            )  # fmt: skip
+
+
+class AttentionLogger(RankZeroView):
     """At each validation end, log the attention of `probe_text` to TensorBoard: the overview grid of
     `layers` (default: all) as an image, and every head's mean entropy as ``attention/entropy/L{l}H{h}``.
 
     Needs a `TensorBoardLogger` among the trainer's loggers and does nothing without one; rank zero only.
     """
+
+    shows = "attention maps"
 
     def __init__(self, tokenizer: tiktoken.Encoding, probe_text: str, layers: list[int] | None = None) -> None:
         self.ids = tok.encode(tokenizer, probe_text)
@@ -65,8 +96,10 @@ class AttentionLogger(L.Callback):
                     writer.add_scalar(f"attention/entropy/L{layer}H{head}", float(entropies[layer, head]), step)
 
 
-class SampleLogger(L.Callback):
+class SampleLogger(RankZeroView):
     """At each validation, log a few completions as text to TensorBoard, to watch the model learn to write."""
+
+    shows = "samples"
 
     def __init__(self, tokenizer: tiktoken.Encoding, count: int = 2, tokens: int = 128, seed: int = 0) -> None:
         self.tokenizer, self.count, self.tokens, self.seed = tokenizer, count, tokens, seed

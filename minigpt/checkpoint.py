@@ -155,16 +155,7 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = resolve(path)
     if not path.is_file():
         raise MiniGPTError(f"checkpoint {path} not found: pass --ckpt RUN_DIR/last.ckpt (or best.ckpt) of a training run")
-    try:
-        # weights_only=True explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override an explicit True.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "weights only load failed" in str(exc).lower():
-            raise MiniGPTError(
-                f"refusing to load {path}: it is corrupt, or holds objects other than tensors and plain data "
-                "(possibly code); use a checkpoint written by train.py"
-            ) from None
-        raise MiniGPTError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({type(exc).__name__})") from None
+    ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict) or PAYLOAD_KEY not in ckpt or "state_dict" not in ckpt:
         raise MiniGPTError(f"{path} is not a minigpt checkpoint (no model or tokenizer inside); train one with train.py")
     _verify(ckpt, path)
@@ -173,6 +164,28 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ValueError as err:
         raise MiniGPTError(f"{path} is not a valid minigpt checkpoint: {err}") from None
     return ckpt
+
+
+def read_plain(path: str | os.PathLike[str]) -> Any:
+    """Any file `torch.save` wrote, loaded onto the CPU as tensors and plain data only (never code), its
+    checksum verified if it has one: how Lightning's own files are read (ddp_spawn hands weights back in one)."""
+    ckpt = _load_weights_only(Path(path))
+    if isinstance(ckpt, dict) and CHECKSUM_KEY in ckpt:
+        _verify(ckpt, Path(path))
+    return ckpt
+
+
+def _load_weights_only(path: Path) -> Any:
+    try:
+        # weights_only=True explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override an explicit True.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise MiniGPTError(
+                f"refusing to load {path}: it is corrupt, or holds objects other than tensors and plain data "
+                "(possibly code); use a checkpoint written by train.py"
+            ) from None
+        raise MiniGPTError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({type(exc).__name__})") from None
 
 
 def _verify(ckpt: dict[str, Any], path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from minigpt import checkpoint, signals
 from minigpt.data import batch_seed, rank_seed
@@ -77,6 +77,12 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def whole_model_here(trainer: L.Trainer) -> bool:
+    """True when this process holds all of the model's weights and gradients (one device, or DDP's replicas);
+    under FSDP and other sharding strategies each process holds a shard, and every forward is a collective."""
+    return isinstance(trainer.strategy, SingleDeviceStrategy) or type(trainer.strategy) is DDPStrategy
+
+
 class LitGPT(L.LightningModule):
     """Trains a `GPT` with next-token cross-entropy; logs loss, bits per byte, perplexity, lr and tokens/s.
 
@@ -133,8 +139,11 @@ class LitGPT(L.LightningModule):
             return
         # Comparable across tokenizers: nats/token -> bits per byte of the original text.
         bpb = loss / self.val_bytes_per_token / math.log(2)
-        self.log("val/bpb", bpb)
-        self.log("val/ppl", torch.exp(loss))
+        # val/loss is already the mean over all processes, so these agree everywhere; sync_dist says so to
+        # Lightning. "step" puts validation at the step the terminal names (Lightning would use the one before).
+        self.log("val/bpb", bpb, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), sync_dist=True)
+        self.log("step", float(self.global_step), sync_dist=True)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             log.info(
                 "step %d: val loss %.4f nats/token = %.4f nats/byte = %.4f bits/byte",
@@ -176,14 +185,24 @@ class LitGPT(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The divergence guard: stop before a non-finite loss or gradient reaches the weights."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = self._grad_norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.nn.utils.get_total_norm(grads)
+        bad_loss = (~torch.isfinite(self._last_loss)).float()
+        if not whole_model_here(self.trainer):
+            # Each process holds a shard of the gradients (and saw its own loss): the total over all of them,
+            # so that every process decides alike, and clipping scales each shard by the same factor.
+            squares, bad_loss = self.trainer.strategy.reduce(torch.stack([norm**2, bad_loss]), reduce_op="sum")
+            norm = squares.sqrt()
+        self._grad_norm = norm
         self.log("train/grad_norm", norm)
         # A float16 GradScaler skips steps with inf gradients on purpose; there only the loss tells.
-        finite = torch.isfinite(self._last_loss) & (self._grad_scaler() | torch.isfinite(norm))
-        if not finite:
-            what = "loss" if not torch.isfinite(self._last_loss) else "gradient norm"
-            value = self._last_loss if what == "loss" else norm
-            raise Diverged(f"training diverged at step {self.global_step + 1}: the {what} is {float(value)}")
+        if bad_loss or not (self._grad_scaler() or torch.isfinite(norm)):
+            if not bad_loss:
+                what = f"gradient norm is {float(norm)}"
+            elif torch.isfinite(self._last_loss):
+                what = "loss is not finite in another process"
+            else:
+                what = f"loss is {float(self._last_loss)}"
+            raise Diverged(f"training diverged at step {self.global_step + 1}: the {what}")
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -216,7 +235,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint reads and writes through `minigpt.checkpoint`: atomic, checksummed writes, and
     reads that unpickle tensors and plain data only (Lightning's own leaves ``weights_only`` unset).
 
-    `preloaded` is a (path, checkpoint) already read and verified by the caller, so resuming reads it once.
+    `preloaded` is a (path, checkpoint) already read and validated by the caller, so resuming reads it once;
+    other reads are Lightning's own files (ddp_spawn hands the trained weights back through one).
     """
 
     def __init__(self, preloaded: tuple[str, dict[str, Any]] | None = None) -> None:
@@ -229,16 +249,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if self.preloaded is not None and str(path) == self.preloaded[0]:
             ckpt, self.preloaded = self.preloaded[1], None
             return ckpt
-        return checkpoint.read(path)
+        return checkpoint.read_plain(path)
 
 
 class LastCheckpoint(L.Callback):
     """Keep `path` current: save it when training ends and when a signal stops it, so no step is lost.
 
-    Ctrl-C and SIGTERM (see `minigpt.signals`) stop training between steps: SIGINT here, at the start of
-    the next batch; SIGTERM through Lightning's own handler, after the step's schedule update. The state
-    saved then is exactly that of an uninterrupted run at that step. An interrupt forced inside a step
-    (a second Ctrl-C) and a divergence save nothing: the last good checkpoint stays.
+    Ctrl-C and SIGTERM (see `minigpt.signals`) stop training between steps, at the start of the next batch,
+    and every process of a distributed run stops at the same one. The state saved then is exactly that of
+    an uninterrupted run at that step. An interrupt forced inside a step (a second Ctrl-C) and a divergence
+    save nothing: the last good checkpoint stays.
 
     Validation-time checkpoints miss the steps after the last validation; this catches them. It saves
     only steps not yet on disk, so a run that just validated needs no second write.
@@ -249,12 +269,20 @@ class LastCheckpoint(L.Callback):
         self.saved_step: int | None = None
         """The latest step already in a checkpoint."""
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.path = trainer.strategy.broadcast(self.path)  # rank 0's, as Lightning does for its own checkpoints
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
+        # Lightning's SIGTERM handler talks to the other processes from inside the handler, wherever each one
+        # is; `minigpt.signals` only records the signal, and the processes agree at the next batch instead.
+        signals.reclaim()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        signum = signals.received()
-        if signum is not None:
+        signum = signals.received() or 0
+        if trainer.world_size > 1:  # all processes stop at the same step, whichever of them got the signal
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op="max"))
+        if signum:
             raise Interrupted(signum, "")  # train.py words the message
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
@@ -268,7 +296,7 @@ class LastCheckpoint(L.Callback):
         self._save_if_progressed(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (Interrupted, SIGTERMException)):
+        if isinstance(exception, Interrupted):
             self._save_if_progressed(trainer)
 
 

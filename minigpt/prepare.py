@@ -101,9 +101,11 @@ class _Unusable(Exception):
 
 
 def prepare(
-    data_spec: str, tokenizer_spec: str, cache_dir: Path | None = None, val_fraction: float = 0.1
+    data_spec: str, tokenizer_spec: str, cache_dir: Path | None = None, val_fraction: float = 0.1, progress: bool = True
 ) -> Prepared:
-    """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones if they check out."""
+    """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones if they check out.
+
+    `progress` False hides the progress bar (shown on terminals only), for all but one process of a run."""
     if not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
         raise MiniGPTError(
             f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}"
@@ -128,7 +130,7 @@ def prepare(
         enc = _build_tokenizer(tokenizer_spec, corpus.documents(), val_fraction)
         _save_tokenizer(enc, tmp / TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
-        written = _write_shards(enc, _split(corpus.documents(), val_fraction), tmp, dtype)
+        written = _write_shards(enc, _split(corpus.documents(), val_fraction), tmp, dtype, progress)
         if not written["train_tokens"] or not written["val_tokens"]:
             raise MiniGPTError(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
@@ -352,7 +354,9 @@ def _tail_split(documents: list[str], val_fraction: float) -> Iterator[tuple[str
         cut -= len(text)
 
 
-def _write_shards(enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str) -> dict[str, Any]:
+def _write_shards(
+    enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str, progress: bool
+) -> dict[str, Any]:
     """Tokenize labelled text in parallel batches, appending ids to ``train.bin``/``val.bin``.
 
     Returns the meta entries they fill: documents, ``{split}_tokens``, ``{split}_bytes`` and ``{split}_sha256``.
@@ -364,7 +368,7 @@ def _write_shards(enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out
     with (
         (out / "train.bin").open("wb") as train,
         (out / "val.bin").open("wb") as val,
-        tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=None) as progress,
+        tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=None if progress else True) as bar,
     ):
         files = {"train": train, "val": val}
         for batch in _batches(_chunks(pieces), BATCH_CHARS):
@@ -377,7 +381,7 @@ def _write_shards(enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out
                 ids[split].extend(tokens)
                 size = len(text.encode())
                 counts[f"{split}_bytes"] += size
-                progress.update(size)
+                bar.update(size)
             for split, split_ids in ids.items():
                 array = np.asarray(split_ids, dtype=_LITTLE_ENDIAN[dtype])
                 digests[split].update(array)

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -66,10 +67,30 @@ def test_loggers_skip_a_diverged_model_with_a_warning_instead_of_crashing(tmp_pa
     with torch.no_grad():
         module.model.transformer.wte.weight[0, 0] = float("nan")
     logger = TensorBoardLogger(tmp_path, name="tb", version="")
-    trainer = SimpleNamespace(sanity_checking=False, global_step=3, loggers=[logger])
+    trainer = SimpleNamespace(sanity_checking=False, global_step=3, loggers=[logger], strategy=SingleDeviceStrategy("cpu"))
     enc = tokenizer.byte_tokenizer()
     with caplog.at_level("WARNING"):
         for callback in (SampleLogger(enc), AttentionLogger(enc, "To be")):
             callback.on_validation_end(trainer, module)  # torch.multinomial would raise on NaN probabilities
     assert "non-finite weights" in caplog.text
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_loggers_say_once_that_they_are_off_under_a_sharding_strategy(tmp_path: Path, caplog) -> None:
+    """Under FSDP each forward is a collective: rank 0 running the model alone would hang the run."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from minigpt.callbacks import SampleLogger
+
+    module, enc = TinyModule(), tokenizer.byte_tokenizer()
+    logger = TensorBoardLogger(tmp_path, name="tb", version="")
+    trainer = SimpleNamespace(sanity_checking=False, global_step=3, loggers=[logger], strategy=FSDPStrategy(), is_global_zero=True)
+    with caplog.at_level("WARNING"):
+        for callback in (SampleLogger(enc), AttentionLogger(enc, "To be")):
+            callback.setup(trainer, module, "fit")
+            callback.on_validation_end(trainer, module)
+    assert caplog.text.count("which shards the model") == 2
+    assert "samples are not logged under FSDPStrategy" in caplog.text
     assert not list(tmp_path.rglob("events.out.tfevents.*"))

@@ -45,3 +45,29 @@ def test_gpu_training_writes_a_checkpoint_that_samples_on_cpu(tmp_path):
     steps = sample_tokens(loaded.model, torch.zeros(1, 1, dtype=torch.long), max_new_tokens=5, eot_id=-1,
                           generators=make_generators(1, 1))  # fmt: skip
     assert len(list(steps)) == 5
+
+
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+@two_gpus
+def test_ddp_on_two_gpus_makes_one_run_and_prints_once(tmp_path):
+    from tests.test_distributed import assert_one_run
+    from tests.test_distributed import train as train_command
+
+    done = train_command(tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--out_dir", "run")
+    assert done.returncode == 0, done.stderr
+    assert_one_run(tmp_path / "run", done.stdout + done.stderr)
+
+
+@two_gpus
+def test_fsdp_on_two_gpus_writes_one_self_contained_checkpoint_and_never_hangs(tmp_path):
+    from tests.test_distributed import assert_one_run
+    from tests.test_distributed import train as train_command
+
+    done = train_command(tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.strategy", "fsdp", "--out_dir", "run")
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    assert text.count("samples are not logged under FSDPStrategy") == 1
+    assert_one_run(tmp_path / "run", text.replace("samples are not logged", "").replace("attention maps are not logged", ""))
+    assert checkpoint.load(tmp_path / "run" / "last.ckpt").model.config.n_layer == 2

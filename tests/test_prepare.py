@@ -458,7 +458,7 @@ def test_valid_shards_are_reused_from_a_read_only_cache(tmp_path: Path, read_onl
 def test_a_full_disk_while_writing_shards_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
 
-    def disk_full(enc: Any, pieces: Any, out: Path, dtype: str) -> None:
+    def disk_full(enc: Any, pieces: Any, out: Path, dtype: str, progress: bool) -> None:
         (out / "train.bin").write_bytes(b"\0" * 64)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "train.bin"))
 

@@ -8,7 +8,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from minigpt import checkpoint, signals
+from minigpt import checkpoint, launch, signals
 from minigpt import tokenizer as tok
-from minigpt.errors import Interrupted, MiniGPTError
+from minigpt.cli import USER_ERROR_EXIT
+from minigpt.errors import Interrupted, MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
 from minigpt.model import GPTConfig
 from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION
@@ -109,7 +110,7 @@ def _resume_path(path: str) -> Path:
 
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
-MAX_WORKERS = 4 * (os.cpu_count() or 1)  # each worker is a process: thousands would exhaust the machine
+MAX_WORKERS = 4 * (os.cpu_count() or 1)  # data workers, or CPU training processes: thousands would exhaust the machine
 
 
 def _validate(cfg: Namespace) -> None:
@@ -142,7 +143,38 @@ def _validate(cfg: Namespace) -> None:
             config(**vars(cfg[group]))
         except ValueError as err:
             raise MiniGPTError(f"--{group}.{err}") from None
+    check_devices(cfg.trainer)
     check_fits_in_memory(cfg, vocab_size=257)  # the smallest vocabulary; again with the real one once it is known
+
+
+def check_devices(trainer: Namespace) -> None:
+    """Refuse, before anything is prepared or written, device requests this machine cannot meet, saying what
+    would work; Lightning checks the rest of the --trainer options when the Trainer is built."""
+    import torch
+
+    accelerator, strategy = str(trainer.accelerator), str(trainer.strategy)
+    gpus = torch.cuda.device_count()
+    on_cpu = accelerator == "cpu" or (accelerator in ("auto", "None") and not gpus)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator in ("auto", "None") and gpus > 0)
+    if strategy.startswith("fsdp") and on_cpu:
+        where = "--trainer.accelerator cpu was chosen" if accelerator == "cpu" else "this machine has no CUDA GPU"
+        raise MiniGPTError(
+            f"--trainer.strategy {strategy} shards the model across CUDA GPUs, and {where}: on CPUs use "
+            "--trainer.strategy ddp"
+        )
+    if accelerator in ("gpu", "cuda") and not gpus:
+        raise MiniGPTError(f"--trainer.accelerator {accelerator} needs a CUDA GPU and this machine has none: use --trainer.accelerator cpu")
+    try:
+        asked = int(trainer.devices)
+    except (TypeError, ValueError):
+        return  # "auto", a list or "0,1": Lightning resolves and checks them
+    if on_cpu and asked > MAX_WORKERS:  # CPU processes may share cores, but each holds a whole model and batch
+        raise MiniGPTError(
+            f"--trainer.devices {asked} would start {asked} training processes on {os.cpu_count()} CPU cores: "
+            f"use at most {MAX_WORKERS}"
+        )
+    if on_gpu and asked > gpus:
+        raise MiniGPTError(f"--trainer.devices {asked} asks for more GPUs than the {gpus} this machine has: use at most {gpus}")
 
 
 def check_fits_in_memory(cfg: Namespace, vocab_size: int) -> None:
@@ -220,63 +252,106 @@ def pick_precision(requested: str | None, accelerator: str | None) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-    parser, cfg = parse(argv)
+    rank_zero = launch.is_rank_zero()
+    try:
+        parser, cfg = parse(argv)
+    except MiniGPTError:
+        if rank_zero:
+            raise
+        raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
+    try:
+        train(parser, cfg, rank_zero)
+    except BaseException:
+        launch.wait_for_rank_zero()
+        raise
+
+
+def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
+    """Train as `cfg` says. Every process of a distributed run calls this; global rank 0 alone claims the run
+    folder, writes the config and prints, and the others learn the folder from it (see `minigpt.launch`)."""
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
     resumed = checkpoint.read(cfg.resume) if cfg.resume else None
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
 
-    for noise in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=noise)
-
+    quiet_warnings()
     from minigpt.data import TokenDataModule
 
-    with claim_run_folder(cfg) as folder:
-        run_dir = folder.path
+    with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
+        run_dir = folder.path.resolve() if rank_zero else shared_run_folder(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         data = TokenDataModule(
             cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
-            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir,
+            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir, progress=rank_zero,
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
         check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
         trainer = build_trainer(cfg, run_dir, prepared, resumed)  # Lightning checks its options: nothing written yet
         train_config = resolved_config(parser, cfg)
-        if not cfg.resume:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
-        with explained_stops(cfg, trainer, run_dir):
-            with signals.deferred():
+        if rank_zero:
+            if not cfg.resume:
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
+            launch.share_run_folder(run_dir)
+        with explained_stops(cfg, trainer, run_dir, rank_zero):
+            with signals.deferred(escalate=not launch.external()):
                 fit(cfg, trainer, data, prepared, train_config)
             if signals.received() is not None:  # it arrived during the last validation; the final save is made
                 raise KeyboardInterrupt
-    print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
+    if rank_zero:
+        print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
+
+
+def quiet_warnings() -> None:
+    """Hide the Lightning warnings in `QUIET_WARNINGS`; every process of a run calls it (see `ProcessSetup`)."""
+    for noise in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=noise)
+
+
+def shared_run_folder(cfg: Namespace) -> Path | None:
+    """The run folder as a process other than global rank 0 knows it: from rank 0 itself when Lightning's
+    launcher started this process, else from --resume or --out_dir. None when only rank 0 knows it: such a
+    process never writes to the folder, and Lightning shares rank 0's paths once training starts."""
+    path = launch.shared_run_folder() or (Path(cfg.resume).parent if cfg.resume else cfg.out_dir)
+    return Path(path).resolve() if path else None
 
 
 @contextmanager
-def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
+def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path | None, rank_zero: bool) -> Iterator[None]:
     """Turn the ways training can stop early into what the user reads: a signal into `Interrupted` (saying
-    what is saved and how to continue), a divergence or a setting Lightning rejects into a `MiniGPTError`."""
+    what is saved and how to continue), a divergence or a setting Lightning rejects into a `MiniGPTError`.
+    All processes of a distributed run stop alike for these reasons, so only global rank 0 explains."""
+    try:
+        yield
+    except BaseException as err:
+        explained = _explain(err, cfg, trainer, run_dir)
+        if explained is None:
+            raise
+        if not rank_zero:
+            code = signals.exit_code(explained.signum) if isinstance(explained, Interrupted) else USER_ERROR_EXIT
+            raise ReportedByRankZero(code) from None
+        raise explained from None
+
+
+def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Path | None) -> Exception | None:
+    """The user's view of `err` (see `explained_stops`), or None when it is a bug to show as it is."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from minigpt.lit import Diverged, LastCheckpoint
 
-    try:
-        yield
-    except MisconfigurationException as err:  # Lightning's word for a bad setting, found once fit started
-        raise MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}") from None
-    except Diverged as err:
-        kept = f"the last good checkpoint is kept in {run_dir}" if holds_run(run_dir) else "nothing was saved"
-        raise MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again") from None
-    except BaseException:
-        signum = signals.received()
-        if signum is None:
-            raise
-        if not holds_run(run_dir):
-            raise Interrupted(signum, "training stopped before its first checkpoint; nothing was saved") from None
-        saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
-        raise Interrupted(
-            signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
-        ) from None
+    if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting, found once fit started
+        return MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}")
+    if isinstance(err, Diverged):
+        kept = f"the last good checkpoint is kept in {run_dir}" if run_dir and holds_run(run_dir) else "nothing was saved"
+        return MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again")
+    signum = err.signum if isinstance(err, Interrupted) else signals.received()  # the signal may be another rank's
+    if signum is None:
+        return None
+    if not (run_dir and holds_run(run_dir)):
+        return Interrupted(signum, "training stopped before its first checkpoint; nothing was saved")
+    saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
+    return Interrupted(
+        signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
+    )
 
 
 def _available_memory() -> int:
@@ -288,22 +363,26 @@ def _available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def build_trainer(cfg: Namespace, run_dir: Path, prepared: Prepared, resumed: dict[str, Any] | None) -> L.Trainer:
+def build_trainer(cfg: Namespace, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None) -> L.Trainer:
     """The Trainer for `cfg`, writing checkpoints and logs to `run_dir`; a `--trainer.*` value that Lightning
-    rejects is a one-line error here, before anything is written."""
+    rejects is a one-line error here, before anything is written.
+
+    `run_dir` is None in a process that does not know the folder (see `shared_run_folder`): its paths then
+    point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from minigpt.callbacks import AttentionLogger, SampleLogger
+    from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
     from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO
 
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
-    run_dir = run_dir.resolve()  # absolute, so a resume from another working folder finds the same files
+    root = run_dir or Path(os.devnull)
     callbacks = [
-        BestCheckpoint(str(run_dir)),
-        LastCheckpoint(str(run_dir / "last.ckpt")),
+        ProcessSetup(configure_process),
+        BestCheckpoint(str(root)),
+        LastCheckpoint(str(root / "last.ckpt")),
         SampleLogger(prepared.tokenizer),
         AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
     ]
@@ -311,13 +390,22 @@ def build_trainer(cfg: Namespace, run_dir: Path, prepared: Prepared, resumed: di
     try:
         return L.Trainer(
             **trainer_args,
-            default_root_dir=run_dir,
-            logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
+            default_root_dir=root,
+            logger=TensorBoardLogger(save_dir=root, name="tb", version=""),
             callbacks=callbacks,
             plugins=[SafeCheckpointIO(preloaded)],
         )
     except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
         raise MiniGPTError(f"a --trainer option is not usable here: {_one_line(err)}") from None
+
+
+def configure_process(label: str | None) -> None:
+    """What a worker process that ddp_spawn starts (without running this command) needs from it; `label` as in
+    `minigpt.launch.process_label`."""
+    from minigpt.cli import configure_logging
+
+    configure_logging(label)
+    quiet_warnings()
 
 
 def _one_line(err: BaseException) -> str:

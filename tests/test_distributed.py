@@ -1,0 +1,194 @@
+"""Multi-process training on CPU with gloo, launched every way the README shows: Lightning's own launcher
+(`--trainer.devices 2`), ddp_spawn, torchrun, and two "nodes" on one machine.
+
+Every launch must leave exactly one run folder, exit 0 in every process, and print what a person reads
+(validation lines, samples) once; a stopped DDP run must resume to exactly the uninterrupted weights.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from minigpt.cli import run
+from minigpt.cli.train import main
+from tests.conftest import REPO, SHAKESPEARE
+
+pytestmark = pytest.mark.e2e
+
+STEPS, EVERY = 20, 10
+TINY = [
+    "--data", str(SHAKESPEARE), "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "4",
+    "--model.n_embd", "64", "--batch_size", "8", "--val_windows", "64", "--sample_tokens", "20",
+    "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", str(EVERY), "--trainer.accelerator", "cpu",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MINIGPT_RUN")
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This test's environment without any launcher's variables (pytest may itself run under one)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES and not k.startswith("SLURM_")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def train_command(tmp_path: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    runner = [sys.executable, *launcher] if launcher else [sys.executable]
+    return [*runner, str(REPO / "train.py"), *TINY, "--cache_dir", str(tmp_path / "cache"), *args]
+
+
+def train(tmp_path: Path, *args: str, launcher: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
+    command = train_command(tmp_path, *args, launcher=launcher)
+    return subprocess.run(command, cwd=tmp_path, env=environment(**env), capture_output=True, text=True, timeout=300)
+
+
+def output(done: subprocess.CompletedProcess) -> str:
+    return done.stdout + done.stderr
+
+
+def assert_one_run(folder: Path, text: str, steps: int = STEPS) -> None:
+    """One complete run in `folder`, no other run folder beside it, and each line a person reads once."""
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "tb"]
+    assert not [p for p in folder.parent.rglob("config.yaml") if p.parent != folder]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == steps
+    for step in range(EVERY, steps + 1, EVERY):
+        assert text.count(f"step {step}: val loss") == 1, text
+    assert text.count("--- sample 1 ---") == 1 and text.count("--- sample more with") == 1, text
+    assert "Child process" not in text  # Lightning's word for a process that exited non-zero
+    assert "sync_dist" not in text and "error" not in text.lower(), text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_with_lightnings_launcher_makes_one_run_and_prints_once(tmp_path):
+    done = train(tmp_path, *DDP, "--out_dir", "run")
+    assert done.returncode == 0, output(done)
+    assert_one_run(tmp_path / "run", output(done))
+    # TensorBoard puts each validation at the step the terminal names.
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0}).Reload()
+    for tag in ("val/loss", "val/bpb", "val/ppl"):
+        assert [e.step for e in events.Scalars(tag)] == [EVERY, STEPS]
+
+
+@pytest.mark.slow
+def test_ddp_without_out_dir_uses_one_default_folder(tmp_path):
+    done = train(tmp_path, *DDP)
+    assert done.returncode == 0, output(done)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["default"]
+    assert_one_run(tmp_path / "runs" / "default", output(done))
+
+
+@pytest.mark.slow
+def test_torchrun_makes_one_run_and_every_process_exits_0(tmp_path):
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    done = train(tmp_path, *DDP, "--out_dir", "run", launcher=torchrun)
+    assert done.returncode == 0, output(done)  # torchrun fails if any process does
+    assert_one_run(tmp_path / "run", output(done))
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_folder_rank_0_chooses(tmp_path):
+    nodes = ["--trainer.num_nodes", "2", "--trainer.devices", "1", "--trainer.strategy", "ddp"]
+    env = environment(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    logs = [tmp_path / f"node{n}.log" for n in (0, 1)]
+    processes = []
+    for node, log in enumerate(logs):
+        with log.open("w") as out:
+            processes.append(subprocess.Popen(
+                train_command(tmp_path, *nodes), cwd=tmp_path, env={**env, "NODE_RANK": str(node)},
+                stdout=out, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    assert [p.wait(timeout=300) for p in processes] == [0, 0], logs[0].read_text() + logs[1].read_text()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["default"]
+    assert_one_run(tmp_path / "runs" / "default", logs[0].read_text() + logs[1].read_text())
+
+
+@pytest.mark.slow
+def test_ddp_spawn_workers_log_like_the_command(tmp_path):
+    done = train(tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn", "--out_dir", "run")
+    assert done.returncode == 0, output(done)
+    assert_one_run(tmp_path / "run", output(done))
+
+
+def start_and_stop(tmp_path: Path, command: list[str], signum: int, to_child: bool) -> tuple[int, str]:
+    """Start a DDP run, wait for its first checkpoint, send `signum` to rank 0 or to rank 1 alone."""
+    log = tmp_path / "stopped.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "last.ckpt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if to_child:
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(int(children[0]), signum)
+    else:
+        process.send_signal(signum)
+    return process.wait(timeout=120), log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_child", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigterm", "ctrl-c-to-rank-1"])
+def test_a_stopped_ddp_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path, signum, to_child):
+    steps = ["--trainer.max_steps", "200", "--model.dropout", "0.1", "--samples", "0"]
+    (tmp_path / "whole").mkdir()
+    whole = train(tmp_path / "whole", *DDP, *steps, "--out_dir", "run")
+    assert whole.returncode == 0, output(whole)
+
+    code, text = start_and_stop(tmp_path, train_command(tmp_path, *DDP, *steps, "--out_dir", "run"), signum, to_child)
+    assert code == 128 + signum, text
+    assert text.count("stopped by") == 1 and "continue with python train.py --resume" in text, text
+    stopped_at = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < stopped_at < 200 and f"step {stopped_at} is saved" in text
+
+    resumed = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--resume", "run"], cwd=tmp_path, env=environment(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, output(resumed)
+    a = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "whole" / "run" / "last.ckpt", weights_only=True)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0
+
+
+@pytest.mark.slow
+def test_ddp_validation_loss_is_within_1_percent_of_one_process_with_the_same_global_batch(tmp_path):
+    budget = ["--trainer.max_steps", "100", "--trainer.val_check_interval", "50", "--val_windows", "256", "--samples", "0"]
+    one = train(tmp_path, *budget, "--batch_size", "16", "--out_dir", "one")
+    two = train(tmp_path, *budget, *DDP, "--batch_size", "8", "--out_dir", "two")
+    assert one.returncode == 0 and two.returncode == 0, output(one) + output(two)
+    for step in (50, 100):
+        single, ddp = (float(output(d).split(f"step {step}: val loss ")[1].split()[0]) for d in (one, two))
+        assert abs(ddp - single) / single < 0.01, (step, single, ddp)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trainer.strategy", "fsdp"], "shards the model across CUDA GPUs"),
+        (["--trainer.strategy", "fsdp", "--trainer.accelerator", "cpu"], "on CPUs use --trainer.strategy ddp"),
+        (["--trainer.devices", "100000"], "use at most"),
+        (["--trainer.strategy", "no_such_strategy"], "invalid strategy name"),
+    ],
+)  # fmt: skip
+def test_unusable_distributed_settings_are_one_line_errors_before_anything_is_written(tmp_path, capsys, args, message):
+    if torch.cuda.is_available() and "fsdp" in args and "cpu" not in args:
+        pytest.skip("FSDP on a GPU machine is a valid setting")
+    code = run(main, [*TINY, "--cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "auto", *args,
+                      "--out_dir", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
