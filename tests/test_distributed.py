@@ -93,11 +93,12 @@ def test_ddp_without_out_dir_uses_one_default_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_makes_one_run_and_every_process_exits_0(tmp_path):
+@pytest.mark.parametrize("out_dir", [["--out_dir", "run"], []], ids=["out_dir", "default"])
+def test_torchrun_makes_one_run_and_every_process_exits_0(tmp_path, out_dir):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    done = train(tmp_path, *DDP, "--out_dir", "run", launcher=torchrun)
+    done = train(tmp_path, *DDP, *out_dir, launcher=torchrun)
     assert done.returncode == 0, output(done)  # torchrun fails if any process does
-    assert_one_run(tmp_path / "run", output(done))
+    assert_one_run(tmp_path / ("run" if out_dir else "runs/default"), output(done))
 
 
 @pytest.mark.slow
