@@ -1,5 +1,5 @@
-"""Pieces the sampling commands share (generate.py, the attention command): one-line usage errors, the
-device option, and standard output that fails in one line rather than a traceback."""
+"""Pieces the commands share: one option spelling, one-line usage errors, the device option, and standard
+output that fails in one line rather than a traceback."""
 
 from __future__ import annotations
 
@@ -7,12 +7,26 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 import torch
 
 from minigpt.errors import MiniGPTError
+
+
+def canonical_options(argv: Sequence[str]) -> list[str]:
+    """`argv` with every option name spelled with underscores, the style of all minigpt commands (and of
+    Lightning's `--trainer.max_steps`): `--max-new-tokens 50` becomes `--max_new_tokens 50`, so the dashed
+    spelling works too. Values are never touched, nor anything after a bare `--`."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg.partition("=")
+            out[i] = "--" + name[2:].replace("-", "_") + eq + value
+    return out
 
 
 class OneLineParser(argparse.ArgumentParser):
