@@ -151,7 +151,7 @@ def test_a_stopped_ddp_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path
 
     code, text = start_and_stop(tmp_path, train_command(tmp_path, *DDP, *steps, "--out_dir", "run"), signum, to_child)
     assert code == 128 + signum, text
-    assert text.count("stopped by") == 1 and "continue with python train.py --resume" in text, text
+    assert text.count("stopped by") == 1 and "continue with minigpt train --resume" in text, text
     stopped_at = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < stopped_at < 200 and f"step {stopped_at} is saved" in text
 

@@ -1,3 +1,5 @@
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +8,7 @@ import pytest
 import yaml
 
 from minigpt.cli import run
-from minigpt.cli.train import build_parser, main, parse
+from minigpt.cli.train import main, parse
 from tests.conftest import REPO, SHAKESPEARE
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -33,13 +35,51 @@ def test_dotted_overrides_win_over_the_config():
     assert cfg.model.n_layer == 2 and cfg.tokenizer == "bpe:512" and cfg.model.n_embd == 128
 
 
-def test_help_lists_the_main_options(capsys):
+def help_text(capsys, flag: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args(["--help"])
-    out = capsys.readouterr().out
+        parse([flag])
     assert exit_info.value.code == 0
-    for option in ("--config", "--data", "--tokenizer", "--model.n_layer", "--trainer.max_steps", "--optim.lr"):
-        assert option in out
+    return capsys.readouterr().out
+
+
+def test_help_shows_the_defaults_a_plain_run_uses_and_describes_every_option(capsys):
+    out = " ".join(help_text(capsys, "--help").split())
+    _, cfg = parse([])
+    assert cfg.trainer.val_check_interval  # a plain run validates (and so writes best.ckpt)
+    for option, value in [("--batch_size", cfg.batch_size), ("--model.n_layer", cfg.model.n_layer),
+                          ("--model.block_size", cfg.model.block_size), ("--optim.lr", cfg.optim.lr),
+                          ("--trainer.max_steps", cfg.trainer.max_steps),
+                          ("--trainer.val_check_interval", cfg.trainer.val_check_interval)]:  # fmt: skip
+        assert re.search(re.escape(option) + r" \S+ .*?default: " + re.escape(str(value)) + r"\)", out), option
+    from minigpt.lit import OptimConfig
+    from minigpt.model import GPTConfig
+
+    for group, config in (("model", GPTConfig), ("optim", OptimConfig)):
+        for field in dataclasses.fields(config):
+            if field.name != "vocab_size":
+                assert re.search(rf"--{group}.{field.name} \S+ [A-Z]", out), f"--{group}.{field.name} has no description"
+
+
+def test_help_is_short_and_help_all_lists_every_trainer_option(capsys):
+    short = help_text(capsys, "-h")
+    assert len(short.splitlines()) < 120 and "--help_all" in short and "--trainer.limit_val_batches" not in short
+    assert "--trainer.limit_val_batches" in help_text(capsys, "--help_all")
+
+
+def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    by_path = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])[1]
+    for spelling in ("shakespeare_cpu", "configs/shakespeare_cpu.yaml", "shakespeare_cpu.yaml"):
+        assert parse(["--config", spelling])[1].model == by_path.model
+    assert user_error(capsys, ["--config", "nope"]).startswith("error: no config 'nope': give a YAML file")
+    assert run(main, ["--list_configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(c.stem for c in CONFIGS)
+
+
+def test_dashed_option_names_mean_the_same_as_underscored_ones():
+    dashed = parse(["--batch-size", "3", "--trainer.max-steps", "7", "--model.n-layer=1"])[1]
+    assert (dashed.batch_size, dashed.trainer.max_steps, dashed.model.n_layer) == (3, 7, 1)
 
 
 def user_error(capsys, args: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import logging
 import os
@@ -18,7 +19,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from minigpt import checkpoint, launch, signals
 from minigpt import tokenizer as tok
-from minigpt.cli import USER_ERROR_EXIT
+from minigpt.cli import USER_ERROR_EXIT, run
+from minigpt.cli.common import canonical_options
 from minigpt.errors import Interrupted, MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
 from minigpt.model import GPTConfig
@@ -33,9 +35,9 @@ if TYPE_CHECKING:  # the real imports wait until after argument checks: they pul
 
 log = logging.getLogger("minigpt.train")
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
-# Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+"""The bundled configs (package data); `default.yaml` holds every default a plain run uses."""
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
 # Lightning warnings that say nothing actionable for a minigpt run.
 QUIET_WARNINGS = [
     r"Checkpoint directory .* exists and is not empty",  # config.yaml is written there first, on purpose
@@ -43,43 +45,101 @@ QUIET_WARNINGS = [
     r"The '(train|val)_dataloader' does not have many workers",
     r".*IterableDataset.*has `__len__` defined.*",
 ]
+# Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
 TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing"}
+COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows every one, with Lightning's own words
+    "max_steps": "optimizer steps to train for",
+    "val_check_interval": "validate, log and save best.ckpt every N steps",
+    "accelerator": "cpu, gpu, mps or auto",
+    "devices": "devices (processes) per machine, e.g. 2",
+    "strategy": "auto, ddp, ddp_spawn, fsdp, ... (see More than one device in the README)",
+    "num_nodes": "machines taking part in a distributed run",
+    "precision": "32-true, bf16-mixed, 16-mixed; unset: bf16-mixed on GPUs that support it, else 32-true",
+    "accumulate_grad_batches": "batches whose gradients make one optimizer step",
+    "gradient_clip_val": "clip the gradient norm to this value (0: off)",
+    "log_every_n_steps": "log the training metrics every N steps",
+}
+USAGE = "minigpt train [--config NAME|FILE] [--resume RUN] [--OPTION VALUE ...]"
 
 
-def build_parser() -> ArgumentParser:
-    """The full command line: every option has a dotted name and can also be set in a YAML config."""
+def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
+    """The command line: every option has a dotted name and can also be set in a YAML config; defaults come
+    from the bundled default.yaml (what --help shows is what a plain run uses)."""
+    from jsonargparse import set_parsing_settings
     from lightning import Trainer  # deferred: building the parser is all `--help` needs of Lightning
 
-    parser = ArgumentParser(prog="train.py", description="Train a GPT with PyTorch Lightning.", exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (default: configs/default.yaml)")
-    parser.add_argument("--data", type=str, default="pydoc", help="corpus: a file, folder, glob, hf:NAME or builtin")
-    parser.add_argument("--tokenizer", type=str, default="bytes", help="bytes | bpe:<vocab_size> | gpt2 | cl100k_base")
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the model's and optimizer's field docs
+    parser = ArgumentParser(
+        prog="minigpt train", usage=USAGE, description="Train a GPT with PyTorch Lightning.",
+        default_config_files=[str(DEFAULT_CONFIG)], exit_on_error=False,
+    )  # fmt: skip
+    parser.add_argument(
+        "--config", action=ActionConfigFile,
+        help=f"a YAML file, or a bundled config by name ({', '.join(bundled_configs())}; see --list_configs)",
+    )  # fmt: skip
+    parser.add_argument("--data", type=str, help="corpus: a file, folder, glob, hf:NAME or builtin")
+    parser.add_argument("--tokenizer", type=str, help="bytes | bpe:<vocab_size> | gpt2 | cl100k_base")
     parser.add_argument("--resume", type=str, default=None, help="continue a run from its last.ckpt (file or run folder)")
     parser.add_argument("--out_dir", type=str, default=None, help="run folder (default: runs/<config name>[-N])")
     parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and the window order")
-    parser.add_argument("--batch_size", type=int, default=32, help="windows per training batch (per device)")
+    parser.add_argument("--batch_size", type=int, help="windows per training batch (per device)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the corpus held out for validation")
-    parser.add_argument("--val_windows", type=int, default=256, help="fixed validation windows evaluated each time")
+    parser.add_argument("--val_windows", type=int, help="fixed validation windows evaluated each time")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--cache_dir", type=str, default=None, help="shard cache (default: $MINIGPT_CACHE or ~/.cache/minigpt)")
-    parser.add_argument("--samples", type=int, default=2, help="samples printed when training ends")
-    parser.add_argument("--sample_tokens", type=int, default=200, help="length of each printed sample")
+    parser.add_argument("--samples", type=int, help="samples printed when training ends")
+    parser.add_argument("--sample_tokens", type=int, help="length of each printed sample")
     parser.add_class_arguments(GPTConfig, "model", skip={"vocab_size"})
     parser.add_class_arguments(OptimConfig, "optim")
-    parser.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP, instantiate=False)
+    if every_trainer_option:
+        parser.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP, instantiate=False)
+    else:
+        group = parser.add_argument_group("Lightning Trainer, the options used most (every one: --help_all)")
+        lightning_defaults = inspect.signature(Trainer).parameters
+        for name, text in COMMON_TRAINER.items():
+            group.add_argument(f"--trainer.{name}", help=text, default=lightning_defaults[name].default)
     return parser
 
 
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def list_configs() -> str:
+    """One line per bundled config: its name and the first line of its header comment."""
+    lines = []
+    for name in bundled_configs():
+        first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0]
+        lines.append(f"{name:<18} {first.lstrip('#').strip()}")
+    return "\n".join(lines)
+
+
+def config_path(value: str) -> str:
+    """The YAML file that `--config value` names: a file, else the bundled config of that name (so also
+    `configs/shakespeare_cpu.yaml` from any folder, as the README writes it)."""
+    if Path(value).is_file():
+        return value
+    name = Path(value).stem if value.endswith((".yaml", ".yml")) else value
+    if name in bundled_configs() and Path(value).parent in (Path("."), Path("configs")):
+        return str(CONFIGS / f"{name}.yaml")
+    raise MiniGPTError(
+        f"no config '{value}': give a YAML file or a bundled config by name ({', '.join(bundled_configs())})"
+    )
+
+
 def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
-    """Parse argv; without --config the default config applies, and --resume starts from the run's own config."""
-    argv = list(argv)
+    """Parse argv over the bundled defaults; --resume starts from the run's own config."""
+    argv = canonical_options(argv)
+    for flag, full in (("-h", False), ("--help", False), ("--help_all", True)):
+        if flag in argv:
+            build_parser(every_trainer_option=full).print_help()
+            raise SystemExit(0)
+    argv = _with_config_paths(argv)
     parser = build_parser()
     base: list[str] = []
     resume = _option_value(argv, "--resume")
     if resume is not None:
         base = ["--config", str(_resume_path(resume).parent / "config.yaml")]
-    elif _option_value(argv, "--config") is None and "--help" not in argv and "-h" not in argv:
-        base = ["--config", str(DEFAULT_CONFIG)]
     try:
         cfg = parser.parse_args(base + argv)
     except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
@@ -88,6 +148,16 @@ def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     if cfg.resume:
         cfg.resume = str(_resume_path(cfg.resume))  # resolved once: the file every later step uses
     return parser, cfg
+
+
+def _with_config_paths(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + config_path(arg.split("=", 1)[1])
+    return out
 
 
 def _option_value(argv: list[str], name: str) -> str | None:
@@ -236,7 +306,7 @@ def claim_run_folder(cfg: Namespace) -> RunFolder:
 def resolved_config(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
     """The full resolved config as plain data (what goes into config.yaml and every checkpoint)."""
     clean = cfg.clone()
-    for key in ("config", "resume"):
+    for key in ("config", "resume", "__default_config__"):
         clean.pop(key, None)
     return yaml.safe_load(parser.dump(clean, skip_validation=True))
 
@@ -252,6 +322,9 @@ def pick_precision(requested: str | None, accelerator: str | None) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
+    if "--list_configs" in canonical_options(argv):
+        print(list_configs())
+        return
     rank_zero = launch.is_rank_zero()
     try:
         parser, cfg = parse(argv)
@@ -350,7 +423,7 @@ def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Pa
         return Interrupted(signum, "training stopped before its first checkpoint; nothing was saved")
     saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
     return Interrupted(
-        signum, f"training stopped; step {saved} is saved: continue with python train.py --resume {run_dir}"
+        signum, f"training stopped; step {saved} is saved: continue with minigpt train --resume {run_dir}"
     )
 
 
@@ -444,4 +517,8 @@ def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> None:
     loaded = checkpoint.load(path)
     for i, text in enumerate(generate(loaded.model, loaded.tokenizer, "", max_new_tokens=tokens, num_samples=count, seed=seed)):
         print(f"--- sample {i + 1} ---\n{text}")
-    print(f"--- sample more with: python generate.py --ckpt {path} --prompt '...'")
+    print(f"--- sample more with: minigpt generate --ckpt {path} --prompt '...'")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
