@@ -1,10 +1,12 @@
-"""generate.py: options, prompts, output, one-line user errors, and a quick start (no Lightning import)."""
+"""`minigpt generate` (generate.py): options and their spelling, prompts, output, --interactive, one-line user
+errors, and a quick start (no Lightning import)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +17,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minigpt.cli import run
-from minigpt.cli.generate import DIVIDER, build_parser, main, print_completions
+from minigpt.cli import attention, run
+from minigpt.cli.generate import DIVIDER, build_parser, main, parse_args, print_completions
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(argv: list[str], stdin: str | None = None, stdin_closed: bool = False) -> tuple[int, str, str]:
+def cli(argv: list[str], stdin: str | io.TextIOBase | None = None, stdin_closed: bool = False) -> tuple[int, str, str]:
     """Run the command in-process like generate.py does; return (exit code, stdout, stderr).
 
-    `stdin_closed` plays `<&-`: Python then sets sys.stdin to None.
+    `stdin` is text or a file; `stdin_closed` plays `<&-`: Python then sets sys.stdin to None.
     """
     out, err = io.StringIO(), io.StringIO()
-    fake_stdin = None if stdin_closed else io.StringIO(stdin) if stdin is not None else sys.stdin
+    fake_stdin = io.StringIO(stdin) if isinstance(stdin, str) else sys.stdin if stdin is None else stdin
+    if stdin_closed:
+        fake_stdin = None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.object(sys, "stdin", fake_stdin):
         try:
             code = run(main, argv)
@@ -44,14 +48,14 @@ def assert_one_line_error(code: int, out: str, err: str) -> None:
 
 
 def greedy(ckpt: Path, *extra: str) -> list[str]:
-    return ["--ckpt", str(ckpt), "--max-new-tokens", "12", "--temperature", "0", *extra]
+    return ["--ckpt", str(ckpt), "--max_new_tokens", "12", "--temperature", "0", *extra]
 
 
 # ---- output --------------------------------------------------------------------------------------
 
 
 def test_same_seed_same_output_other_seed_other_output(tiny_checkpoint: Path) -> None:
-    argv = ["--ckpt", str(tiny_checkpoint), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--top-k", "50"]
+    argv = ["--ckpt", str(tiny_checkpoint), "--prompt", "ROMEO:", "--max_new_tokens", "40", "--top_k", "50"]
     code, first, _ = cli([*argv, "--seed", "1"])
     assert code == 0 and first.startswith("ROMEO:") and len(first) > len("ROMEO:\n")
     assert cli([*argv, "--seed", "1"])[1] == first
@@ -59,7 +63,7 @@ def test_same_seed_same_output_other_seed_other_output(tiny_checkpoint: Path) ->
 
 
 def test_several_samples_print_under_dividers(tiny_checkpoint: Path) -> None:
-    code, out, _ = cli(greedy(tiny_checkpoint, "--prompt", "a", "--num-samples", "3", "--temperature", "1"))
+    code, out, _ = cli(greedy(tiny_checkpoint, "--prompt", "a", "--num_samples", "3", "--temperature", "1"))
     assert code == 0
     dividers = [line for line in out.splitlines() if line.startswith(DIVIDER)]
     assert dividers == [f"{DIVIDER} sample {i}/3 {DIVIDER}" for i in (1, 2, 3)]
@@ -82,7 +86,7 @@ def test_a_streamed_sample_not_kept_is_still_printed_whole(capsys) -> None:
 
 
 def test_stop_string_is_not_printed(tiny_checkpoint: Path) -> None:
-    argv = greedy(tiny_checkpoint, "--prompt", "x", "--max-new-tokens", "40")
+    argv = greedy(tiny_checkpoint, "--prompt", "x", "--max_new_tokens", "40")
     full = cli(argv)[1].removeprefix("x")
     stop = full[15:18]
     code, out, _ = cli([*argv, "--stop", stop])
@@ -97,7 +101,7 @@ def test_prompt_file_stdin_and_dash_give_the_same_prompt(tiny_checkpoint: Path, 
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("To be, or not", encoding="utf-8")
     expected = cli(greedy(tiny_checkpoint, "--prompt", "To be, or not"))[1]
-    assert cli(greedy(tiny_checkpoint, "--prompt-file", str(prompt_file)))[1] == expected
+    assert cli(greedy(tiny_checkpoint, "--prompt_file", str(prompt_file)))[1] == expected
     assert cli(greedy(tiny_checkpoint), stdin="To be, or not")[1] == expected
     assert cli(greedy(tiny_checkpoint, "--prompt", "-"), stdin="To be, or not")[1] == expected
     assert cli(greedy(tiny_checkpoint, "--prompt", "Something else"))[1] != expected
@@ -116,17 +120,114 @@ def test_prompt_longer_than_the_context_still_generates(tiny_checkpoint: Path) -
     assert code == 0 and out.endswith("\n")
 
 
+# ---- --interactive -------------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """Standard input that is a terminal, where the user types its text."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class CtrlCAtTheEnd(io.StringIO):
+    """Standard input whose user presses Ctrl-C at the prompt once its text is read."""
+
+    def readline(self, size: int = -1) -> str:
+        line = super().readline(size)
+        if not line:
+            signal.raise_signal(signal.SIGINT)  # through the handler `run` installed, as a real Ctrl-C
+        return line
+
+
+def sampled(ckpt: Path, *extra: str) -> list[str]:
+    return ["--ckpt", str(ckpt), "--max_new_tokens", "12", "--top_k", "50", "--seed", "1", *extra]
+
+
+def alone(ckpt: Path, prompt: str) -> str:
+    """What a run of `prompt` alone prints."""
+    code, out, _ = cli(sampled(ckpt, "--prompt", prompt))
+    assert code == 0
+    return out
+
+
+def test_interactive_prints_each_answer_as_a_run_of_its_prompt_alone_with_the_same_seed(tiny_checkpoint: Path) -> None:
+    code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin="ROMEO:\nJULIET:\n")
+    assert code == 0 and err == ""
+    assert out == alone(tiny_checkpoint, "ROMEO:") + alone(tiny_checkpoint, "JULIET:")
+
+
+def test_interactive_skips_empty_lines_and_joins_lines_ending_in_a_backslash(tiny_checkpoint: Path) -> None:
+    code, out, _ = cli(sampled(tiny_checkpoint, "--interactive"), stdin="\nROMEO:\\\n\\\nO\n\n")
+    assert code == 0
+    assert out == alone(tiny_checkpoint, "ROMEO:\n\nO")
+
+
+def test_interactive_reads_windows_line_breaks_and_a_last_line_without_one(tiny_checkpoint: Path) -> None:
+    out = cli(sampled(tiny_checkpoint, "--interactive"), stdin="a\r\nb")[1]
+    assert out == alone(tiny_checkpoint, "a") + alone(tiny_checkpoint, "b")
+
+
+def test_interactive_shows_its_markers_on_stderr_only_on_a_terminal(tiny_checkpoint: Path) -> None:
+    code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin=Terminal("a\\\nb\n"))
+    assert code == 0 and out == alone(tiny_checkpoint, "a\nb")
+    assert err == "> ... > \n"  # the last marker waits for a prompt; Ctrl-D ends its line
+
+
+def test_interactive_ends_with_exit_0_when_the_input_ends(tiny_checkpoint: Path) -> None:
+    assert cli(sampled(tiny_checkpoint, "--interactive"), stdin="") == (0, "", "")
+
+
+def test_ctrl_c_at_the_interactive_prompt_stops_with_one_line_and_exit_130(tiny_checkpoint: Path) -> None:
+    code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin=CtrlCAtTheEnd("a\n"))
+    assert (code, out, err) == (130, alone(tiny_checkpoint, "a"), "stopped by Ctrl-C\n")
+
+
+def test_ctrl_c_during_an_interactive_answer_stops_with_one_line_and_exit_130(tiny_checkpoint: Path) -> None:
+    def interrupted(*args: object, **kwargs: object):
+        yield 0, " so far"
+        signal.raise_signal(signal.SIGINT)
+
+    with mock.patch("minigpt.cli.generate.stream", interrupted):
+        code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin="a\nb\n")
+    assert (code, out, err) == (130, "a so far", "stopped by Ctrl-C\n")
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        (["--prompt", "hi"], "drop --prompt"), (["--prompt", "-"], "drop --prompt"),
+        (["--prompt_file", "p.txt"], "drop --prompt_file"), (["--num_samples", "2"], "--num_samples"),
+        (["--attention", "maps"], "--attention"),
+    ],
+)  # fmt: skip
+def test_interactive_with_an_option_it_cannot_honour_is_a_one_line_error_before_loading(
+    tmp_path: Path, extra: list[str], why: str
+) -> None:
+    # The checkpoint does not exist: the error names --interactive, so it came first.
+    code, out, err = cli(["--ckpt", str(tmp_path / "missing.ckpt"), "--interactive", *extra], stdin="a\n")
+    assert_one_line_error(code, out, err)
+    assert "--interactive" in err and why in err
+
+
+def test_interactive_with_a_closed_or_undecodable_stdin_is_a_one_line_error(tiny_checkpoint: Path) -> None:
+    assert_one_line_error(*cli(sampled(tiny_checkpoint, "--interactive"), stdin_closed=True))
+    undecodable = io.TextIOWrapper(io.BytesIO(b"a\n\xff\n"), encoding="utf-8")
+    code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin=undecodable)
+    assert code == 2 and err.startswith("error: cannot read a prompt from standard input") and err.count("\n") == 1
+
+
 # ---- user errors ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        ["--temperature", "-1"], ["--temperature", "nan"], ["--top-k", "0"], ["--top-k", "-3"],
-        ["--top-p", "0"], ["--top-p", "1.5"], ["--top-p", "nan"], ["--repetition-penalty", "0.5"],
-        ["--max-new-tokens", "0"], ["--num-samples", "0"], ["--stop", ""], ["--top-k", "many"],
-        ["--temperature", "warm"], ["--device", "tpu"], ["--no-such-option"], ["--prompt-file", "/no/such/file"],
-        ["--top-heads", "0"], ["--top-heads", "-1"], ["--top-heads", "three"],
+        ["--temperature", "-1"], ["--temperature", "nan"], ["--top_k", "0"], ["--top_k", "-3"],
+        ["--top_p", "0"], ["--top_p", "1.5"], ["--top_p", "nan"], ["--repetition_penalty", "0.5"],
+        ["--max_new_tokens", "0"], ["--num_samples", "0"], ["--stop", ""], ["--top_k", "many"],
+        ["--temperature", "warm"], ["--device", "tpu"], ["--no-such-option"], ["--prompt_file", "/no/such/file"],
+        ["--top_heads", "0"], ["--top_heads", "-1"], ["--top_heads", "three"],
     ],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_errors(tiny_checkpoint: Path, bad: list[str]) -> None:
@@ -135,7 +236,7 @@ def test_bad_arguments_are_one_line_errors(tiny_checkpoint: Path, bad: list[str]
 
 @pytest.mark.parametrize("name", ["missing.txt", "missing\nwith a newline.txt", "."])
 def test_unreadable_prompt_file_is_a_one_line_error(tiny_checkpoint: Path, tmp_path: Path, name: str) -> None:
-    assert_one_line_error(*cli(["--ckpt", str(tiny_checkpoint), "--prompt-file", str(tmp_path / name)]))
+    assert_one_line_error(*cli(["--ckpt", str(tiny_checkpoint), "--prompt_file", str(tmp_path / name)]))
 
 
 @pytest.mark.parametrize("where", ["the file itself", "a folder under the file"])
@@ -191,11 +292,43 @@ def test_asking_for_a_missing_gpu_is_a_one_line_error(tiny_checkpoint: Path) -> 
 
 def test_help_documents_every_option() -> None:
     text = build_parser().format_help()
-    options = ["--ckpt", "--prompt", "--prompt-file", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
-               "--repetition-penalty", "--stop", "--num-samples", "--seed", "--device"]  # fmt: skip
+    options = ["--ckpt", "--prompt", "--prompt_file", "--max_new_tokens", "--temperature", "--top_k", "--top_p",
+               "--repetition_penalty", "--stop", "--num_samples", "--seed", "--interactive", "--device"]  # fmt: skip
     for action in build_parser()._actions:
         assert action.help, action.option_strings
     assert all(option in text for option in options)
+
+
+
+# ---- option spelling -----------------------------------------------------------------------------
+
+
+def test_options_are_declared_with_underscores_and_their_dashed_spelling_parses_the_same() -> None:
+    actions = build_parser()._actions
+    assert not [o for a in actions for o in a.option_strings if "-" in o.lstrip("-")]
+    underscored = ["--ckpt", "c"]
+    for action in actions:
+        option = action.option_strings[-1] if action.option_strings else ""
+        if "_" in option:
+            underscored += [option] if action.nargs == 0 else [option, action.choices[0] if action.choices else "2"]
+    known = {"--prompt_file", "--max_new_tokens", "--top_k", "--top_p", "--repetition_penalty", "--num_samples",
+             "--per_head", "--top_heads", "--attention_completion"}  # fmt: skip
+    assert known <= set(underscored)
+    dashed = [arg.replace("_", "-") if arg.startswith("--") else arg for arg in underscored]
+    parsed = parse_args(underscored)
+    assert parse_args(dashed) == parsed
+    defaults = parse_args(["--ckpt", "c"])
+    assert all(getattr(parsed, a.dest) != getattr(defaults, a.dest) for a in actions if "_" in "".join(a.option_strings))
+
+
+def test_usage_errors_name_the_underscore_spelling_and_the_minigpt_command(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run(attention.main, ["--ckpt", "c", "--prompt", "p", "--out", str(tmp_path), "--top-heads", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: argument --top_heads: must be at least 1, got 0 (see minigpt attention --help)\n"
+    code, out, err = cli(["--ckpt", "c", "--top-k", "many"])
+    assert_one_line_error(code, out, err)
+    assert "--top_k" in err and "(see minigpt generate --help)" in err
 
 
 CKPT = "CKPT"  # in an INVALID argument: the path of the checkpoint, an existing file
@@ -203,14 +336,14 @@ CKPT = "CKPT"  # in an INVALID argument: the path of the checkpoint, an existing
 INVALID = st.one_of(
     st.floats(max_value=-1e-6).map(lambda t: f"--temperature={t}"),
     st.sampled_from(["nan", "inf", "hot", ""]).map(lambda t: f"--temperature={t}"),
-    st.integers(max_value=0).map(lambda k: f"--top-k={k}"),
-    st.text(max_size=3).map(lambda k: f"--top-k={k}x"),
-    st.floats().filter(lambda p: not 0 < p <= 1).map(lambda p: f"--top-p={p}"),
-    st.floats(max_value=0.999).map(lambda r: f"--repetition-penalty={r}"),
-    st.integers(max_value=0).map(lambda n: f"--max-new-tokens={n}"),
-    st.integers(max_value=0).map(lambda n: f"--num-samples={n}"),
+    st.integers(max_value=0).map(lambda k: f"--top_k={k}"),
+    st.text(max_size=3).map(lambda k: f"--top_k={k}x"),
+    st.floats().filter(lambda p: not 0 < p <= 1).map(lambda p: f"--top_p={p}"),
+    st.floats(max_value=0.999).map(lambda r: f"--repetition_penalty={r}"),
+    st.integers(max_value=0).map(lambda n: f"--max_new_tokens={n}"),
+    st.integers(max_value=0).map(lambda n: f"--num_samples={n}"),
     st.just("--stop="),
-    st.integers(max_value=0).map(lambda k: f"--top-heads={k}"),
+    st.integers(max_value=0).map(lambda k: f"--top_heads={k}"),
     st.text(max_size=5).filter(lambda d: d not in {"auto", "cpu", "cuda", "mps"}).map(lambda d: f"--device={d}"),
     st.sampled_from([f"--attention={CKPT}", f"--attention={CKPT}/maps"]),
 )
@@ -236,13 +369,13 @@ def test_valid_arguments_complete_and_invalid_ones_give_a_one_line_error(
     tiny_checkpoint: Path, prompt, max_new_tokens, temperature, top_k, top_p, penalty, stops, num_samples, seed,
     device, top_heads, stdin_closed, invalid,
 ) -> None:  # fmt: skip
-    argv = [f"--ckpt={tiny_checkpoint}", f"--prompt={prompt}", f"--max-new-tokens={max_new_tokens}"]
-    argv += [f"--temperature={temperature}", f"--repetition-penalty={penalty}", f"--num-samples={num_samples}"]
+    argv = [f"--ckpt={tiny_checkpoint}", f"--prompt={prompt}", f"--max_new_tokens={max_new_tokens}"]
+    argv += [f"--temperature={temperature}", f"--repetition_penalty={penalty}", f"--num_samples={num_samples}"]
     argv += [f"--stop={s}" for s in stops]
-    argv += [] if top_k is None else [f"--top-k={top_k}"]
-    argv += [] if top_p is None else [f"--top-p={top_p}"]
+    argv += [] if top_k is None else [f"--top_k={top_k}"]
+    argv += [] if top_p is None else [f"--top_p={top_p}"]
     argv += [] if seed is None else [f"--seed={seed}"]
-    argv += [f"--device={device}", f"--top-heads={top_heads}"]
+    argv += [f"--device={device}", f"--top_heads={top_heads}"]
     argv += [] if invalid is None else [invalid.replace(CKPT, str(tiny_checkpoint))]  # overrides an earlier value
     code, out, err = cli(argv, stdin="from stdin", stdin_closed=stdin_closed)  # --prompt=- reads it
     assert code in {0, 2} and "Traceback" not in err
@@ -268,6 +401,18 @@ def test_generate_py_prints_a_completion_without_importing_lightning_datasets_or
     assert not heavy
 
 
+def test_generate_py_interactive_answers_piped_prompts_like_single_runs(tiny_checkpoint: Path) -> None:
+    argv = ["--ckpt", str(tiny_checkpoint), "--seed", "1", "--max_new_tokens", "5"]
+    cmd = [sys.executable, str(REPO / "generate.py"), *argv, "--interactive"]
+    # One thread, like the in-process runs (conftest), so the arithmetic is the same; bytes, so no \r is rewritten.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run(cmd, input=b"a\nb\n", capture_output=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    singles = [cli([*argv, "--prompt", prompt]) for prompt in ("a", "b")]
+    assert [code for code, _, _ in singles] == [0, 0]
+    assert result.stdout == "".join(out for _, out, _ in singles).encode()
+
+
 def test_generate_py_bad_argument_exits_2_with_one_line_and_no_traceback(tiny_checkpoint: Path) -> None:
     cmd = [sys.executable, str(REPO / "generate.py"), "--ckpt", str(tiny_checkpoint), "--temperature", "-1"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -289,7 +434,7 @@ def test_generate_py_on_a_full_disk_is_a_one_line_error(tiny_checkpoint: Path) -
 
 def test_attention_option_writes_the_maps_of_prompt_and_completion(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "maps"
-    code, stdout, _ = cli(greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(out), "--attention-completion"))
+    code, stdout, _ = cli(greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(out), "--attention_completion"))
     assert code == 0
     assert {"overview.png", "attention.html", "attention.npz", "heads.json", "layer_0.png"} <= {p.name for p in out.iterdir()}
     import numpy as np

@@ -185,8 +185,8 @@ def test_bad_options_exit_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path,
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        (["--top-heads", "0"], "--top-heads: must be at least 1"),
-        (["--top-heads", "-1"], "--top-heads: must be at least 1"),
+        (["--top-heads", "0"], "--top_heads: must be at least 1"),
+        (["--top-heads", "-1"], "--top_heads: must be at least 1"),
         (["--device", "bogus"], "--device: invalid choice"),
     ],
 )

@@ -1,8 +1,8 @@
 """Attention maps of a prompt, written as files.
 
-``python -m minigpt.cli.attention --ckpt RUN/last.ckpt --prompt "..." --out DIR``
+``minigpt attention --ckpt RUN/last.ckpt --prompt "..." --out DIR`` (or ``python -m minigpt.cli.attention``)
 
-`add_attention_arguments` and `write_attention` also serve ``generate.py --attention DIR``; they import
+`add_attention_arguments` and `write_attention` also serve ``minigpt generate --attention DIR``; they import
 matplotlib only when maps are actually written, so sampling stays fast to start.
 """
 
@@ -19,7 +19,14 @@ import torch
 from minigpt import attention, checkpoint
 from minigpt import tokenizer as tok
 from minigpt.cli import run
-from minigpt.cli.common import OneLineParser, add_device_argument, check_stdout_open, resolve_device, writing_stdout
+from minigpt.cli.common import (
+    OneLineParser,
+    add_device_argument,
+    canonical_options,
+    check_stdout_open,
+    resolve_device,
+    writing_stdout,
+)
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
 
@@ -48,9 +55,9 @@ def add_attention_arguments(
         "--aggregate", choices=attention.AGGREGATES,
         help="draw one map per layer instead of one per head: mean over heads, or attention rollout through layers",
     )  # fmt: skip
-    group.add_argument("--per-head", action="store_true", help="one PNG per head (layer_L_head_H.png), not per layer")
+    group.add_argument("--per_head", action="store_true", help="one PNG per head (layer_L_head_H.png), not per layer")
     group.add_argument(
-        "--top-heads", type=positive_int, default=3, help="how many heads of each kind to print (>= 1; default: 3)"
+        "--top_heads", type=positive_int, default=3, help="how many heads of each kind to print (>= 1; default: 3)"
     )
 
 
@@ -146,14 +153,14 @@ def print_top_heads(stats: attention.HeadStats, k: int) -> None:
 def main(argv: Sequence[str]) -> None:
     """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
     parser = OneLineParser(
-        prog="python -m minigpt.cli.attention",
+        prog="minigpt attention",
         description="Draw the attention maps of every layer and head of a checkpoint on a prompt.",
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint file or run folder (RUN_DIR/last.ckpt)")
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(canonical_options(argv))  # `--top-heads` works too
     check_stdout_open()
     check_out_dir(args.attention_dir)
     loaded = checkpoint.load(args.ckpt, resolve_device(args.device))

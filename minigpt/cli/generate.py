@@ -1,4 +1,5 @@
-"""`generate.py`: sample completions from a checkpoint.
+"""`minigpt generate` (or `generate.py`): sample completions from a checkpoint, for one prompt or, with
+--interactive, for each prompt read from standard input.
 
 Imports only torch, tiktoken and the inference side of the package (never Lightning or datasets),
 so the first token comes quickly.
@@ -8,65 +9,90 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TextIO
 
 import torch
 
 from minigpt import checkpoint
 from minigpt import tokenizer as tok
 from minigpt.cli.attention import add_attention_arguments, check_out_dir, selected_layers_and_heads, write_attention
-from minigpt.cli.common import OneLineParser, add_device_argument, check_stdout_open, resolve_device, writing_stdout
+from minigpt.cli.common import (
+    OneLineParser,
+    add_device_argument,
+    canonical_options,
+    check_stdout_open,
+    resolve_device,
+    writing_stdout,
+)
 from minigpt.errors import MiniGPTError
 from minigpt.sample import check_settings, stream
 
 DIVIDER = "-" * 20
+PROMPT_MARKER = "> "  # shown on a terminal before each prompt
+CONTINUATION_MARKER = "... "  # and before each further line of a prompt whose line ended in a backslash
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The generate command's options; other features add theirs to the returned parser."""
     p = OneLineParser(
-        prog="generate.py",
+        prog="minigpt generate",
         description="Sample text from a minigpt checkpoint: prints the prompt and its completion "
         "(one sample streams as it is produced).",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder holding last.ckpt")
     source = p.add_mutually_exclusive_group()
     source.add_argument(
-        "--prompt", help="prompt text ('-' reads standard input); without --prompt or --prompt-file, a piped "
+        "--prompt", help="prompt text ('-' reads standard input); without --prompt or --prompt_file, a piped "
         "standard input is the prompt; an empty prompt starts from <|endoftext|>",
     )  # fmt: skip
-    source.add_argument("--prompt-file", help="read the prompt from this UTF-8 text file")
+    source.add_argument("--prompt_file", help="read the prompt from this UTF-8 text file")
     p.add_argument(
-        "--max-new-tokens", type=int, default=200, help="most tokens to generate per sample (>= 1; default %(default)s)"
+        "--max_new_tokens", type=int, default=200, help="most tokens to generate per sample (>= 1; default %(default)s)"
     )
     p.add_argument(
         "--temperature", type=float, default=0.8, help="softmax temperature (>= 0; default %(default)s); 0 = greedy"
     )
-    p.add_argument("--top-k", type=int, help="sample only from the k most likely tokens (>= 1; default: all)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with this much mass, in (0, 1]")
+    p.add_argument("--top_k", type=int, help="sample only from the k most likely tokens (>= 1; default: all)")
+    p.add_argument("--top_p", type=float, help="nucleus sampling: the smallest set with this much mass, in (0, 1]")
     p.add_argument(
-        "--repetition-penalty", type=float, default=1.0,
+        "--repetition_penalty", type=float, default=1.0,
         help="make tokens already in the prompt or completion less likely (>= 1; default %(default)s = off)",
     )  # fmt: skip
     p.add_argument(
         "--stop", action="append", default=[], metavar="TEXT",
         help="stop a sample when its text contains TEXT (not printed); repeatable. <|endoftext|> always stops",
     )  # fmt: skip
-    p.add_argument("--num-samples", type=int, default=1, help="samples drawn together in one batch (>= 1; default 1)")
-    p.add_argument("--seed", type=int, help="the same seed gives the same samples (default: a random seed)")
+    p.add_argument("--num_samples", type=int, default=1, help="samples drawn together in one batch (>= 1; default 1)")
+    p.add_argument(
+        "--seed", type=int,
+        help="the same seed gives the same samples (default: a random seed); with --interactive every prompt is "
+        "sampled with this seed, so each answer equals a run of that prompt alone",
+    )  # fmt: skip
+    p.add_argument(
+        "--interactive", action="store_true",
+        help="load the checkpoint once, then complete each line read from standard input until it ends "
+        "(a line ending in a backslash continues on the next; empty lines are skipped)",
+    )  # fmt: skip
     add_device_argument(p)
     add_attention_arguments(p)
     p.add_argument(
-        "--attention-completion", action="store_true",
+        "--attention_completion", action="store_true",
         help="with --attention: draw the maps of the prompt plus the (first) completion, not the prompt alone",
     )  # fmt: skip
     return p
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The options of `argv`, spelled with underscores (`--max_new_tokens`) or dashes (`--max-new-tokens`)."""
+    return build_parser().parse_args(canonical_options(argv))
+
+
 def main(argv: Sequence[str]) -> None:
-    """Parse `argv`, load the checkpoint, and print the completions."""
-    args = build_parser().parse_args(argv)
+    """Parse `argv`, load the checkpoint, and print the completions (of each prompt, with --interactive)."""
+    args = parse_args(argv)
     settings = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
@@ -74,18 +100,26 @@ def main(argv: Sequence[str]) -> None:
     # Every check before the slow part: loading the checkpoint.
     check_settings(**settings)
     check_stdout_open()
-    prompt = read_prompt(args.prompt, args.prompt_file)
+    if args.interactive:
+        check_interactive(args)
+        prompt = None
+    else:
+        prompt = read_prompt(args.prompt, args.prompt_file)
     if args.attention_dir:
         check_out_dir(args.attention_dir)
     device = resolve_device(args.device)
     loaded = checkpoint.load(args.ckpt, device)
     if args.attention_dir:
         selected_layers_and_heads(args, loaded.model.config)
-    pieces = stream(loaded.model, loaded.tokenizer, prompt, seed=args.seed, **settings)
+    sample = functools.partial(stream, loaded.model, loaded.tokenizer, seed=args.seed, **settings)
+    if prompt is None:  # --interactive: the prompts come now that the model is loaded
+        with writing_stdout(), autocast(device):
+            answer_each_prompt(sys.stdin, sample)
+        return
     completions = [""]
     with writing_stdout(), autocast(device):
         completions = print_completions(
-            prompt, pieces, args.num_samples, keep=bool(args.attention_dir) and args.attention_completion,
+            prompt, sample(prompt), args.num_samples, keep=bool(args.attention_dir) and args.attention_completion,
         )
     if args.attention_dir:
         analysed = prompt + completions[0] if args.attention_completion else prompt
@@ -93,8 +127,57 @@ def main(argv: Sequence[str]) -> None:
             write_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
 
 
+def check_interactive(args: argparse.Namespace) -> None:
+    """Raise `MiniGPTError` when --interactive comes with an option it cannot honour."""
+    if args.prompt is not None or args.prompt_file is not None:
+        option = "--prompt" if args.prompt is not None else "--prompt_file"  # never both: argparse refuses that
+        raise MiniGPTError(f"--interactive reads its prompts from standard input: drop {option}")
+    if args.num_samples > 1:
+        raise MiniGPTError("--interactive streams one sample per prompt: drop --num_samples, or run without --interactive")
+    if args.attention_dir:
+        raise MiniGPTError("--interactive draws no attention maps: run --attention with a single --prompt instead")
+    if sys.stdin is None:  # `<&-`
+        raise MiniGPTError("--interactive reads prompts from standard input, but it is closed")
+
+
+def answer_each_prompt(stdin: TextIO, sample: Callable[[str], Iterator[tuple[int, str]]]) -> None:
+    """--interactive: print each prompt of `stdin` with its completion from `sample`, as a run of that prompt
+    alone prints it, until `stdin` ends."""
+    for prompt in read_prompts(stdin):
+        print_completions(prompt, sample(prompt), 1, keep=False)
+
+
+def read_prompts(stdin: TextIO) -> Iterator[str]:
+    """Each prompt of `stdin` until it ends: a line, or several joined when a line ends in a backslash (which
+    stands for the line break). Empty prompts are skipped; a terminal is shown a marker on stderr, so that
+    stdout holds only the completions."""
+    terminal = stdin.isatty()
+    prompt = ""
+    while True:
+        if terminal:
+            print(CONTINUATION_MARKER if prompt else PROMPT_MARKER, end="", file=sys.stderr, flush=True)
+        try:
+            line = stdin.readline()
+        except (OSError, UnicodeDecodeError) as err:
+            raise MiniGPTError(f"cannot read a prompt from standard input: {err}") from None
+        if not line:  # the end of the input, or Ctrl-D on a terminal
+            if terminal:
+                print(file=sys.stderr)  # so the shell's prompt starts on its own line
+            if prompt:
+                yield prompt
+            return
+        line = line.removesuffix("\n").removesuffix("\r")  # a piped Windows file ends its lines in \r\n
+        if line.endswith("\\"):
+            prompt += line[:-1] + "\n"
+            continue
+        prompt += line
+        if prompt:
+            yield prompt
+        prompt = ""
+
+
 def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
-    """The prompt from --prompt, --prompt-file, or a piped standard input; empty when there is none."""
+    """The prompt from --prompt, --prompt_file, or a piped standard input; empty when there is none."""
     if prompt_file is not None:
         try:
             with open(prompt_file, encoding="utf-8") as f:
@@ -104,7 +187,7 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     # A closed standard input (`<&-`) is None: like a terminal, it holds no prompt unless `-` asks for one.
     if prompt == "-" or (prompt is None and sys.stdin is not None and not sys.stdin.isatty()):
         if sys.stdin is None:
-            raise MiniGPTError("--prompt - reads standard input, but it is closed: pass --prompt TEXT or --prompt-file")
+            raise MiniGPTError("--prompt - reads standard input, but it is closed: pass --prompt TEXT or --prompt_file")
         try:
             return sys.stdin.read()
         except (OSError, UnicodeDecodeError) as err:
