@@ -8,7 +8,9 @@ A spec is resolved in this order:
    builder with local files (``hf:parquet?data_files=/tmp/x.parquet``, also ``json``, ``csv``, ``arrow``, ``text``).
    OPTIONS are URL query pairs: ``split`` (default ``train``), ``field`` (default ``text``), ``streaming``
    (``1`` to stream rows instead of downloading the whole split), ``limit`` (at most N documents) and
-   ``data_files`` (repeat it for several files).
+   ``data_files`` (repeat it for several files). A folder written by ``save_to_disk`` (``hf:/data/saved``) is
+   opened with ``datasets.load_from_disk``: ``split`` picks a split of a saved ``DatasetDict``, and is an error for
+   a single saved ``Dataset``, which has none; it is memory-mapped, so ``streaming`` changes nothing there.
 2. An existing local path: a file is one document; a folder gives every text file below it, recursively, in sorted
    path order. A local path wins over a builtin name. A single file that is binary (a NUL byte in its first 8 KiB)
    is an error, and so is a device, pipe or socket.
@@ -22,7 +24,8 @@ binary extension, or with a NUL byte in their first 8 KiB. Any other file must b
 documents are skipped; a corpus without any text is an error.
 
 The fingerprint of local files hashes their names, sizes and whole content, so any change to the text is seen
-(size and modification time alone would miss an edit that keeps both). A file whose content does not match its
+(size and modification time alone would miss an edit that keeps both); so does that of a folder written by
+``save_to_disk``, over the files of the split it reads. A file whose content does not match its
 stat size (``/proc`` files, a file being written) cannot be fingerprinted and is an error.
 """
 
@@ -184,15 +187,20 @@ class HFCorpus:
         text_field = options.get("field", "text")
         streaming = options.get("streaming", "0") not in ("0", "false", "")
         limit = _parse_limit(spec, options.get("limit"))
-        dataset = _load_dataset(spec, name, config, split, streaming, options.get("data_files"))
+        saved = Path(name).expanduser()
+        if _is_saved_dataset(saved):
+            dataset, files = _load_saved(spec, saved, options.get("split"))
+            content = FileCorpus(spec, files).fingerprint()
+        else:
+            dataset = _load_dataset(spec, name, config, split, streaming, options.get("data_files"))
+            # A streamed dataset has no content hash, so the spec itself stands for the content.
+            content = spec if streaming else dataset._fingerprint  # datasets has no public accessor for it
         columns = dataset.column_names
         if columns is not None and text_field not in columns:
             raise MiniGPTError(
                 f"dataset '{spec}' has no field '{text_field}': choose one of its columns with ?field=NAME "
                 f"(columns: {', '.join(columns)})"
             )
-        # A streamed dataset has no content hash, so the spec itself stands for the content.
-        content = spec if streaming else dataset._fingerprint  # datasets has no public accessor for it
         return cls(spec, dataset, text_field, limit, "\0".join([content, split, text_field, str(limit)]))
 
     def documents(self) -> Iterator[str]:
@@ -234,11 +242,46 @@ def _load_dataset(spec: str, name: str, config: str | None, split: str, streamin
     try:
         return datasets.load_dataset(name, config, split=split, streaming=streaming, data_files=data_files)
     except Exception as exc:  # datasets raises connection, file, value and hub errors of many kinds
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise MiniGPTError(
-            f"could not load dataset '{spec}' ({type(exc).__name__}: {reason}): check the name, config and split "
+            f"could not load dataset '{spec}' ({_reason(exc)}): check the name, config and split "
             "and the network, or point at local files, e.g. hf:parquet?data_files=path/to/data.parquet"
         ) from None
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """Whether `folder` was written by ``save_to_disk``: a Dataset's state and info, or a DatasetDict's split list."""
+    if (folder / "dataset_dict.json").is_file():
+        return True
+    return (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+
+
+def _load_saved(spec: str, folder: Path, split: str | None) -> tuple[Any, list[Path]]:
+    """The dataset saved in `folder` (the `split` of a DatasetDict, ``train`` by default) and the files holding it."""
+    import datasets  # slow to import; only HF corpora need it
+
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # a damaged folder raises file, JSON and Arrow errors of many kinds
+        raise MiniGPTError(
+            f"could not load the saved dataset '{spec}' ({_reason(exc)}): save it again with save_to_disk"
+        ) from None
+    if isinstance(saved, datasets.DatasetDict):
+        split = split or "train"
+        if split not in saved:
+            raise MiniGPTError(
+                f"dataset '{spec}' has no split '{split}': choose one with ?split=NAME (splits: {', '.join(saved)})"
+            )
+        saved, folder = saved[split], folder / split  # DatasetDict.save_to_disk gives each split its own folder
+    elif split is not None:
+        raise MiniGPTError(f"dataset '{spec}' is one saved Dataset, not a DatasetDict of splits: drop ?split={split}")
+    # Its metadata and the Arrow files it maps, not the whole folder: `map` leaves cache files there.
+    data = [Path(entry["filename"]) for entry in saved.cache_files]
+    return saved, [folder / "dataset_info.json", folder / "state.json", *data]
+
+
+def _reason(exc: Exception) -> str:
+    """The exception's type and the first line of its message, short enough for a one-line error."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
 def _builtin(name: str, cache_dir: Path) -> Corpus:

@@ -130,7 +130,7 @@ def prepare(
         enc = _build_tokenizer(tokenizer_spec, corpus.documents(), val_fraction)
         _save_tokenizer(enc, tmp / TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
-        written = _write_shards(enc, _split(corpus.documents(), val_fraction), tmp, dtype, progress)
+        written = _write_shards(enc, split_documents(corpus.documents(), val_fraction), tmp, dtype, progress)
         if not written["train_tokens"] or not written["val_tokens"]:
             raise MiniGPTError(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
@@ -324,11 +324,11 @@ def _build_tokenizer(spec: str, documents: Iterable[str], val_fraction: float) -
     """Build the tokenizer; a BPE is trained on the training split only, so validation text stays unseen."""
     if not tok.needs_training(spec):
         return tok.build_tokenizer(spec)
-    training = (text for split, text in _split(documents, val_fraction) if split == "train")
+    training = (text for split, text in split_documents(documents, val_fraction) if split == "train")
     return tok.build_tokenizer(spec, training)
 
 
-def _split(documents: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:
+def split_documents(documents: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:
     """Label each document ``train`` or ``val`` (see the module docstring); the same input gives the same labels."""
     k = round(1 / val_fraction)
     documents = iter(documents)

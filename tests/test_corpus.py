@@ -292,3 +292,73 @@ def test_an_unreadable_file_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "open", denied)
     with pytest.raises(MiniGPTError, match="cannot read .*secret.txt \\(Permission denied\\)"):
         open_corpus(str(secret), tmp_path / "cache").fingerprint()
+
+
+def save_dataset(path: Path, **splits: list[str]) -> Path:
+    """`save_to_disk` a Dataset (one keyword, `rows`) or a DatasetDict (one keyword per split) of texts."""
+    import datasets
+
+    tables = {
+        name: datasets.Dataset.from_dict({"text": rows, "n": list(range(len(rows)))}) for name, rows in splits.items()
+    }
+    saved = tables["rows"] if list(tables) == ["rows"] else datasets.DatasetDict(tables)
+    saved.save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_saved_dataset_folder_rows_are_documents_with_field_and_limit(tmp_path: Path) -> None:
+    path = save_dataset(tmp_path / "saved", rows=["alpha", "", "beta", "gamma"])
+
+    assert list(open_corpus(f"hf:{path}", tmp_path).documents()) == ["alpha", "beta", "gamma"]
+    assert list(open_corpus(f"hf:{path}?limit=2", tmp_path).documents()) == ["alpha"]  # limit counts rows
+    with pytest.raises(MiniGPTError, match=r"no field 'body'.*columns: text, n"):
+        open_corpus(f"hf:{path}?field=body", tmp_path)
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_saved_dataset_dict_reads_the_chosen_split(tmp_path: Path) -> None:
+    path = save_dataset(tmp_path / "saved", train=["t1", "t2"], validation=["v1"])
+
+    assert list(open_corpus(f"hf:{path}", tmp_path).documents()) == ["t1", "t2"]
+    assert list(open_corpus(f"hf:{path}?split=validation", tmp_path).documents()) == ["v1"]
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_saved_dataset_dict_unknown_split_is_a_one_line_error_listing_the_splits(tmp_path: Path) -> None:
+    path = save_dataset(tmp_path / "saved", train=["t1"], validation=["v1"])
+
+    with pytest.raises(MiniGPTError, match=r"no split 'test'.*splits: train, validation") as err:
+        open_corpus(f"hf:{path}?split=test", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_split_of_a_single_saved_dataset_is_a_user_error(tmp_path: Path) -> None:
+    path = save_dataset(tmp_path / "saved", rows=["alpha"])
+
+    with pytest.raises(MiniGPTError, match=r"one saved Dataset, not a DatasetDict.*drop \?split=validation"):
+        open_corpus(f"hf:{path}?split=validation", tmp_path)
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_unknown_split_of_local_files_is_a_one_line_error_listing_the_splits(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "rows.parquet", ["alpha"])
+
+    with pytest.raises(MiniGPTError, match=r"Unknown split \"validation\".*'train'") as err:
+        open_corpus(f"hf:parquet?data_files={path}&split=validation", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.usefixtures("offline_hf")
+def test_hf_saved_dataset_fingerprint_changes_with_the_content_of_its_split_only(tmp_path: Path) -> None:
+    path = save_dataset(tmp_path / "saved", train=["t1", "t2"], validation=["v1"])
+    spec = f"hf:{path}?split=validation"
+    before = open_corpus(spec, tmp_path).fingerprint()
+    assert open_corpus(spec, tmp_path).fingerprint() == before
+
+    save_dataset(path, train=["t1", "t2", "t3"], validation=["v1"])
+    assert open_corpus(spec, tmp_path).fingerprint() == before  # only another split changed
+
+    save_dataset(path, train=["t1", "t2", "t3"], validation=["v2"])
+    assert open_corpus(spec, tmp_path).fingerprint() != before

@@ -183,7 +183,7 @@ def test_a_signal_during_preparation_exits_cleanly_and_leaves_no_temporary_files
 def test_ctrl_c_during_bpe_training_exits_130_without_a_traceback(tmp_path, corpus, monkeypatch, capsys):
     from minigpt import prepare
 
-    split = prepare._split
+    split = prepare.split_documents
 
     def interrupted_after_one_document(*args, **kwargs):
         for n, item in enumerate(split(*args, **kwargs)):
@@ -191,7 +191,7 @@ def test_ctrl_c_during_bpe_training_exits_130_without_a_traceback(tmp_path, corp
                 os.kill(os.getpid(), signal.SIGINT)  # arrives while rustbpe is pulling documents
             yield item
 
-    monkeypatch.setattr(prepare, "_split", interrupted_after_one_document)
+    monkeypatch.setattr(prepare, "split_documents", interrupted_after_one_document)
     assert run(main, train_command(corpus, tmp_path / "run", "--tokenizer", "bpe:300")[2:]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "SystemError" not in err

@@ -81,10 +81,10 @@ def test_a_single_document_splits_at_the_last_tenth_of_its_characters(tmp_path: 
 def test_fewer_documents_than_the_split_needs_fall_back_to_the_tail_split() -> None:
     docs = [f"doc{i:07d}" for i in range(9)]  # 9 documents of 10 characters: the cut falls inside the last one
 
-    labelled = list(prep._split(docs, 0.1))
+    labelled = list(prep.split_documents(docs, 0.1))
 
     assert labelled == [("train", doc) for doc in docs[:8]] + [("train", "d"), ("val", "oc0000008")]
-    assert {split for split, _ in prep._split(docs * 2, 0.05)} == {"train", "val"}  # 18 < 20 = 1/0.05 documents
+    assert {split for split, _ in prep.split_documents(docs * 2, 0.05)} == {"train", "val"}  # 18 < 20 = 1/0.05 documents
 
 
 def test_byte_counts_are_the_utf8_bytes_of_each_split(tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""`minigpt eval`: a checkpoint's loss, bits per byte and perplexity on a corpus, every token scored once.
+
+``minigpt eval --ckpt RUN --data SPEC [--split val]`` prints one line. `--split val` scores the validation text
+the run held out of that corpus (see `minigpt.evaluate`). Imports no Lightning, so it starts quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from minigpt import checkpoint
+from minigpt.cli import run
+from minigpt.cli.attention import positive_int
+from minigpt.cli.common import (
+    OneLineParser,
+    add_device_argument,
+    canonical_options,
+    check_stdout_open,
+    resolve_device,
+    writing_stdout,
+)
+from minigpt.cli.generate import autocast
+from minigpt.evaluate import SPLITS, Score, corpus_tokens, score
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VAL_FRACTION = 0.1  # train's default, for checkpoints that do not record theirs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The eval command's options."""
+    p = OneLineParser(
+        prog="minigpt eval",
+        description="Measure a checkpoint on a corpus: loss (nats/token), bits per byte and perplexity over "
+        "every token, each predicted once from a sliding context.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder holding last.ckpt")
+    p.add_argument("--data", required=True, help="corpus spec as for training: file, folder, glob, hf:NAME or builtin")
+    p.add_argument(
+        "--split", choices=SPLITS, default="all",
+        help="score every document, or the train or val split training made of this corpus (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--val_fraction", type=float,
+        help="the split's validation share (default: the one the checkpoint was trained with, else 0.1)",
+    )  # fmt: skip
+    p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument(
+        "--stride", type=positive_int,
+        help="how far each window moves on, 1 to block_size (default: block_size // 2); a token scored by a later "
+        "window sees at least block_size - stride + 1 tokens",
+    )  # fmt: skip
+    p.add_argument(
+        "--cache_dir", type=Path,
+        help="where builtin corpora are downloaded (default: $MINIGPT_CACHE, else ~/.cache/minigpt)",
+    )  # fmt: skip
+    add_device_argument(p)
+    return p
+
+
+def main(argv: Sequence[str]) -> None:
+    """Parse `argv`, load the checkpoint and the text, and print one result line."""
+    argv = canonical_options(argv)
+    args = build_parser().parse_args(argv)
+    check_stdout_open()
+    device = resolve_device(args.device)
+    path = checkpoint.resolve(args.ckpt)
+    loaded = checkpoint.load(path, device)
+    val_fraction = args.val_fraction
+    if val_fraction is None:  # only a split uses it, so only a split reads the checkpoint's record of it
+        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" else trained_val_fraction(path)
+    tokens = corpus_tokens(args.data, loaded.tokenizer, args.split, val_fraction, args.cache_dir)
+    with autocast(device):
+        result = score(loaded.model, tokens.ids, args.stride, args.batch_size)
+    with writing_stdout():
+        print(result_line(path, args.data, args.split, result, tokens.n_bytes))
+
+
+def trained_val_fraction(path: Path) -> float:
+    """The val_fraction the checkpoint's run split its corpus with, else train's default."""
+    train_config = checkpoint.read(path)[checkpoint.PAYLOAD_KEY].get("train_config")
+    value = train_config.get("val_fraction") if isinstance(train_config, dict) else None
+    if type(value) in (int, float):
+        return float(value)
+    logger.info("%s does not record its val_fraction: splitting with %g", path, DEFAULT_VAL_FRACTION)
+    return DEFAULT_VAL_FRACTION
+
+
+def result_line(path: Path, data: str, split: str, result: Score, n_bytes: int) -> str:
+    """The command's output, e.g. ``eval RUN/last.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24``."""
+    return (
+        f"eval {path} on {data} ({split}): {result.tokens:,} tokens, {n_bytes:,} bytes: "
+        f"loss {result.loss:.4f} nats/token, {result.bits_per_byte(n_bytes):.4f} bits/byte, "
+        f"perplexity {result.perplexity:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

@@ -1,0 +1,143 @@
+"""Held-out evaluation: the loss of a GPT on a whole text, every token scored exactly once.
+
+`corpus_tokens` lays a corpus (or its train or val split) out exactly as `minigpt.prepare` writes a shard:
+every document, and each part of one that the split cuts in two, preceded by one ``<|endoftext|>``. So the
+val split of the training corpus gives the very tokens of ``val.bin``, and `score` measures what validation
+measures, over every token instead of a sample of windows.
+
+`score` slides a window of ``block_size`` tokens over the ids (the standard strided evaluation). The first
+window scores all its targets; each later one moves on by `stride` and scores only the targets no window
+scored before, so every token after the first window's is predicted from at least ``block_size - stride + 1``
+tokens of context (33 of 64 with the default stride, half the window). The last window is moved back to end on
+the last token, so all windows have the same length (they batch) and it too keeps a full context.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tiktoken
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from minigpt import tokenizer as tok
+from minigpt.corpus import open_corpus
+from minigpt.errors import MiniGPTError
+from minigpt.model import GPT
+from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION, split_documents
+
+SPLITS = ("all", "train", "val")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The ids to score and the UTF-8 size of the text they encode (separators not counted, as in prepare)."""
+
+    ids: Tensor  # (N,) int64
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class Score:
+    """The summed negative log-likelihood of `tokens` predicted tokens."""
+
+    tokens: int
+    nats: float
+
+    @property
+    def loss(self) -> float:
+        """Mean loss in nats per token."""
+        return self.nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        """exp(loss); infinite where that overflows a float (a loss above ~709 nats)."""
+        return math.exp(self.loss) if self.loss < 709 else math.inf
+
+    def bits_per_byte(self, n_bytes: int) -> float:
+        """Bits per byte of a text of `n_bytes` UTF-8 bytes (loss × tokens / bytes / ln 2): compares tokenizers."""
+        return self.nats / n_bytes / math.log(2)
+
+
+def corpus_tokens(
+    spec: str, enc: tiktoken.Encoding, split: str = "all", val_fraction: float = 0.1, cache_dir: Path | None = None
+) -> Tokens:
+    """The corpus `spec` (every document, or the ``train`` or ``val`` split that training with `val_fraction`
+    made of it), encoded with `enc` in the layout of a prepared shard."""
+    if split not in SPLITS:
+        raise MiniGPTError(f"unknown split '{split}': use one of {', '.join(SPLITS)}")
+    documents = open_corpus(spec, cache_dir).documents()
+    if split == "all":
+        texts = list(documents)
+    else:
+        if not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
+            raise MiniGPTError(
+                f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to "
+                f"{MAX_VAL_FRACTION:g}, the one the model was trained with"
+            )
+        # prepare's own labelling (to be renamed public there), so the splits are the ones training used.
+        texts = [text for label, text in split_documents(documents, val_fraction) if label == split]
+    eot = tok.eot_id(enc)
+    ids: list[int] = []
+    for encoded in tok.encode_batch(enc, texts, os.cpu_count() or 1):
+        ids.append(eot)
+        ids.extend(encoded)
+    if len(ids) < 2:
+        raise MiniGPTError(
+            f"the {split} text of '{spec}' is shorter than 2 tokens, so there is nothing to predict: use more text"
+        )
+    return Tokens(torch.tensor(ids, dtype=torch.long), sum(len(text.encode()) for text in texts))
+
+
+def windows(n: int, block_size: int, stride: int) -> list[tuple[int, int]]:
+    """(start, count) of each window over `n` ids: its inputs are ``ids[start : start + T]``, T = min(block_size,
+    n - 1), and it scores its last `count` targets; together the windows score ids 1 to n - 1 once each."""
+    length = min(block_size, n - 1)
+    spans = [(0, length)]
+    scored = length  # ids 1..scored have been scored
+    while scored < n - 1:
+        start = min(spans[-1][0] + stride, n - 1 - length)
+        spans.append((start, start + length - scored))
+        scored = start + length
+    return spans
+
+
+@torch.inference_mode()
+def score(model: GPT, ids: Tensor, stride: int | None = None, batch_size: int = 8) -> Score:
+    """Sum the loss of every token of `ids` (N,) after the first, predicted with a sliding context (see the module
+    docstring); `stride` defaults to half the context. Runs on the model's device, in eval mode."""
+    block_size = model.config.block_size
+    if stride is None:
+        stride = max(block_size // 2, 1)
+    if not 1 <= stride <= block_size:
+        raise MiniGPTError(f"stride {stride} is out of range: use 1 to the model's block_size {block_size}")
+    if batch_size < 1:
+        raise MiniGPTError(f"batch size {batch_size} is out of range: use at least 1")
+    if ids.numel() < 2:
+        raise MiniGPTError(f"a text of {ids.numel()} token(s) has nothing to predict: use at least 2 tokens")
+    spans = windows(ids.numel(), block_size, stride)
+    length = min(block_size, ids.numel() - 1)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nats = 0.0  # a Python float: float64, and MPS has no float64 tensors
+    try:
+        with tqdm(total=len(spans), desc="evaluating", unit="window", disable=None) as bar:
+            for first in range(0, len(spans), batch_size):
+                batch = spans[first : first + batch_size]
+                rows = torch.stack([ids[start : start + length + 1] for start, _ in batch]).to(device)  # (b, T+1)
+                logits = model(rows[:, :-1])  # (b, T, V)
+                # float32 log-softmax even under bf16 autocast: the loss is a sum of many small terms.
+                nll = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")  # (b, T)
+                new = torch.tensor([count for _, count in batch], device=device)
+                scored = torch.arange(length, device=device) >= length - new[:, None]  # (b, T): the new targets
+                nats += nll[scored].to("cpu", torch.float64).sum().item()
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return Score(sum(count for _, count in spans), nats)
