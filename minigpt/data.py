@@ -60,14 +60,14 @@ class RandomWindows(IterableDataset):
 
 
 class FixedWindows(Dataset):
-    """`count` windows spread evenly over the validation shard: the same windows at every validation.
+    """`count` windows spread evenly over the `split` shard: the same windows at every validation.
 
     A shard of n tokens has only n - block_size distinct windows, so a larger `count` gives each of them once.
     """
 
-    def __init__(self, folder: Path, dtype: str, block_size: int, count: int):
-        self.folder, self.dtype, self.block_size = folder, dtype, block_size
-        n = len(open_shard(folder, "val", dtype))
+    def __init__(self, folder: Path, dtype: str, block_size: int, count: int, split: str = "val"):
+        self.folder, self.dtype, self.block_size, self.split = folder, dtype, block_size, split
+        n = len(open_shard(folder, split, dtype))
         # Capped before linspace allocates: a count above the distinct windows (n - block_size) selects all of them
         # anyway, so the windows of every count stay what they were, without a huge array for a huge count.
         count = min(count, max(n - block_size, 0))
@@ -79,7 +79,7 @@ class FixedWindows(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._tokens is None:  # opened lazily so each worker maps the file itself
-            self._tokens = open_shard(self.folder, "val", self.dtype)
+            self._tokens = open_shard(self.folder, self.split, self.dtype)
         o = int(self.offsets[i])
         return torch.from_numpy(self._tokens[o : o + self.block_size + 1].astype(np.int64))
 
@@ -139,10 +139,17 @@ class TokenDataModule(L.LightningDataModule):
         stream = RandomWindows(p.dir, p.meta["dtype"], self.block_size, self.batch_size, self._rank_seed(), start)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> list[DataLoader]:
+        """The validation windows, then as many fixed windows of the training text: the gap between the two
+        losses shows how much the model memorises its training text."""
         p = self.prepare()
-        windows = FixedWindows(p.dir, p.meta["dtype"], self.block_size, self.val_windows)
-        return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers)
+        return [
+            DataLoader(
+                FixedWindows(p.dir, p.meta["dtype"], self.block_size, self.val_windows, split),
+                batch_size=self.batch_size, num_workers=self.num_workers,
+            )  # fmt: skip
+            for split in ("val", "train")
+        ]
 
     def _rank_seed(self) -> int:
         return rank_seed(self.seed, self.trainer.global_rank if self.trainer is not None else 0)

@@ -122,6 +122,9 @@ class LitGPT(L.LightningModule):
         loss = self._loss(batch)
         self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True)
+        # TensorBoard's x-axis: the step this batch completes, as the terminal and metrics.csv count it (and
+        # with a "step", Lightning adds no "epoch" scalar, which means nothing in one endless epoch).
+        self.log("step", float(self.global_step + 1))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
         if self._last_batch_time is not None:
@@ -130,8 +133,10 @@ class LitGPT(L.LightningModule):
         self._last_batch_time = now
         return loss
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+    def validation_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # The data module's second validation loader holds windows of the training text (see val_dataloader).
+        name = "val/loss" if dataloader_idx == 0 else "val/train_loss"
+        self.log(name, self._loss(batch), prog_bar=dataloader_idx == 0, sync_dist=True, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.trainer.callback_metrics.get("val/loss")
@@ -145,9 +150,10 @@ class LitGPT(L.LightningModule):
         self.log("val/ppl", torch.exp(loss), sync_dist=True)
         self.log("step", float(self.global_step), sync_dist=True)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            train_loss = self.trainer.callback_metrics.get("val/train_loss", float("nan"))
             log.info(
-                "step %d: val loss %.4f nats/token = %.4f nats/byte = %.4f bits/byte",
-                self.global_step, loss, loss / self.val_bytes_per_token, bpb,
+                "step %d: val loss %.4f nats/token = %.4f nats/byte = %.4f bits/byte (training text: %.4f)",
+                self.global_step, loss, loss / self.val_bytes_per_token, bpb, train_loss,
             )  # fmt: skip
 
     def on_validation_start(self) -> None:

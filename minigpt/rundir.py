@@ -20,7 +20,7 @@ from minigpt.errors import MiniGPTError
 
 LOCK_NAME = ".lock"
 CHECKPOINTS = ("last.ckpt", "best.ckpt")
-LEFTOVERS = ("config.yaml", "tb")  # what a run writes before its first checkpoint
+LEFTOVERS = ("config.yaml", "tb", "metrics.csv", "loss.png", "README.md")  # what a run may write besides checkpoints
 
 
 def holds_run(folder: Path) -> bool:

@@ -33,6 +33,7 @@ TINY = [
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
 ]  # fmt: skip
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+RUN_FILES = ["README.md", "best.ckpt", "config.yaml", "last.ckpt", "loss.png", "metrics.csv", "tb"]
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MINIGPT_RUN")
 
 
@@ -58,7 +59,7 @@ def output(done: subprocess.CompletedProcess) -> str:
 
 def assert_one_run(folder: Path, text: str, steps: int = STEPS) -> None:
     """One complete run in `folder`, no other run folder beside it, and each line a person reads once."""
-    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "tb"]
+    assert sorted(p.name for p in folder.iterdir()) == RUN_FILES
     assert not [p for p in folder.parent.rglob("config.yaml") if p.parent != folder]
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == steps
     for step in range(EVERY, steps + 1, EVERY):

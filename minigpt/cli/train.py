@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import itertools
+import math
 import logging
 import os
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -46,7 +49,7 @@ QUIET_WARNINGS = [
     r".*IterableDataset.*has `__len__` defined.*",
 ]
 # Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
-TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing"}
+TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing", "enable_autolog_hparams"}
 COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows every one, with Lightning's own words
     "max_steps": "optimizer steps to train for",
     "val_check_interval": "validate, log and save best.ckpt every N steps",
@@ -342,12 +345,13 @@ def main(argv: Sequence[str]) -> None:
 def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
     """Train as `cfg` says. Every process of a distributed run calls this; global rank 0 alone claims the run
     folder, writes the config and prints, and the others learn the folder from it (see `minigpt.launch`)."""
+    started = time.monotonic()
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
     resumed = checkpoint.read(cfg.resume) if cfg.resume else None
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
 
-    quiet_warnings()
+    quiet_lightning()
     from minigpt.data import TokenDataModule
 
     with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
@@ -359,8 +363,8 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
         check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
-        trainer = build_trainer(cfg, run_dir, prepared, resumed)  # Lightning checks its options: nothing written yet
         train_config = resolved_config(parser, cfg)
+        trainer = build_trainer(cfg, run_dir, prepared, resumed, train_config)  # Lightning checks its options
         if rank_zero:
             if not cfg.resume:
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
@@ -371,13 +375,24 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
             if signals.received() is not None:  # it arrived during the last validation; the final save is made
                 raise KeyboardInterrupt
     if rank_zero:
-        print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
+        samples = print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
+        write_model_card(run_dir, cfg, prepared, trainer, time.monotonic() - started, samples)
 
 
-def quiet_warnings() -> None:
-    """Hide the Lightning warnings in `QUIET_WARNINGS`; every process of a run calls it (see `ProcessSetup`)."""
+def quiet_lightning() -> None:
+    """Hide the Lightning warnings in `QUIET_WARNINGS` and its advertisements ("💡 Tip: try ..."), and send its
+    messages through the command's own logging (one copy, its format, its level per rank). Every process of
+    a run calls it (see `ProcessSetup`)."""
     for noise in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=noise)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # each may have a console handler of its own
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("💡", "TPU available", "HPU available"))
 
 
 def shared_run_folder(cfg: Namespace) -> Path | None:
@@ -436,9 +451,11 @@ def _available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def build_trainer(cfg: Namespace, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None) -> L.Trainer:
-    """The Trainer for `cfg`, writing checkpoints and logs to `run_dir`; a `--trainer.*` value that Lightning
-    rejects is a one-line error here, before anything is written.
+def build_trainer(
+    cfg: Namespace, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None, train_config: dict[str, Any]
+) -> L.Trainer:
+    """The Trainer for `cfg`, writing checkpoints and logs to `run_dir` (and `train_config` into TensorBoard's
+    hparams); a `--trainer.*` value that Lightning rejects is a one-line error here, before anything is written.
 
     `run_dir` is None in a process that does not know the folder (see `shared_run_folder`): its paths then
     point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
@@ -448,9 +465,13 @@ def build_trainer(cfg: Namespace, run_dir: Path | None, prepared: Prepared, resu
 
     from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
     from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO
+    from minigpt.progress import ProgressLines
+    from minigpt.runcard import RunRecord
 
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
+    if trainer_args.get("enable_progress_bar") is None:  # a bar on a terminal; in a log file, plain lines
+        trainer_args["enable_progress_bar"] = sys.stderr.isatty()
     root = run_dir or Path(os.devnull)
     callbacks = [
         ProcessSetup(configure_process),
@@ -459,12 +480,17 @@ def build_trainer(cfg: Namespace, run_dir: Path | None, prepared: Prepared, resu
         SampleLogger(prepared.tokenizer),
         AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
     ]
+    every = trainer_args.get("log_every_n_steps") or 50
+    callbacks.append(RunRecord(root, train_config, every))
+    if not trainer_args["enable_progress_bar"]:
+        callbacks.append(ProgressLines(every))
     preloaded = (cfg.resume, resumed) if resumed is not None else None
     try:
         return L.Trainer(
             **trainer_args,
             default_root_dir=root,
-            logger=TensorBoardLogger(save_dir=root, name="tb", version=""),
+            logger=TensorBoardLogger(save_dir=root, name="tb", version="", default_hp_metric=False),
+            enable_autolog_hparams=False,  # RunRecord logs the whole config, with the final metrics
             callbacks=callbacks,
             plugins=[SafeCheckpointIO(preloaded)],
         )
@@ -478,7 +504,7 @@ def configure_process(label: str | None) -> None:
     from minigpt.cli import configure_logging
 
     configure_logging(label)
-    quiet_warnings()
+    quiet_lightning()
 
 
 def _one_line(err: BaseException) -> str:
@@ -507,17 +533,44 @@ def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
     return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
 
 
-def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> None:
-    """Print `count` completions from the run's best checkpoint, the way generate.py would."""
+def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> list[str]:
+    """Print `count` completions from the run's best checkpoint, the way `minigpt generate` would; return them."""
     from minigpt.sample import generate
 
     if count < 1:
-        return
-    path = run_dir / "best.ckpt" if (run_dir / "best.ckpt").exists() else run_dir / "last.ckpt"
+        return []
+    path = best_checkpoint(run_dir)
     loaded = checkpoint.load(path)
-    for i, text in enumerate(generate(loaded.model, loaded.tokenizer, "", max_new_tokens=tokens, num_samples=count, seed=seed)):
+    texts = generate(loaded.model, loaded.tokenizer, "", max_new_tokens=tokens, num_samples=count, seed=seed)
+    for i, text in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{text}")
     print(f"--- sample more with: minigpt generate --ckpt {path} --prompt '...'")
+    return list(texts)
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "best.ckpt" if (run_dir / "best.ckpt").exists() else run_dir / "last.ckpt"
+
+
+def write_model_card(run_dir: Path, cfg: Namespace, prepared: Prepared, trainer: L.Trainer, seconds: float, samples: list[str]) -> None:
+    """The run folder's README.md (see `minigpt.runcard.model_card`), from its best checkpoint and this run."""
+    from minigpt.progress import duration
+    from minigpt.runcard import model_card
+
+    best = checkpoint.read(best_checkpoint(run_dir))
+    score = next((c for c in trainer.callbacks if hasattr(c, "best_model_score")), None)
+    val_loss = float(score.best_model_score) if score is not None and score.best_model_score is not None else float("nan")
+    meta, model = prepared.meta, cfg.model
+    facts = {
+        "name": run_dir.name, "folder": run_dir, "data": cfg.data, "tokenizer": cfg.tokenizer,
+        "vocab_size": prepared.tokenizer.n_vocab, "train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"],
+        "params": GPTConfig(**vars(model), vocab_size=prepared.tokenizer.n_vocab).num_parameters(),
+        "n_layer": model.n_layer, "n_head": model.n_head, "n_embd": model.n_embd, "block_size": model.block_size,
+        "steps": best["global_step"], "batch_size": cfg.batch_size, "devices": trainer.world_size,
+        "val_loss": val_loss, "val_bpb": val_loss / (meta["val_bytes"] / meta["val_tokens"]) / math.log(2),
+        "wall_time": duration(seconds),
+    }  # fmt: skip
+    (run_dir / "README.md").write_text(model_card(facts, samples))
 
 
 if __name__ == "__main__":

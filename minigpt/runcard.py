@@ -1,0 +1,161 @@
+"""What a run leaves for people beside its checkpoints: `metrics.csv`, `loss.png`, the whole config in
+TensorBoard's hparams tab with the final metrics, and a short `README.md` model card.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from minigpt.errors import Interrupted
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("step", "train_loss", "lr", "val_loss", "val_bpb", "val_train_loss")
+"""metrics.csv: one row per logged training step (train_loss, lr) or per validation (val_*); other cells empty."""
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"model": {"n_layer": 4}}` -> `{"model.n_layer": 4}`, with anything but numbers and text as text."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class RunRecord(L.Callback):
+    """In global rank 0: record the training loss every `every` steps and each validation's metrics; when
+    training ends or a signal stops it, write `metrics.csv` and `loss.png` into `folder` (keeping the rows of
+    the steps before a resume) and log `config` with the final metrics to TensorBoard's hparams tab."""
+
+    def __init__(self, folder: Path, config: Mapping[str, Any], every: int) -> None:
+        self.folder, self.config, self.every = Path(folder), config, max(1, every)
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.is_global_zero and trainer.global_step % self.every == 0 and not self._has_row(trainer.global_step, "train_loss"):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self.rows.append({"step": trainer.global_step, "train_loss": float(loss), "lr": lr})
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or not trainer.is_global_zero or "val/loss" not in metrics:
+            return
+        row = {"step": trainer.global_step, "val_loss": float(metrics["val/loss"]), "val_bpb": float(metrics["val/bpb"])}
+        if "val/train_loss" in metrics:
+            row["val_train_loss"] = float(metrics["val/train_loss"])
+        self.rows.append(row)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Interrupted):
+            self._write(trainer)
+
+    def _has_row(self, step: int, column: str) -> bool:
+        return any(r["step"] == step and column in r for r in self.rows)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero or not self.rows:
+            return
+        rows = earlier_rows(self.folder / "metrics.csv", before=self.rows[0]["step"]) + self.rows
+        write_metrics(self.folder / "metrics.csv", rows)
+        plot_losses(rows, self.folder / "loss.png")
+        vals = [r for r in rows if "val_loss" in r]
+        if vals:
+            best = min(vals, key=lambda r: r["val_loss"])
+            metrics = {"hp/best_val_loss": best["val_loss"], "hp/best_val_bpb": best["val_bpb"], "hp/final_val_loss": vals[-1]["val_loss"]}
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.log_hyperparams(flatten(self.config), metrics)
+
+
+def earlier_rows(path: Path, before: int) -> list[dict[str, Any]]:
+    """The rows of an existing metrics.csv for steps before `before` (a resumed run's history)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) if k != "step" else int(v) for k, v in row.items() if v} for row in csv.DictReader(f) if int(row["step"]) < before]
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
+    """Training and validation loss (nats/token) against step; bits per byte on the right-hand axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(column: str) -> tuple[list[int], list[float]]:
+        points = [(r["step"], r[column]) for r in rows if column in r and math.isfinite(r[column])]
+        return [s for s, _ in points], [v for _, v in points]
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot(*series("train_loss"), lw=1, alpha=0.6, label="training batches")
+    ax.plot(*series("val_train_loss"), "s--", ms=3, lw=1, label="training text, fixed windows")
+    ax.plot(*series("val_loss"), "o-", ms=4, lw=1.5, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    steps, bpb = series("val_bpb")
+    _, val = series("val_loss")
+    if bpb and val[-1]:
+        right = ax.twinx()  # bits per byte is loss x a constant of the validation text: the same curve, rescaled
+        scale = bpb[-1] / val[-1]
+        right.set_ylim(*(y * scale for y in ax.get_ylim()))
+        right.set_ylabel("validation bits per byte")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def model_card(facts: Mapping[str, Any], samples: list[str]) -> str:
+    """The README.md of a run folder: what was trained on what, how well, and how to use it."""
+    f = facts
+    lines = [
+        f"# {f['name']}",
+        "",
+        f"A {f['params'] / 1e6:.2f}M-parameter GPT ({f['n_layer']} layers, {f['n_head']} heads, {f['n_embd']} wide, "
+        f"context {f['block_size']}) trained with minigpt.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| data | `{f['data']}` ({f['train_tokens']:,} training / {f['val_tokens']:,} validation tokens) |",
+        f"| tokenizer | `{f['tokenizer']}` ({f['vocab_size']:,} tokens) |",
+        f"| steps | {f['steps']:,} (batch {f['batch_size']} × {f['devices']} process(es)) |",
+        f"| validation loss | {f['val_loss']:.4f} nats/token, {f['val_bpb']:.4f} bits/byte (best checkpoint) |",
+        f"| wall time | {f['wall_time']} |",
+        "",
+        "Training and validation loss: `loss.png` (numbers in `metrics.csv`, everything in `tensorboard --logdir tb`).",
+        "",
+        "```",
+        f"minigpt generate --ckpt {f['folder']} --prompt '...'",
+        f"minigpt attention --ckpt {f['folder']} --prompt '...' --out attention/",
+        f"minigpt eval --ckpt {f['folder']} --data {f['data']} --split val",
+        f"minigpt train --resume {f['folder']} --trainer.max_steps {2 * f['steps']}",
+        "```",
+    ]
+    for i, text in enumerate(samples, 1):
+        lines += ["", f"Sample {i}:", "", "```", text, "```"]
+    return "\n".join(lines) + "\n"
