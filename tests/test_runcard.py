@@ -1,0 +1,80 @@
+"""What a run leaves for people: progress lines without a terminal, metrics.csv, loss.png, the model card and
+TensorBoard's hparams."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from minigpt.cli import run
+from minigpt.cli.train import main
+from minigpt.runcard import flatten
+from tests.conftest import REPO
+from tests.test_lit import train
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_metrics_csv_loss_png_and_a_model_card(tmp_path):
+    assert train(tmp_path, "run", "--samples", "1", "--sample_tokens", "8") == 0
+    run_dir = tmp_path / "run"
+    table = rows(run_dir)
+    assert [int(r["step"]) for r in table if r["train_loss"]] == [1, 2, 3, 4, 5, 6]
+    validations = [r for r in table if r["val_loss"]]
+    assert [int(r["step"]) for r in validations] == [3, 6] and all(float(r["val_train_loss"]) > 0 for r in validations)
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (run_dir / "README.md").read_text()
+    best = min(float(r["val_loss"]) for r in validations)
+    assert f"{best:.4f} nats/token" in card and "minigpt eval --ckpt" in card and "Sample 1:" in card
+
+
+def test_a_resumed_run_keeps_the_metrics_of_the_steps_before(tmp_path):
+    assert train(tmp_path, "run") == 0
+    assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "9"]) == 0
+    steps = [int(r["step"]) for r in rows(tmp_path / "run") if r["train_loss"]]
+    assert steps == list(range(1, 10))
+
+
+def test_tensorboard_holds_the_whole_config_with_final_metrics_and_no_meaningless_scalars(tmp_path):
+    assert train(tmp_path, "run") == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    scalars = events.Tags()["scalars"]
+    assert "epoch" not in scalars and "hp_metric" not in scalars
+    assert {"val/loss", "val/train_loss", "hp/best_val_loss"} <= set(scalars)
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6] and [e.step for e in events.Scalars("train/loss")][0] == 1
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert {"data", "tokenizer", "batch_size", "seed", "model.n_layer", "optim.lr", "trainer.max_steps"} <= set(hparams)
+
+
+def test_flatten_names_nested_settings_with_dots():
+    assert flatten({"model": {"n_layer": 2, "bias": True}, "data": "x", "trainer": {"devices": None}}) == {
+        "model.n_layer": 2, "model.bias": True, "data": "x", "trainer.devices": "None",
+    }  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_without_a_terminal_training_prints_plain_lines_and_no_adverts(tmp_path):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("".join(f"line {i}: a b c d e f g\n" for i in range(300)))
+    command = [sys.executable, str(REPO / "train.py"), "--data", str(corpus), "--cache_dir", str(tmp_path / "cache"),
+               "--out_dir", str(tmp_path / "run"), "--model.block_size", "16", "--model.n_layer", "1",
+               "--model.n_head", "2", "--model.n_embd", "16", "--batch_size", "2", "--val_windows", "2",
+               "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "2",
+               "--trainer.accelerator", "cpu", "--samples", "0"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)  # stdout and stderr are pipes
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    assert "\r" not in text and "Tip" not in text and "INFO:" not in text
+    lines = [line for line in text.splitlines() if line.startswith("step ") and "|" in line]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert all(f" {field} " in lines[-1] for field in ("loss", "lr", "tokens/s", "ms/step", "elapsed", "ETA"))
