@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## train on the default offline corpus, then print samples
-	$(PY) train.py
+	$(VENV)/bin/minigpt train
 
 test: $(STAMP)  ## the fast suite (includes one real train -> generate -> inspect run)
 	$(PY) -m pytest -q

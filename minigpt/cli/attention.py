@@ -150,8 +150,8 @@ def print_top_heads(stats: attention.HeadStats, k: int) -> None:
         print(f"{STAT_TITLES[kind]}: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in best))
 
 
-def main(argv: Sequence[str]) -> None:
-    """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
+def build_parser() -> argparse.ArgumentParser:
+    """The attention command's options."""
     parser = OneLineParser(
         prog="minigpt attention",
         description="Draw the attention maps of every layer and head of a checkpoint on a prompt.",
@@ -160,7 +160,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
-    args = parser.parse_args(canonical_options(argv))  # `--top-heads` works too
+    return parser
+
+
+def main(argv: Sequence[str]) -> None:
+    """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
+    args = build_parser().parse_args(canonical_options(argv))  # `--top-heads` works too
     check_stdout_open()
     check_out_dir(args.attention_dir)
     loaded = checkpoint.load(args.ckpt, resolve_device(args.device))
