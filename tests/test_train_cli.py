@@ -214,3 +214,15 @@ def test_default_run_folder_moves_past_finished_and_busy_runs(tmp_path, monkeypa
         with claim_run_folder(cfg) as third:
             assert third.path == Path("runs/shakespeare_cpu-3")
     assert not Path("runs/shakespeare_cpu-2").exists()  # nothing saved there: nothing left behind
+
+
+def test_a_run_written_by_an_older_version_still_resumes(tmp_path):
+    """Its config.yaml may hold Trainer settings minigpt now sets itself (enable_autolog_hparams)."""
+    from tests.test_lit import train
+
+    assert train(tmp_path, "run") == 0
+    config = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(config.read_text())
+    old["trainer"]["enable_autolog_hparams"] = True
+    config.write_text(yaml.safe_dump(old))
+    assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "8", "--samples", "0"]) == 0

@@ -142,7 +142,7 @@ def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     base: list[str] = []
     resume = _option_value(argv, "--resume")
     if resume is not None:
-        base = ["--config", str(_resume_path(resume).parent / "config.yaml")]
+        base = ["--config", _resumed_config(_resume_path(resume).parent / "config.yaml")]
     try:
         cfg = parser.parse_args(base + argv)
     except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
@@ -151,6 +151,20 @@ def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
     if cfg.resume:
         cfg.resume = str(_resume_path(cfg.resume))  # resolved once: the file every later step uses
     return parser, cfg
+
+
+def _resumed_config(path: Path) -> str:
+    """A run's config.yaml as YAML text, without the Trainer settings minigpt now sets itself (a run written
+    by an older version may hold one, such as enable_autolog_hparams)."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise MiniGPTError(f"cannot resume: {path} is unreadable ({type(err).__name__}); restore the run's config.yaml") from None
+    if not isinstance(config, dict):
+        raise MiniGPTError(f"cannot resume: {path} is not a training config; restore the run's config.yaml")
+    if isinstance(config.get("trainer"), dict):
+        config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in TRAINER_SKIP}
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def _with_config_paths(argv: list[str]) -> list[str]:
