@@ -12,6 +12,8 @@ from minigpt.model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+RUN_FILES = ["README.md", "best.ckpt", "config.yaml", "last.ckpt", "loss.png", "metrics.csv", "tb"]
+"""What a finished run folder holds."""
 
 
 @pytest.fixture(autouse=True, scope="session")

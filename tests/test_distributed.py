@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from minigpt.cli import run
 from minigpt.cli.train import main
-from tests.conftest import REPO, SHAKESPEARE
+from tests.conftest import REPO, RUN_FILES, SHAKESPEARE
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,6 @@ TINY = [
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
 ]  # fmt: skip
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
-RUN_FILES = ["README.md", "best.ckpt", "config.yaml", "last.ckpt", "loss.png", "metrics.csv", "tb"]
 LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MINIGPT_RUN")
 
 
