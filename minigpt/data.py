@@ -99,9 +99,10 @@ class TokenDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         progress: bool = True,
+        val_data: str | None = None,
     ) -> None:
         super().__init__()
-        self.spec = dict(data=data, tokenizer=tokenizer, val_fraction=val_fraction, cache_dir=cache_dir)
+        self.spec = dict(data=data, tokenizer=tokenizer, val_fraction=val_fraction, cache_dir=cache_dir, val_data=val_data)
         self.progress = progress
         self.block_size, self.batch_size = block_size, batch_size
         self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
@@ -112,7 +113,7 @@ class TokenDataModule(L.LightningDataModule):
         if self.prepared is None:
             s = self.spec
             cache = Path(s["cache_dir"]) if s["cache_dir"] else None
-            self.prepared = prepare(s["data"], s["tokenizer"], cache, s["val_fraction"], self.progress)
+            self.prepared = prepare(s["data"], s["tokenizer"], cache, s["val_fraction"], self.progress, s["val_data"])
             self._check_lengths(self.prepared.meta)
         return self.prepared
 

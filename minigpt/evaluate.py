@@ -80,7 +80,7 @@ def corpus_tokens(
                 f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to "
                 f"{MAX_VAL_FRACTION:g}, the one the model was trained with"
             )
-        # prepare's own labelling (to be renamed public there), so the splits are the ones training used.
+        # prepare's own labelling, so the splits are the ones training used.
         texts = [text for label, text in split_documents(documents, val_fraction) if label == split]
     eot = tok.eot_id(enc)
     ids: list[int] = []

@@ -13,7 +13,8 @@ val_fraction), and holds:
 
 Split: when the corpus has at least max(10, k) documents (k = round(1 / val_fraction)), every k-th document goes
 to validation; otherwise the last val_fraction of the characters does (nanoGPT's split of a single text), which
-may cut one document in two. Every document, and each part of a cut one, is preceded by one ``<|endoftext|>``,
+may cut one document in two. With a separate validation corpus (``val_spec``), all of the corpus is training
+text and all of that one validation text. Every document, and each part of a cut one, is preceded by one ``<|endoftext|>``,
 the token that also starts an empty prompt when sampling; ``documents`` counts these separators.
 
 A folder is built under a temporary sibling ``.<key>.<host>.<pid>.<random>.tmp`` and renamed when complete, so an
@@ -101,18 +102,34 @@ class _Unusable(Exception):
 
 
 def prepare(
-    data_spec: str, tokenizer_spec: str, cache_dir: Path | None = None, val_fraction: float = 0.1, progress: bool = True
+    data_spec: str,
+    tokenizer_spec: str,
+    cache_dir: Path | None = None,
+    val_fraction: float = 0.1,
+    progress: bool = True,
+    val_spec: str | None = None,
 ) -> Prepared:
     """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones if they check out.
 
-    `progress` False hides the progress bar (shown on terminals only), for all but one process of a run."""
-    if not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
+    With `val_spec`, all of `data_spec` is training text and all of `val_spec` validation text (recorded as
+    val_fraction 0 and val_source); otherwise `val_fraction` of `data_spec` is held out. `progress` False
+    hides the progress bar (shown on terminals only), for all but one process of a run."""
+    if val_spec is None and not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
         raise MiniGPTError(
             f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}"
         )
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     corpus = open_corpus(data_spec, cache_dir)
-    fingerprint = corpus.fingerprint()
+    held_out = open_corpus(val_spec, cache_dir) if val_spec is not None else None
+    fingerprint = corpus.fingerprint() + ("" if held_out is None else "+" + held_out.fingerprint())
+    if held_out is not None:
+        val_fraction = 0.0
+
+    def pieces() -> Iterator[tuple[str, str]]:
+        if held_out is None:
+            return split_documents(corpus.documents(), val_fraction)
+        return itertools.chain((("train", t) for t in corpus.documents()), (("val", t) for t in held_out.documents()))
+
     expected = {"fingerprint": fingerprint, "tokenizer": tokenizer_spec, "val_fraction": val_fraction}
     target = cache_dir / _cache_key(fingerprint, tokenizer_spec, val_fraction)
     _sweep_dead_builds(cache_dir)
@@ -127,16 +144,17 @@ def prepare(
     tmp = _new_build_dir(target)
     logger.info("tokenizing %s with %s into %s", data_spec, tokenizer_spec, target)
     try:
-        enc = _build_tokenizer(tokenizer_spec, corpus.documents(), val_fraction)
+        enc = _build_tokenizer(tokenizer_spec, (text for split, text in pieces() if split == "train"))
         _save_tokenizer(enc, tmp / TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
-        written = _write_shards(enc, split_documents(corpus.documents(), val_fraction), tmp, dtype, progress)
+        written = _write_shards(enc, pieces(), tmp, dtype, progress)
         if not written["train_tokens"] or not written["val_tokens"]:
             raise MiniGPTError(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
             )
         meta = {
             "source": data_spec,
+            **({"val_source": val_spec} if val_spec is not None else {}),
             **expected,
             "vocab_size": enc.n_vocab,
             "dtype": dtype,
@@ -320,12 +338,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _build_tokenizer(spec: str, documents: Iterable[str], val_fraction: float) -> tiktoken.Encoding:
-    """Build the tokenizer; a BPE is trained on the training split only, so validation text stays unseen."""
+def _build_tokenizer(spec: str, training_text: Iterable[str]) -> tiktoken.Encoding:
+    """Build the tokenizer; a BPE is trained on the training text only, so validation text stays unseen."""
     if not tok.needs_training(spec):
         return tok.build_tokenizer(spec)
-    training = (text for split, text in split_documents(documents, val_fraction) if split == "train")
-    return tok.build_tokenizer(spec, training)
+    return tok.build_tokenizer(spec, training_text)
 
 
 def split_documents(documents: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:

@@ -466,3 +466,21 @@ def test_a_full_disk_while_writing_shards_is_a_user_error(tmp_path: Path, monkey
     with pytest.raises(MiniGPTError, match=f"no space left on device while writing shards to {tmp_path / 'cache'}:"):
         prepare(str(data), "bytes", tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_separate_validation_corpus_makes_all_of_each_one_split(tmp_path: Path) -> None:
+    train_text, val_text = "the training text, all of it\n" * 40, "held-out prose, never trained on\n" * 10
+    (tmp_path / "train.txt").write_text(train_text)
+    (tmp_path / "val.txt").write_text(val_text)
+    cache = tmp_path / "cache"
+    both = prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt"))
+    eot = tok.eot_id(both.tokenizer)
+    for split, text in (("train", train_text), ("val", val_text)):
+        ids = np.fromfile(both.dir / f"{split}.bin", dtype=both.meta["dtype"]).tolist()
+        assert ids == [eot, *text.encode()] and both.meta[f"{split}_bytes"] == len(text.encode())
+    assert both.meta["val_source"] == str(tmp_path / "val.txt") and both.meta["val_fraction"] == 0.0
+    alone = prepare(str(tmp_path / "train.txt"), "bytes", cache)  # the usual split of the same corpus: its own folder
+    assert alone.dir != both.dir and alone.meta["train_tokens"] < both.meta["train_tokens"]
+    assert prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt")).reused
+    (tmp_path / "val.txt").write_text(val_text + "one more line\n")  # the validation text is part of the key
+    assert not prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt")).reused

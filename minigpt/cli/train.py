@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
@@ -87,6 +87,10 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and the window order")
     parser.add_argument("--batch_size", type=int, help="windows per training batch (per device)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the corpus held out for validation")
+    parser.add_argument(
+        "--val_data", type=Optional[str], default=None,
+        help="a separate validation corpus (any --data spec); all of --data is then training text",
+    )  # fmt: skip
     parser.add_argument("--val_windows", type=int, help="fixed validation windows evaluated each time")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--cache_dir", type=str, default=None, help="shard cache (default: $MINIGPT_CACHE or ~/.cache/minigpt)")
@@ -373,7 +377,7 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         data = TokenDataModule(
             cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
-            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir, progress=rank_zero,
+            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir, progress=rank_zero, val_data=cfg.val_data,
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
         check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
