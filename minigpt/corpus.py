@@ -73,6 +73,10 @@ class Corpus(Protocol):
         """A hex digest that changes whenever the content does."""
         ...
 
+    def size_hint(self) -> int | None:
+        """About how many bytes of text `documents` yields, for a progress bar's total; None when unknown."""
+        ...
+
 
 def default_cache_dir() -> Path:
     """Where downloads and prepared shards live: ``$MINIGPT_CACHE``, else ``~/.cache/minigpt``."""
@@ -131,6 +135,9 @@ class FileCorpus:
     def documents(self) -> Iterator[str]:
         return _non_empty(self.spec, (_read_utf8(path) for path in self.files))
 
+    def size_hint(self) -> int | None:
+        return sum(path.stat().st_size for path in self.files)
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for path in self.files:
@@ -159,6 +166,9 @@ class TextCorpus:
 
     def documents(self) -> Iterator[str]:
         return _non_empty(self.spec, iter(self.texts))
+
+    def size_hint(self) -> int | None:
+        return sum(len(text.encode()) for text in self.texts)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -210,6 +220,11 @@ class HFCorpus:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.content_id.encode()).hexdigest()
+
+    def size_hint(self) -> int | None:
+        """The Arrow size of the rows (close to the text's, for a text dataset); unknown when streamed or limited."""
+        nbytes = getattr(getattr(self.dataset, "data", None), "nbytes", None)  # a streamed dataset has no table
+        return nbytes if self.limit is None else None
 
 
 def _parse_hf_spec(spec: str) -> tuple[str, str | None, dict[str, Any]]:

@@ -147,7 +147,9 @@ def prepare(
         enc = _build_tokenizer(tokenizer_spec, (text for split, text in pieces() if split == "train"))
         _save_tokenizer(enc, tmp / TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
-        written = _write_shards(enc, pieces(), tmp, dtype, progress)
+        sizes = [c.size_hint() for c in (corpus, held_out) if c is not None]
+        total = None if None in sizes else sum(sizes)
+        written = _write_shards(enc, pieces(), tmp, dtype, progress, total)
         if not written["train_tokens"] or not written["val_tokens"]:
             raise MiniGPTError(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
@@ -372,9 +374,11 @@ def _tail_split(documents: list[str], val_fraction: float) -> Iterator[tuple[str
 
 
 def _write_shards(
-    enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str, progress: bool
-) -> dict[str, Any]:
-    """Tokenize labelled text in parallel batches, appending ids to ``train.bin``/``val.bin``.
+    enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str, progress: bool,
+    total_bytes: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Tokenize labelled text in parallel batches, appending ids to ``train.bin``/``val.bin``; the progress bar
+    counts bytes of text, out of `total_bytes` (with an ETA) when that is known.
 
     Returns the meta entries they fill: documents, ``{split}_tokens``, ``{split}_bytes`` and ``{split}_sha256``.
     """
@@ -385,7 +389,7 @@ def _write_shards(
     with (
         (out / "train.bin").open("wb") as train,
         (out / "val.bin").open("wb") as val,
-        tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=None if progress else True) as bar,
+        tqdm(desc="tokenizing", total=total_bytes, unit="B", unit_scale=True, disable=None if progress else True) as bar,
     ):
         files = {"train": train, "val": val}
         for batch in _batches(_chunks(pieces), BATCH_CHARS):

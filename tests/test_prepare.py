@@ -458,7 +458,7 @@ def test_valid_shards_are_reused_from_a_read_only_cache(tmp_path: Path, read_onl
 def test_a_full_disk_while_writing_shards_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_docs(tmp_path / "data", [sentence(i) for i in range(12)])
 
-    def disk_full(enc: Any, pieces: Any, out: Path, dtype: str, progress: bool) -> None:
+    def disk_full(enc: Any, pieces: Any, out: Path, dtype: str, progress: bool, total: Any) -> None:
         (out / "train.bin").write_bytes(b"\0" * 64)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "train.bin"))
 
@@ -484,3 +484,27 @@ def test_a_separate_validation_corpus_makes_all_of_each_one_split(tmp_path: Path
     assert prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt")).reused
     (tmp_path / "val.txt").write_text(val_text + "one more line\n")  # the validation text is part of the key
     assert not prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt")).reused
+
+
+def test_the_tokenizing_bar_knows_its_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a total, the bar shows how far along preparation is and how long it has left."""
+    seen: dict[str, Any] = {}
+
+    class Bar:
+        def __init__(self, **kwargs: Any) -> None:
+            seen.update(kwargs, counted=0)
+
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            seen["counted"] += n
+
+    text = "ünïcode and ascii text\n" * 500
+    (tmp_path / "a.txt").write_text(text)
+    monkeypatch.setattr(prep, "tqdm", Bar)
+    prepare(str(tmp_path / "a.txt"), "bytes", tmp_path / "cache")
+    assert seen["total"] == seen["counted"] == len(text.encode())
