@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 import torch
+from tqdm import tqdm
 
 from minigpt import checkpoint
 from minigpt import tokenizer as tok
@@ -120,6 +121,7 @@ def main(argv: Sequence[str]) -> None:
     with writing_stdout(), autocast(device):
         completions = print_completions(
             prompt, sample(prompt), args.num_samples, keep=bool(args.attention_dir) and args.attention_completion,
+            most_tokens=args.max_new_tokens,
         )
     if args.attention_dir:
         analysed = prompt + completions[0] if args.attention_completion else prompt
@@ -203,16 +205,20 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
 
 
 def print_completions(
-    prompt: str, pieces: Iterator[tuple[int, str]], num_samples: int, keep: bool = True
+    prompt: str, pieces: Iterator[tuple[int, str]], num_samples: int, keep: bool = True, most_tokens: int | None = None
 ) -> list[str]:
     """Print the prompt and each completion, and return the completions.
 
     One sample streams as it comes; with `keep` False it is not held once printed (its completion is
-    returned as ""), so a long run's memory stays flat. Several print together, each under a divider line.
+    returned as ""), so a long run's memory stays flat. Several print together, each under a divider line,
+    with a progress bar on a terminal until then (out of `most_tokens` per sample, when given).
     """
     streaming = num_samples == 1
     if streaming:
         print(prompt, end="", flush=True)
+    else:
+        total = most_tokens * num_samples if most_tokens else None
+        pieces = tqdm(pieces, desc="sampling", total=total, unit="tok", disable=None, leave=False)
     texts: list[list[str]] = [[] for _ in range(num_samples)]
     for i, piece in pieces:
         if streaming:
