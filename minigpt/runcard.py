@@ -143,7 +143,7 @@ def model_card(facts: Mapping[str, Any], samples: list[str]) -> str:
         "| --- | --- |",
         f"| data | `{f['data']}` ({f['train_tokens']:,} training / {f['val_tokens']:,} validation tokens) |",
         f"| tokenizer | `{f['tokenizer']}` ({f['vocab_size']:,} tokens) |",
-        f"| steps | {f['steps']:,} (batch {f['batch_size']} × {f['devices']} process(es)) |",
+        f"| steps | {f['steps']:,} ({f['batch_size']} windows per batch × {f['devices']} process{'es' if f['devices'] > 1 else ''}) |",
         f"| validation loss | {f['val_loss']:.4f} nats/token, {f['val_bpb']:.4f} bits/byte (best checkpoint) |",
         f"| wall time | {f['wall_time']} |",
         "",
