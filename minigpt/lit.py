@@ -122,9 +122,6 @@ class LitGPT(L.LightningModule):
         loss = self._loss(batch)
         self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True)
-        # TensorBoard's x-axis: the step this batch completes, as the terminal and metrics.csv count it (and
-        # with a "step", Lightning adds no "epoch" scalar, which means nothing in one endless epoch).
-        self.log("step", float(self.global_step + 1))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         now = time.perf_counter()
         if self._last_batch_time is not None:

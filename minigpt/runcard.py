@@ -1,5 +1,5 @@
-"""What a run leaves for people beside its checkpoints: `metrics.csv`, `loss.png`, the whole config in
-TensorBoard's hparams tab with the final metrics, and a short `README.md` model card.
+"""What a run leaves for people beside its checkpoints: `metrics.csv`, `loss.png`, TensorBoard logs with the
+whole config in the hparams tab next to the final metrics, and a short `README.md` model card.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt.errors import Interrupted
 
@@ -20,6 +21,14 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("step", "train_loss", "lr", "val_loss", "val_bpb", "val_train_loss")
 """metrics.csv: one row per logged training step (train_loss, lr) or per validation (val_*); other cells empty."""
+
+
+class TensorBoard(TensorBoardLogger):
+    """Lightning's TensorBoard logger without its "epoch" scalar, which means nothing in one endless epoch."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

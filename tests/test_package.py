@@ -84,3 +84,10 @@ def test_the_wheel_trains_generates_inspects_and_evaluates_from_another_folder(i
     assert generated.startswith("line")
     assert (tmp_path / "maps" / "overview.png").is_file()
     assert "bits/byte" in evaluated
+
+
+@pytest.mark.parametrize("module", ["minigpt", "minigpt.cli.main", "minigpt.cli.train", "minigpt.cli.generate",
+                                    "minigpt.cli.attention", "minigpt.cli.eval"])  # fmt: skip
+def test_no_runnable_module_silently_does_nothing(module):
+    done = subprocess.run([sys.executable, "-m", module, "--no_such_option"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.splitlines()) == 1, done.stderr

@@ -50,7 +50,7 @@ def test_tensorboard_holds_the_whole_config_with_final_metrics_and_no_meaningles
     scalars = events.Tags()["scalars"]
     assert "epoch" not in scalars and "hp_metric" not in scalars
     assert {"val/loss", "val/train_loss", "hp/best_val_loss"} <= set(scalars)
-    assert [e.step for e in events.Scalars("val/loss")] == [3, 6] and [e.step for e in events.Scalars("train/loss")][0] == 1
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6] and [e.step for e in events.Scalars("train/loss")][0] == 0
     start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
     assert {"data", "tokenizer", "batch_size", "seed", "model.n_layer", "optim.lr", "trainer.max_steps"} <= set(hparams)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from minigpt import checkpoint
 from minigpt import tokenizer as tok
+from minigpt.cli import run
 from minigpt.cli.attention import add_attention_arguments, check_out_dir, selected_layers_and_heads, write_attention
 from minigpt.cli.common import (
     OneLineParser,
@@ -233,3 +234,7 @@ def print_completions(
             print(f"{DIVIDER} sample {i}/{num_samples} {DIVIDER}")
             print(prompt + text)
     return completions
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

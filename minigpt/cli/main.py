@@ -42,3 +42,7 @@ def main(argv: Sequence[str]) -> None:
 def entry() -> None:
     """The console script."""
     sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    entry()

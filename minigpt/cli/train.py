@@ -478,13 +478,12 @@ def build_trainer(
     `run_dir` is None in a process that does not know the folder (see `shared_run_folder`): its paths then
     point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
     import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
     from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO
     from minigpt.progress import ProgressLines
-    from minigpt.runcard import RunRecord
+    from minigpt.runcard import RunRecord, TensorBoard
 
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
@@ -507,7 +506,7 @@ def build_trainer(
         return L.Trainer(
             **trainer_args,
             default_root_dir=root,
-            logger=TensorBoardLogger(save_dir=root, name="tb", version="", default_hp_metric=False),
+            logger=TensorBoard(save_dir=root, name="tb", version="", default_hp_metric=False),
             enable_autolog_hparams=False,  # RunRecord logs the whole config, with the final metrics
             callbacks=callbacks,
             plugins=[SafeCheckpointIO(preloaded)],
