@@ -1,6 +1,7 @@
 """A GPT-2 shaped language model in plain PyTorch (no Lightning, nothing else from this package).
 
-Parameter names follow GPT-2 (wte wpe h.N.attn.c_attn ...), so export to the Hugging Face format is a rename.
+Parameter names follow GPT-2 (wte wpe h.N.attn.c_attn ...); the Hugging Face format also stores four of the
+matrices transposed (its Conv1D layers), which `minigpt.hf` handles.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU's `approximate`
 
 
 @dataclass
@@ -31,6 +35,8 @@ class GPTConfig:
     """Dropout on embeddings, attention weights and residual branches (training only)."""
     bias: bool = True
     """Biases in Linear layers and LayerNorms, as in GPT-2."""
+    activation: str = "gelu"
+    """The MLP's activation: gelu (exact) or gelu_tanh (GPT-2's gelu_new, its tanh approximation)."""
 
     def __post_init__(self) -> None:
         """Check types and ranges, so a bad config fails here rather than deep inside torch."""
@@ -44,6 +50,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if type(self.bias) is not bool:
             raise ValueError(f"bias must be true or false, got {self.bias!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
     def num_parameters(self) -> int:
         """The parameter count of the model this config describes (tied head counted once), without building it."""
@@ -52,7 +60,7 @@ class GPTConfig:
         block = 2 * norm + (3 * d * d + bias * 3 * d) + (d * d + bias * d) + (4 * d * d + bias * 4 * d) + (4 * d * d + bias * d)
         return (self.vocab_size + self.block_size) * d + self.n_layer * block + norm
 
-    def to_dict(self) -> dict[str, int | float | bool]:
+    def to_dict(self) -> dict[str, int | float | bool | str]:
         return asdict(self)
 
 
@@ -144,7 +152,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -112,3 +112,14 @@ def test_n_embd_must_divide_by_n_head():
 def test_config_counts_the_parameters_of_the_model_it_builds(bias):
     config = tiny_config(n_layer=3, n_embd=48, n_head=4, bias=bias, vocab_size=300)
     assert config.num_parameters() == GPT(config).num_parameters()
+
+
+def test_gelu_tanh_is_gpt2s_activation_and_old_configs_keep_exact_gelu():
+    x = torch.linspace(-4, 4, 101)
+    gpt2_gelu_new = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    tanh_mlp = GPT(tiny_config(activation="gelu_tanh")).transformer.h[0].mlp
+    torch.testing.assert_close(tanh_mlp.gelu(x), gpt2_gelu_new)
+    assert GPTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "activation"}).activation == "gelu"
+    assert not torch.allclose(GPT(tiny_config()).transformer.h[0].mlp.gelu(x), gpt2_gelu_new)
+    with pytest.raises(ValueError, match="activation must be one of gelu, gelu_tanh"):
+        tiny_config(activation="relu")
