@@ -8,6 +8,7 @@ Every launch must leave exactly one run folder, exit 0 in every process, and pri
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,13 +22,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from minigpt.cli import run
 from minigpt.cli.train import main
-from tests.conftest import REPO, RUN_FILES, SHAKESPEARE
+from tests.conftest import REPO, RUN_FILES
 
 pytestmark = pytest.mark.e2e
 
 STEPS, EVERY = 20, 10
 TINY = [
-    "--data", str(SHAKESPEARE), "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "4",
+    "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "4",
     "--model.n_embd", "64", "--batch_size", "8", "--val_windows", "64", "--sample_tokens", "20",
     "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", str(EVERY), "--trainer.accelerator", "cpu",
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -42,9 +43,20 @@ def environment(**extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
+def corpus(folder: Path) -> Path:
+    """A 300 KB text of random words, the same every time (tests must not depend on files outside the repo)."""
+    path = folder / "corpus.txt"
+    if not path.exists():
+        rng = random.Random(0)
+        words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(1, 7))) for _ in range(800)]
+        path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(5000)))
+    return path
+
+
 def train_command(tmp_path: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
     runner = [sys.executable, *launcher] if launcher else [sys.executable]
-    return [*runner, str(REPO / "train.py"), *TINY, "--cache_dir", str(tmp_path / "cache"), *args]
+    data = ["--data", str(corpus(tmp_path)), "--cache_dir", str(tmp_path / "cache")]
+    return [*runner, str(REPO / "train.py"), *TINY, *data, *args]
 
 
 def train(tmp_path: Path, *args: str, launcher: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
@@ -188,7 +200,7 @@ def test_ddp_validation_loss_is_within_1_percent_of_one_process_with_the_same_gl
 def test_unusable_distributed_settings_are_one_line_errors_before_anything_is_written(tmp_path, capsys, args, message):
     if torch.cuda.is_available() and "fsdp" in args and "cpu" not in args:
         pytest.skip("FSDP on a GPU machine is a valid setting")
-    code = run(main, [*TINY, "--cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "auto", *args,
+    code = run(main, [*TINY, "--data", str(corpus(tmp_path)), "--cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "auto", *args,
                       "--out_dir", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
