@@ -1,0 +1,360 @@
+"""The Hugging Face GPT-2 format, both ways: read pretrained GPT-2 weights into minigpt, export a checkpoint.
+
+A GPT-2 folder holds ``config.json`` (model_type gpt2), ``model.safetensors`` (or shards listed in
+``model.safetensors.index.json``) and tokenizer files. Sources are a local folder or ``hf:REPO_ID[@REVISION]``,
+fetched once into huggingface_hub's own cache (``HF_HOME`` / ``HF_HUB_CACHE``). Only safetensors is read: a
+pickled ``pytorch_model.bin`` can run code when loaded.
+
+Mapping, by name: HF keys are minigpt's keys with or without the ``transformer.`` prefix. HF stores the four
+Conv1D weights (``attn.c_attn``, ``attn.c_proj``, ``mlp.c_fc``, ``mlp.c_proj``) transposed relative to
+``nn.Linear``; all four are transposed, including the square ``attn.c_proj``, whose shape cannot tell. The
+output head is tied to ``wte`` on both sides. Config flags that minigpt cannot reproduce exactly are refused.
+
+Runtime code needs only torch, safetensors, huggingface_hub and json; transformers is used by the tests only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+import tiktoken
+import torch
+from huggingface_hub import errors as hub_errors
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from minigpt import checkpoint, hf_tokenizer
+from minigpt import tokenizer as tok
+from minigpt.errors import MiniGPTError
+from minigpt.model import GPT, GPTConfig
+
+HUB_PREFIX = "hf:"
+HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "model-*.safetensors",  # shards
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+]
+"""What `read_pretrained` downloads from a Hub repo: never pickles, ONNX, TF or Flax weights."""
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+"""Weights of a block that HF stores transposed (its Conv1D); the square attn.c_proj too."""
+
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # older files save the causal mask buffers
+_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which minigpt's LayerNorms use
+
+
+@dataclass
+class Pretrained:
+    """GPT-2 weights in minigpt's terms: what training starts from (`load_pretrained` makes a `Loaded`)."""
+
+    config: GPTConfig
+    """Shape from config.json; `dropout` is its resid_pdrop (0.1 in GPT-2: what it trained with), which training may override."""
+    state_dict: dict[str, Tensor]
+    """Keys of `minigpt.model.GPT` (no ``model.`` prefix), ``lm_head.weight`` the same tensor as ``wte``."""
+    tokenizer: tiktoken.Encoding
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+
+def is_pretrained_source(source: str) -> bool:
+    """True for ``hf:REPO_ID[@REVISION]`` and for a local folder holding ``config.json``."""
+    return source.startswith(HUB_PREFIX) or (Path(source) / "config.json").is_file()
+
+
+def read_pretrained(source: str, cache_dir: Path | None = None) -> Pretrained:
+    """The config, minigpt state dict and tokenizer of a GPT-2 model in the Hugging Face format.
+
+    `cache_dir` overrides huggingface_hub's cache for ``hf:`` sources. Every problem is a `MiniGPTError`.
+    """
+    folder = _resolve(source, cache_dir)
+    config = config_from_hf(_read_json(folder / "config.json", source), source)
+    enc = hf_tokenizer.load(folder)
+    if enc.n_vocab != config.vocab_size:
+        raise MiniGPTError(
+            f"{source}: config.json has vocab_size {config.vocab_size} but its tokenizer has {enc.n_vocab} tokens; "
+            "minigpt needs them equal"
+        )
+    return Pretrained(config, state_from_hf(read_weights(folder, source), config, source), enc)
+
+
+def load_pretrained(source: str, device: str | torch.device = "cpu", cache_dir: Path | None = None) -> checkpoint.Loaded:
+    """A GPT-2 model (in eval mode, on `device`) and its tokenizer, ready for generation or attention maps."""
+    pretrained = read_pretrained(source, cache_dir)
+    model = GPT(pretrained.config)
+    model.load_state_dict(pretrained.state_dict)
+    return checkpoint.Loaded(model.to(device).eval(), pretrained.tokenizer)
+
+
+def _resolve(source: str, cache_dir: Path | None) -> Path:
+    if source.startswith(HUB_PREFIX):
+        return _download(source, cache_dir)
+    folder = Path(source)
+    if not (folder / "config.json").is_file():
+        raise MiniGPTError(
+            f"{source} is not a Hugging Face model: pass a folder holding config.json and model.safetensors, "
+            "or hf:REPO_ID[@REVISION]"
+        )
+    return folder
+
+
+def _download(source: str, cache_dir: Path | None) -> Path:
+    """The snapshot folder of an ``hf:`` source, downloaded on first use, afterwards read from the cache."""
+    repo_id, _, revision = source.removeprefix(HUB_PREFIX).partition("@")
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id, revision=revision or None, cache_dir=cache_dir, allow_patterns=HUB_FILES
+        )
+    except hub_errors.LocalEntryNotFoundError:  # also IncompleteSnapshotError
+        raise MiniGPTError(
+            f"{source} is not in the Hugging Face cache and the Hub cannot be reached (offline, or HF_HUB_OFFLINE=1): "
+            f"download the model folder on a machine with network (hf download {repo_id} --local-dir DIR) and pass "
+            "its local path DIR"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise MiniGPTError(f"{source}: the repo {repo_id} has no revision {revision!r}") from None
+    except hub_errors.RepositoryNotFoundError:  # also GatedRepoError
+        raise MiniGPTError(
+            f"{source}: no model repo {repo_id} on the Hugging Face Hub, or it is private or gated "
+            "(log in with `hf auth login` if you have access)"
+        ) from None
+    except hub_errors.HFValidationError:
+        raise MiniGPTError(f"bad source '{source}': write hf:ORG/NAME[@REVISION], e.g. hf:openai-community/gpt2") from None
+    except hub_errors.HfHubHTTPError as exc:
+        raise MiniGPTError(f"could not download {source} from the Hugging Face Hub: {str(exc).splitlines()[0]}") from None
+    return Path(folder)
+
+
+def _read_json(path: Path, source: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MiniGPTError(f"{source}: cannot read {path.name} ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise MiniGPTError(f"{source}: {path.name} is not a JSON object")
+    return data
+
+
+def config_from_hf(raw: dict[str, Any], source: str) -> GPTConfig:
+    """minigpt's config for a GPT-2 ``config.json``; refuses, in one line, anything minigpt cannot reproduce.
+
+    Missing keys take GPT2Config's defaults, as transformers does.
+    """
+    if raw.get("model_type") != "gpt2":
+        raise MiniGPTError(f"{source} is a {raw.get('model_type')!r} model: minigpt reads only GPT-2 (model_type gpt2)")
+    n_embd = raw.get("n_embd", 768)
+    activation = raw.get("activation_function", "gelu_new")
+    unsupported = {
+        "activation_function": activation not in _ACTIVATIONS,
+        "n_inner": raw.get("n_inner") not in (None, 4 * n_embd),
+        "layer_norm_epsilon": raw.get("layer_norm_epsilon", _LAYER_NORM_EPS) != _LAYER_NORM_EPS,
+        "scale_attn_weights": raw.get("scale_attn_weights", True) is not True,
+        "scale_attn_by_inverse_layer_idx": raw.get("scale_attn_by_inverse_layer_idx", False) is not False,
+        "reorder_and_upcast_attn": raw.get("reorder_and_upcast_attn", False) is not False,
+        "add_cross_attention": raw.get("add_cross_attention", False) is not False,
+    }
+    for key, refused in unsupported.items():
+        if refused:
+            raise MiniGPTError(
+                f"{source}: config.json sets {key}={raw.get(key)!r}, which minigpt's GPT-2 blocks cannot reproduce "
+                "exactly (supported: gelu/gelu_new activations, n_inner 4*n_embd, layer_norm_epsilon 1e-5, scaled "
+                "attention without per-layer scaling or upcasting, no cross-attention)"
+            )
+    try:
+        return GPTConfig(
+            vocab_size=raw.get("vocab_size", 50257),
+            block_size=raw.get("n_positions", 1024),
+            n_layer=raw.get("n_layer", 12),
+            n_head=raw.get("n_head", 12),
+            n_embd=n_embd,
+            dropout=raw.get("resid_pdrop", 0.1),
+            bias=True,
+            activation=_ACTIVATIONS[activation],
+        )
+    except ValueError as err:
+        raise MiniGPTError(f"{source}: bad config.json: {err}") from None
+
+
+def read_weights(folder: Path, source: str) -> dict[str, Tensor]:
+    """Every tensor of the folder's safetensors file (or shards), under its stored name; pickles are refused."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index, source).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise MiniGPTError(f"{source}: model.safetensors.index.json has no weight_map")
+        files = sorted(set(weight_map.values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise MiniGPTError(
+            f"{source} has no model.safetensors: minigpt reads only safetensors weights, since a pickled "
+            "pytorch_model.bin can run code when loaded; convert it with transformers' save_pretrained()"
+        )
+    weights: dict[str, Tensor] = {}
+    for name in files:
+        try:
+            weights.update(load_file(folder / name))
+        except (OSError, SafetensorError) as exc:
+            raise MiniGPTError(f"{source}: cannot read {name} ({exc}); download it again") from None
+    return weights
+
+
+def state_from_hf(weights: dict[str, Tensor], config: GPTConfig, source: str) -> dict[str, Tensor]:
+    """minigpt's state dict from GPT-2 safetensors keys (``transformer.``-prefixed or not), checked against
+    `config`: every weight present, no stranger, every shape right, the head tied to ``wte``."""
+    state: dict[str, Tensor] = {}
+    for key, value in weights.items():
+        name = key.removeprefix("transformer.")
+        if name == "lm_head.weight" or _MASK_BUFFER.fullmatch(name):
+            continue
+        if name.endswith(CONV1D) and name.startswith("h."):
+            value = value.t()  # Conv1D (in, out) -> nn.Linear (out, in)
+        state["transformer." + name] = value.contiguous()
+    with torch.device("meta"):  # shapes only
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
+    strangers = sorted(state.keys() - expected.keys())
+    if strangers:
+        raise MiniGPTError(f"{source}: weight {strangers[0].removeprefix('transformer.')} is not part of a GPT-2 model")
+    for key, shape in expected.items():
+        if key not in state:
+            raise MiniGPTError(f"{source}: weight {key.removeprefix('transformer.')} is missing")
+        if state[key].shape != shape:
+            raise MiniGPTError(
+                f"{source}: weight {key.removeprefix('transformer.')} has shape {tuple(state[key].shape)}, "
+                f"config.json implies {tuple(shape)}"
+            )
+    wte = state["transformer.wte.weight"]
+    head = weights.get("lm_head.weight")
+    if head is not None and not torch.equal(head, wte):
+        raise MiniGPTError(
+            f"{source}: its lm_head.weight differs from wte.weight; minigpt ties the output head to the token "
+            "embedding, so it cannot hold this model"
+        )
+    state["lm_head.weight"] = wte
+    return state
+
+
+# ---- export ------------------------------------------------------------------------------------------
+
+
+def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> None:
+    """Write a Hugging Face GPT-2 folder (config, safetensors, tokenizer, generation config, model card) for a
+    loaded model or a checkpoint file / run folder, that ``transformers.AutoModelForCausalLM`` loads.
+
+    The folder appears complete or not at all; an existing non-empty `out` is refused.
+    """
+    loaded = source if isinstance(source, checkpoint.Loaded) else checkpoint.load(source)
+    config = loaded.model.config
+    if not config.bias:
+        raise MiniGPTError("GPT-2's format has biases in every Linear and LayerNorm: train with --model.bias true to export")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MiniGPTError(f"{out} already exists and is not an empty folder: pass a new folder to export into")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.mkdir()
+        _write_folder(loaded, tmp, out.name)
+        os.replace(tmp, out)  # replaces an empty `out` too
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_folder(loaded: checkpoint.Loaded, folder: Path, name: str) -> None:
+    config, enc = loaded.model.config, loaded.tokenizer
+    eot = tok.eot_id(enc)
+    state = state_to_hf(loaded.model.state_dict())
+    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    _write_json(folder / "config.json", config_to_hf(config, eot, dtype))
+    _write_json(folder / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})  # transformers needs the format
+    hf_tokenizer.save(enc, folder)
+    (folder / "README.md").write_text(model_card(config, enc, name), encoding="utf-8")
+
+
+def state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """GPT2LMHeadModel's safetensors keys for a minigpt state dict: Conv1D weights transposed back, the tied
+    head left out (transformers ties it to ``wte`` on load; safetensors refuses shared tensors anyway)."""
+    hf = {}
+    for key, value in state.items():
+        if key == "lm_head.weight":
+            continue
+        value = value.detach().cpu()
+        if key.endswith(CONV1D) and key.startswith("transformer.h."):
+            value = value.t()
+        hf[key] = value.contiguous()
+    return hf
+
+
+def config_to_hf(config: GPTConfig, eot: int, dtype: str = "float32") -> dict[str, Any]:
+    """A GPT2Config dict for `config`; `eot` (``<|endoftext|>``) is GPT-2's bos and eos."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,  # read by older transformers
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": _LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "tie_word_embeddings": True,
+        "dtype": dtype,
+    }
+
+
+def model_card(config: GPTConfig, enc: tiktoken.Encoding, name: str) -> str:
+    """A short README.md for the exported folder: what the model is and how to load it."""
+    params = config.num_parameters()
+    return f"""---
+library_name: transformers
+tags: [gpt2, minigpt]
+---
+
+# {name}
+
+A GPT-2-shaped language model trained with minigpt: {config.n_layer} layers,
+{config.n_head} heads, width {config.n_embd}, a context of {config.block_size} tokens, {params:,} parameters,
+and the `{enc.name}` tokenizer ({enc.n_vocab} tokens; `<|endoftext|>` separates documents).
+
+```python
+from transformers import pipeline
+generate = pipeline("text-generation", model="{name}")
+print(generate("Once upon a time", max_new_tokens=50)[0]["generated_text"])
+```
+
+`AutoModelForCausalLM.from_pretrained("{name}")` and `AutoTokenizer.from_pretrained("{name}")` load it too.
+"""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
