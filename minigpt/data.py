@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
@@ -100,10 +101,12 @@ class TokenDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         progress: bool = True,
         val_data: str | None = None,
+        encoding: tiktoken.Encoding | None = None,
     ) -> None:
         super().__init__()
         self.spec = dict(data=data, tokenizer=tokenizer, val_fraction=val_fraction, cache_dir=cache_dir, val_data=val_data)
         self.progress = progress
+        self.encoding = encoding  # a pretrained or resumed model's, used as it is (else built from `tokenizer`)
         self.block_size, self.batch_size = block_size, batch_size
         self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
         self.prepared: Prepared | None = None
@@ -113,7 +116,9 @@ class TokenDataModule(L.LightningDataModule):
         if self.prepared is None:
             s = self.spec
             cache = Path(s["cache_dir"]) if s["cache_dir"] else None
-            self.prepared = prepare(s["data"], s["tokenizer"], cache, s["val_fraction"], self.progress, s["val_data"])
+            self.prepared = prepare(
+                s["data"], s["tokenizer"], cache, s["val_fraction"], self.progress, s["val_data"], self.encoding
+            )
             self._check_lengths(self.prepared.meta)
         return self.prepared
 

@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 import tiktoken
 import torch
-from huggingface_hub import errors as hub_errors
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -117,6 +115,9 @@ def _resolve(source: str, cache_dir: Path | None) -> Path:
 
 def _download(source: str, cache_dir: Path | None) -> Path:
     """The snapshot folder of an ``hf:`` source, downloaded on first use, afterwards read from the cache."""
+    import huggingface_hub  # here, not at the top: only hf: sources need it, and it slows every command's start
+    from huggingface_hub import errors as hub_errors
+
     repo_id, _, revision = source.removeprefix(HUB_PREFIX).partition("@")
     try:
         folder = huggingface_hub.snapshot_download(

@@ -108,12 +108,14 @@ def prepare(
     val_fraction: float = 0.1,
     progress: bool = True,
     val_spec: str | None = None,
+    tokenizer: tiktoken.Encoding | None = None,
 ) -> Prepared:
     """Tokenize the corpus `data_spec` with `tokenizer_spec` into shards, or reuse the cached ones if they check out.
 
     With `val_spec`, all of `data_spec` is training text and all of `val_spec` validation text (recorded as
-    val_fraction 0 and val_source); otherwise `val_fraction` of `data_spec` is held out. `progress` False
-    hides the progress bar (shown on terminals only), for all but one process of a run."""
+    val_fraction 0 and val_source); otherwise `val_fraction` of `data_spec` is held out. A given `tokenizer`
+    (a pretrained model's) is used as it is, `tokenizer_spec` then only naming it in the cache key and meta.
+    `progress` False hides the progress bar (shown on terminals only), for all but one process of a run."""
     if val_spec is None and not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
         raise MiniGPTError(
             f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}"
@@ -144,7 +146,7 @@ def prepare(
     tmp = _new_build_dir(target)
     logger.info("tokenizing %s with %s into %s", data_spec, tokenizer_spec, target)
     try:
-        enc = _build_tokenizer(tokenizer_spec, (text for split, text in pieces() if split == "train"))
+        enc = tokenizer or _build_tokenizer(tokenizer_spec, (text for split, text in pieces() if split == "train"))
         _save_tokenizer(enc, tmp / TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
         sizes = [c.size_hint() for c in (corpus, held_out) if c is not None]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from minigpt import attention, checkpoint
+from minigpt import attention, checkpoint, sources
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.common import (
+    CKPT_HELP,
     OneLineParser,
     add_device_argument,
     canonical_options,
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minigpt attention",
         description="Draw the attention maps of every layer and head of a checkpoint on a prompt.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint file or run folder (RUN_DIR/last.ckpt)")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
@@ -168,7 +169,7 @@ def main(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(canonical_options(argv))  # `--top-heads` works too
     check_stdout_open()
     check_out_dir(args.attention_dir)
-    loaded = checkpoint.load(args.ckpt, resolve_device(args.device))
+    loaded = sources.load(args.ckpt, resolve_device(args.device))
     with writing_stdout():
         write_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt))
 

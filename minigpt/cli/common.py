@@ -15,6 +15,9 @@ import torch
 from minigpt.errors import MiniGPTError
 
 
+CKPT_HELP = "a checkpoint file or run folder (its last.ckpt), a Hugging Face GPT-2 folder, or hf:REPO_ID"
+
+
 def canonical_options(argv: Sequence[str]) -> list[str]:
     """`argv` with every option name spelled with underscores, the style of all minigpt commands (and of
     Lightning's `--trainer.max_steps`): `--max-new-tokens 50` becomes `--max_new_tokens 50`, so the dashed

@@ -11,10 +11,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt import checkpoint
+from minigpt import checkpoint, sources
 from minigpt.cli import run
 from minigpt.cli.attention import positive_int
 from minigpt.cli.common import (
+    CKPT_HELP,
     OneLineParser,
     add_device_argument,
     canonical_options,
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure a checkpoint on a corpus: loss (nats/token), bits per byte and perplexity over "
         "every token, each predicted once from a sliding context.",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder holding last.ckpt")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     p.add_argument("--data", required=True, help="corpus spec as for training: file, folder, glob, hf:NAME or builtin")
     p.add_argument(
         "--split", choices=SPLITS, default="all",
@@ -67,11 +68,12 @@ def main(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(argv)
     check_stdout_open()
     device = resolve_device(args.device)
-    path = checkpoint.resolve(args.ckpt)
-    loaded = checkpoint.load(path, device)
+    pretrained = sources.is_pretrained(args.ckpt)  # a Hugging Face model records no split of its own
+    path = args.ckpt if pretrained else checkpoint.resolve(args.ckpt)
+    loaded = sources.load(str(path), device)
     val_fraction = args.val_fraction
     if val_fraction is None:  # only a split uses it, so only a split reads the checkpoint's record of it
-        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" else trained_val_fraction(path)
+        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" or pretrained else trained_val_fraction(path)
     tokens = corpus_tokens(args.data, loaded.tokenizer, args.split, val_fraction, args.cache_dir)
     with autocast(device):
         result = score(loaded.model, tokens.ids, args.stride, args.batch_size)
@@ -89,7 +91,7 @@ def trained_val_fraction(path: Path) -> float:
     return DEFAULT_VAL_FRACTION
 
 
-def result_line(path: Path, data: str, split: str, result: Score, n_bytes: int) -> str:
+def result_line(path: Path | str, data: str, split: str, result: Score, n_bytes: int) -> str:
     """The command's output, e.g. ``eval RUN/last.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24``."""
     return (
         f"eval {path} on {data} ({split}): {result.tokens:,} tokens, {n_bytes:,} bytes: "

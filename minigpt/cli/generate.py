@@ -17,11 +17,12 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
-from minigpt import checkpoint
+from minigpt import checkpoint, sources
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.attention import add_attention_arguments, check_out_dir, selected_layers_and_heads, write_attention
 from minigpt.cli.common import (
+    CKPT_HELP,
     OneLineParser,
     add_device_argument,
     canonical_options,
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample text from a minigpt checkpoint: prints the prompt and its completion "
         "(one sample streams as it is produced).",
     )
-    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run folder holding last.ckpt")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--prompt", help="prompt text ('-' reads standard input); without --prompt or --prompt_file, a piped "
@@ -110,7 +111,7 @@ def main(argv: Sequence[str]) -> None:
     if args.attention_dir:
         check_out_dir(args.attention_dir)
     device = resolve_device(args.device)
-    loaded = checkpoint.load(args.ckpt, device)
+    loaded = sources.load(args.ckpt, device)
     if args.attention_dir:
         selected_layers_and_heads(args, loaded.model.config)
     sample = functools.partial(stream, loaded.model, loaded.tokenizer, seed=args.seed, **settings)

@@ -15,6 +15,7 @@ COMMANDS = {
     "generate": ("minigpt.cli.generate", "sample text from a checkpoint (also --interactive)"),
     "attention": ("minigpt.cli.attention", "draw a checkpoint's attention maps for a prompt"),
     "eval": ("minigpt.cli.eval", "measure a checkpoint's loss and bits per byte on any text"),
+    "export": ("minigpt.cli.export", "write a checkpoint as a Hugging Face GPT-2 folder for transformers"),
 }
 
 

@@ -83,6 +83,11 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     parser.add_argument("--data", type=str, help="corpus: a file, folder, glob, hf:NAME or builtin")
     parser.add_argument("--tokenizer", type=str, help="bytes | bpe:<vocab_size> | gpt2 | cl100k_base")
     parser.add_argument("--resume", type=str, default=None, help="continue a run from its last.ckpt (file or run folder)")
+    parser.add_argument(
+        "--init", type=Optional[str], default=None,
+        help="start a new run from pretrained weights: a minigpt checkpoint or run folder, a Hugging Face GPT-2 "
+        "folder, or hf:REPO_ID (its shape and tokenizer come along; a fresh optimizer and schedule)",
+    )  # fmt: skip
     parser.add_argument("--out_dir", type=str, default=None, help="run folder (default: runs/<config name>[-N])")
     parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and the window order")
     parser.add_argument("--batch_size", type=int, help="windows per training batch (per device)")
@@ -354,18 +359,29 @@ def main(argv: Sequence[str]) -> None:
             raise
         raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
     try:
-        train(parser, cfg, rank_zero)
+        train(parser, cfg, rank_zero, given_options(argv))
     except BaseException:
         launch.wait_for_rank_zero()
         raise
 
 
-def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
+def given_options(argv: Sequence[str]) -> set[str]:
+    """The options named on the command line, without dashes: {"model.n_layer", "tokenizer", ...}."""
+    return {arg[2:].split("=", 1)[0] for arg in canonical_options(argv) if arg.startswith("--")}
+
+
+def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool, given: set[str] = frozenset()) -> None:
     """Train as `cfg` says. Every process of a distributed run calls this; global rank 0 alone claims the run
-    folder, writes the config and prints, and the others learn the folder from it (see `minigpt.launch`)."""
+    folder, writes the config and prints, and the others learn the folder from it (see `minigpt.launch`).
+    `given` names the options on the command line, which a pretrained start (--init) must not contradict."""
     started = time.monotonic()
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
     resumed = checkpoint.read(cfg.resume) if cfg.resume else None
+    if "init" in given and cfg.resume:
+        raise MiniGPTError("--init starts a new run and --resume continues one: use one of them")
+    start = pretrained_start(cfg, given) if cfg.init and not cfg.resume else None
+    # The data is tokenized with the model's own tokenizer when there is one (a pretrained or resumed model).
+    encoding = start.tokenizer if start else tok.from_dict(resumed[checkpoint.PAYLOAD_KEY]["tokenizer"]) if resumed else None
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
 
@@ -378,6 +394,7 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
         data = TokenDataModule(
             cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
             cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir, progress=rank_zero, val_data=cfg.val_data,
+            encoding=encoding,
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
         check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
@@ -389,7 +406,7 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool) -> None:
             launch.share_run_folder(run_dir)
         with explained_stops(cfg, trainer, run_dir, rank_zero):
             with signals.deferred(escalate=not launch.external()):
-                fit(cfg, trainer, data, prepared, train_config)
+                fit(cfg, trainer, data, prepared, train_config, start)
             if signals.received() is not None:  # it arrived during the last validation; the final save is made
                 raise KeyboardInterrupt
     if rank_zero:
@@ -528,8 +545,11 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def fit(cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any]) -> None:
-    """Build the LightningModule for `cfg` and the prepared data, and train it with `trainer`."""
+def fit(
+    cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any],
+    start: checkpoint.Loaded | None = None,
+) -> None:  # fmt: skip
+    """Build the LightningModule for `cfg` and the prepared data (with `start`'s weights, if given), and train it."""
     from minigpt.lit import LitGPT
 
     meta = prepared.meta
@@ -538,8 +558,45 @@ def fit(cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Pre
     module = LitGPT(
         model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload, cfg.seed
     )
+    if start is not None:
+        module.model.load_state_dict(cropped_weights(start.model.state_dict(), cfg.model.block_size))
+        log.info("starting from the weights of %s", cfg.init)
     log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, trainer.default_root_dir)
     trainer.fit(module, datamodule=data, ckpt_path=cfg.resume)
+
+
+SHAPE = ("n_layer", "n_head", "n_embd", "bias", "activation")  # what a pretrained start fixes
+
+
+def pretrained_start(cfg: Namespace, given: set[str]) -> checkpoint.Loaded:
+    """Load --init's model and make `cfg` take its shape and tokenizer, refusing options that contradict them.
+    The context (--model.block_size) may be shorter than the source's: its position table is cropped."""
+    from minigpt import sources
+
+    start = sources.load(cfg.init)
+    source = start.model.config
+    for field in SHAPE:
+        ours, theirs = getattr(cfg.model, field), getattr(source, field)
+        if f"model.{field}" in given and ours != theirs:
+            raise MiniGPTError(
+                f"--model.{field} {ours} contradicts --init {cfg.init}, whose model has {field} {theirs}: "
+                "leave it out (the shape comes from --init)"
+            )
+        setattr(cfg.model, field, theirs)
+    if cfg.model.block_size > source.block_size:
+        raise MiniGPTError(
+            f"--model.block_size {cfg.model.block_size} is longer than the {source.block_size} positions of "
+            f"--init {cfg.init}: use at most {source.block_size}"
+        )
+    if "tokenizer" in given:
+        raise MiniGPTError(f"--tokenizer does not combine with --init: the tokenizer of {cfg.init} comes with it")
+    cfg.tokenizer = f"from:{cfg.init}"  # names it in config.yaml and the shard cache; the encoding comes along
+    return start
+
+
+def cropped_weights(state: dict[str, Any], block_size: int) -> dict[str, Any]:
+    """`state` with its position table cut to the first `block_size` positions."""
+    return {k: v[:block_size] if k == "transformer.wpe.weight" else v for k, v in state.items()}
 
 
 def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:

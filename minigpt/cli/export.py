@@ -1,0 +1,34 @@
+"""`minigpt export`: a checkpoint as a Hugging Face GPT-2 folder that `transformers` loads without custom code."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from minigpt import hf
+from minigpt.cli import run
+from minigpt.cli.common import OneLineParser, canonical_options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The export command's options."""
+    parser = OneLineParser(
+        prog="minigpt export",
+        description="Write a checkpoint as a Hugging Face GPT-2 folder: config.json, model.safetensors, "
+        "tokenizer files, generation config and a model card.",
+    )
+    parser.add_argument("--ckpt", required=True, help="a checkpoint file or run folder (its last.ckpt)")
+    parser.add_argument("--out", required=True, type=Path, help="the folder to write; it must not exist or be empty")
+    return parser
+
+
+def main(argv: Sequence[str]) -> None:
+    """Parse `argv` and export the checkpoint."""
+    args = build_parser().parse_args(canonical_options(argv))
+    hf.export(args.ckpt, args.out)
+    print(f"wrote {args.out}: load it with transformers.AutoModelForCausalLM.from_pretrained('{args.out}')")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

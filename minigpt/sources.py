@@ -1,0 +1,20 @@
+"""What a model can be loaded from: a minigpt checkpoint or run folder, a Hugging Face GPT-2 folder, or
+``hf:REPO_ID``. `minigpt generate`, `attention`, `eval` and `train --init` all take any of them."""
+
+from __future__ import annotations
+
+import torch
+
+from minigpt import checkpoint, hf
+
+
+def is_pretrained(source: str) -> bool:
+    """True for a Hugging Face GPT-2 folder or ``hf:REPO_ID``, False for (what should be) a minigpt checkpoint."""
+    return hf.is_pretrained_source(source)
+
+
+def load(source: str, device: str | torch.device = "cpu") -> checkpoint.Loaded:
+    """The model (in eval mode, on `device`) and tokenizer of `source`."""
+    if is_pretrained(source):
+        return hf.load_pretrained(source, device)
+    return checkpoint.load(source, device)
