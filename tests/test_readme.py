@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from minigpt.cli import attention, eval as evaluate, generate, train
+from minigpt.cli import attention, export, generate, train
+from minigpt.cli import eval as evaluate
 from minigpt.cli.common import canonical_options
 from tests.conftest import REPO
 
@@ -41,7 +42,7 @@ COMMANDS = readme_commands()
 
 
 def test_the_readme_shows_every_command():
-    assert {c.split()[1] for c in COMMANDS} == {"train", "generate", "attention", "eval"}
+    assert {c.split()[1] for c in COMMANDS} == {"train", "generate", "attention", "eval", "export"}
 
 
 @pytest.mark.parametrize("line", COMMANDS)
@@ -58,5 +59,6 @@ def test_each_readme_command_parses(line, tmp_path, monkeypatch):
             return
         train.parse(args)
     else:
-        parser = {"generate": generate.build_parser, "attention": attention.build_parser, "eval": evaluate.build_parser}[name]
+        parsers = {"generate": generate, "attention": attention, "eval": evaluate, "export": export}
+        parser = parsers[name].build_parser
         parser().parse_args(args)

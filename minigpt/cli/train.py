@@ -583,6 +583,8 @@ def pretrained_start(cfg: Namespace, given: set[str]) -> checkpoint.Loaded:
                 "leave it out (the shape comes from --init)"
             )
         setattr(cfg.model, field, theirs)
+    if cfg.model.block_size > source.block_size and "model.block_size" not in given:
+        cfg.model.block_size = source.block_size  # a default or a config's context: the source's, if shorter
     if cfg.model.block_size > source.block_size:
         raise MiniGPTError(
             f"--model.block_size {cfg.model.block_size} is longer than the {source.block_size} positions of "
