@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
 from minigpt import checkpoint, launch, signals
 from minigpt import tokenizer as tok
@@ -65,6 +65,13 @@ COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows eve
 USAGE = "minigpt train [--config NAME|FILE] [--resume RUN] [--OPTION VALUE ...]"
 
 
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help without each option's type (its default shows it), so --help stays short."""
+
+    def _get_type_str(self, action: argparse.Action) -> None:
+        return None
+
+
 def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     """The command line: every option has a dotted name and can also be set in a YAML config; defaults come
     from the bundled default.yaml (what --help shows is what a plain run uses)."""
@@ -74,27 +81,26 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the model's and optimizer's field docs
     parser = ArgumentParser(
         prog="minigpt train", usage=USAGE, description="Train a GPT with PyTorch Lightning.",
-        default_config_files=[str(DEFAULT_CONFIG)], exit_on_error=False,
+        default_config_files=[str(DEFAULT_CONFIG)], exit_on_error=False, formatter_class=HelpFormatter,
     )  # fmt: skip
     parser.add_argument(
         "--config", action=ActionConfigFile,
-        help=f"a YAML file, or a bundled config by name ({', '.join(bundled_configs())}; see --list_configs)",
+        help="a YAML file, or a bundled config's name (--list_configs lists them)",
     )  # fmt: skip
     parser.add_argument("--data", type=str, help="corpus: a file, folder, glob, hf:NAME or builtin")
     parser.add_argument("--tokenizer", type=str, help="bytes | bpe:<vocab_size> | gpt2 | cl100k_base")
-    parser.add_argument("--resume", type=str, default=None, help="continue a run from its last.ckpt (file or run folder)")
+    parser.add_argument("--resume", type=str, default=None, help="continue a run (its folder or last.ckpt)")
     parser.add_argument(
         "--init", type=Optional[str], default=None,
-        help="start a new run from pretrained weights: a minigpt checkpoint or run folder, a Hugging Face GPT-2 "
-        "folder, or hf:REPO_ID (its shape and tokenizer come along; a fresh optimizer and schedule)",
+        help="start from pretrained weights: a checkpoint or run folder, a GPT-2 folder, or hf:REPO_ID",
     )  # fmt: skip
-    parser.add_argument("--out_dir", type=str, default=None, help="run folder (default: runs/<config name>[-N])")
+    parser.add_argument("--out_dir", type=str, default=None, help="run folder; unset: runs/<config name>[-N]")
     parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and the window order")
     parser.add_argument("--batch_size", type=int, help="windows per training batch (per device)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the corpus held out for validation")
     parser.add_argument(
         "--val_data", type=Optional[str], default=None,
-        help="a separate validation corpus (any --data spec); all of --data is then training text",
+        help="a separate validation corpus (a --data spec)",
     )  # fmt: skip
     parser.add_argument("--val_windows", type=int, help="fixed validation windows evaluated each time")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
