@@ -42,7 +42,7 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,10 +384,11 @@ def _write_shards(
 
     Returns the meta entries they fill: documents, ``{split}_tokens``, ``{split}_bytes`` and ``{split}_sha256``.
     """
-    eot = tok.eot_id(enc)
+    little_endian = _LITTLE_ENDIAN[dtype]
+    separator = np.array([tok.eot_id(enc)], dtype=little_endian)
     counts = dict.fromkeys(("documents", "train_tokens", "val_tokens", "train_bytes", "val_bytes"), 0)
     digests = {split: hashlib.sha256() for split in SPLITS}
-    threads = os.cpu_count() or 1
+    encode = _array_encoder(enc, little_endian)
     with (
         (out / "train.bin").open("wb") as train,
         (out / "val.bin").open("wb") as val,
@@ -395,22 +396,30 @@ def _write_shards(
     ):
         files = {"train": train, "val": val}
         for batch in _batches(_chunks(pieces), BATCH_CHARS):
-            ids: dict[str, list[int]] = {"train": [], "val": []}
-            encoded = tok.encode_batch(enc, [text for _, text, _ in batch], threads)
-            for (split, text, starts_document), tokens in zip(batch, encoded):
+            parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+            for (split, text, starts_document), tokens in zip(batch, encode([text for _, text, _ in batch])):
                 if starts_document:
-                    ids[split].append(eot)
+                    parts[split].append(separator)
                     counts["documents"] += 1
-                ids[split].extend(tokens)
+                parts[split].append(tokens)
                 size = len(text.encode())
                 counts[f"{split}_bytes"] += size
                 bar.update(size)
-            for split, split_ids in ids.items():
-                array = np.asarray(split_ids, dtype=_LITTLE_ENDIAN[dtype])
+            for split, arrays in parts.items():
+                array = np.concatenate(arrays) if arrays else separator[:0]
                 digests[split].update(array)
                 array.tofile(files[split])
-                counts[f"{split}_tokens"] += len(split_ids)
+                counts[f"{split}_tokens"] += len(array)
     return {**counts, **{f"{split}_sha256": digest.hexdigest() for split, digest in digests.items()}}
+
+
+def _array_encoder(enc: tiktoken.Encoding, dtype: str) -> Callable[[list[str]], list[np.ndarray]]:
+    """A function from texts to their token arrays. Byte tokens are the UTF-8 bytes themselves, so the `bytes`
+    tokenizer needs no tokenizing at all (numpy reads them directly, at memory speed); others run on every core."""
+    if tok.is_byte_tokenizer(enc):
+        return lambda texts: [np.frombuffer(text.encode(), dtype=np.uint8).astype(dtype) for text in texts]
+    threads = os.cpu_count() or 1
+    return lambda texts: [np.asarray(ids, dtype=dtype) for ids in tok.encode_batch(enc, texts, threads)]
 
 
 def _chunks(pieces: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, bool]]:

@@ -46,6 +46,13 @@ def byte_tokenizer() -> tiktoken.Encoding:
     return tiktoken.Encoding("bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
 
 
+def is_byte_tokenizer(enc: tiktoken.Encoding) -> bool:
+    """True when `enc` is `byte_tokenizer()` in all but name: every byte its own token, id = byte value."""
+    if enc.n_vocab != 257 or enc.special_tokens_set != {EOT} or enc.encode_single_token(EOT) != 256:
+        return False
+    return all(enc.decode_single_token_bytes(i) == bytes([i]) for i in range(256))
+
+
 def _parse_bpe_size(spec: str) -> int:
     size = spec.removeprefix("bpe:")
     if not (size.isascii() and size.isdigit()) or not 257 <= int(size) <= _MAX_BPE_VOCAB:

@@ -508,3 +508,15 @@ def test_the_tokenizing_bar_knows_its_total(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(prep, "tqdm", Bar)
     prepare(str(tmp_path / "a.txt"), "bytes", tmp_path / "cache")
     assert seen["total"] == seen["counted"] == len(text.encode())
+
+
+def test_byte_shards_are_written_without_tokenizing_and_equal_the_tokenizers_ids(tmp_path: Path) -> None:
+    """The bytes tokenizer's ids are the UTF-8 bytes, so prepare copies them; the result must not differ."""
+    enc = tok.byte_tokenizer()
+    assert tok.is_byte_tokenizer(enc) and not tok.is_byte_tokenizer(tok.build_tokenizer("bpe:260", ["some training text, some more text "] * 50))
+    texts = ["Ünïcödé, Привет, xin chào, 你好 🙂\n" * 50, "tabs\tand  spaces\r\n" * 40]
+    write_docs(tmp_path / "data", texts)
+    prepared = prepare(str(tmp_path / "data"), "bytes", tmp_path / "cache", val_fraction=0.5)
+    shards = [np.fromfile(prepared.dir / f"{split}.bin", dtype=prepared.meta["dtype"]).tolist() for split in ("train", "val")]
+    expected = [tok.encode(enc, piece) for _, piece in prep.split_documents(open_corpus(str(tmp_path / "data")).documents(), 0.5)]
+    assert sum(shards, []) == [i for ids in expected for i in (tok.eot_id(enc), *ids)]
