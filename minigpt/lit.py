@@ -303,6 +303,22 @@ class LastCheckpoint(L.Callback):
             self._save_if_progressed(trainer)
 
 
+class TargetLoss(L.Callback):
+    """Stop training at the first validation whose loss is at most `target` (nats/token): train until good enough.
+    The loss is the mean over all processes, so they all stop at the same step; last.ckpt is saved there."""
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if trainer.sanity_checking or loss is None or float(loss) > self.target:
+            return
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            log.info("step %d: val loss %.4f reached --target_loss %g: stopping", trainer.global_step, float(loss), self.target)
+
+
 class BestCheckpoint(ModelCheckpoint):
     """`best.ckpt` (lowest validation loss) and `last.ckpt` at each validation, each always under its own
     name: never a ``-v1`` copy beside an existing file. A resumed run folder that was moved or copied keeps

@@ -226,3 +226,13 @@ def test_a_run_written_by_an_older_version_still_resumes(tmp_path):
     old["trainer"]["enable_autolog_hparams"] = True
     config.write_text(yaml.safe_dump(old))
     assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "8", "--samples", "0"]) == 0
+
+
+def test_target_loss_stops_at_the_first_validation_that_reaches_it(tmp_path, capsys):
+    import torch
+
+    from tests.test_lit import train
+
+    assert train(tmp_path, "run", "--target_loss", "100") == 0  # any loss reaches 100 nats: the first validation
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert user_error(capsys, ["--target_loss", "-1"]).startswith("error: --target_loss must be a positive number")

@@ -105,6 +105,10 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     parser.add_argument("--val_windows", type=int, help="fixed validation windows evaluated each time")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--cache_dir", type=str, default=None, help="shard cache (default: $MINIGPT_CACHE or ~/.cache/minigpt)")
+    parser.add_argument(
+        "--target_loss", type=Optional[float], default=None,
+        help="stop at the first validation whose loss (nats/token) is at most this; unset: train all max_steps",
+    )  # fmt: skip
     parser.add_argument("--samples", type=int, help="samples printed when training ends")
     parser.add_argument("--sample_tokens", type=int, help="length of each printed sample")
     parser.add_class_arguments(GPTConfig, "model", skip={"vocab_size"})
@@ -227,6 +231,8 @@ def _validate(cfg: Namespace) -> None:
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
         (0 <= cfg.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {cfg.samples}"),
         (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
+        (cfg.target_loss is None or (math.isfinite(cfg.target_loss) and cfg.target_loss > 0),
+         f"--target_loss must be a positive number of nats/token, got {cfg.target_loss}"),
         (cfg.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {cfg.model.n_layer}"),
         (cfg.trainer.max_steps is not None and cfg.trainer.max_steps > 0, "set --trainer.max_steps to a positive number"),
         # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
@@ -504,7 +510,7 @@ def build_trainer(
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
-    from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO
+    from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
     from minigpt.progress import ProgressLines
     from minigpt.runcard import RunRecord, TensorBoard
 
@@ -520,6 +526,8 @@ def build_trainer(
         SampleLogger(prepared.tokenizer),
         AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
     ]
+    if cfg.target_loss is not None:
+        callbacks.append(TargetLoss(cfg.target_loss))
     every = trainer_args.get("log_every_n_steps") or 50
     callbacks.append(RunRecord(root, train_config, every))
     if not trainer_args["enable_progress_bar"]:
