@@ -244,3 +244,26 @@ def test_the_logged_step_axis_has_no_gap_or_duplicate_across_a_signal_and_resume
         events = EventAccumulator(str(events_file)).Reload()
         steps += [e.step for e in events.Scalars("train/loss")]
     assert sorted(steps) == list(range(6)) and len(set(steps)) == len(steps)
+
+
+def test_fused_adamw_updates_equal_the_per_tensor_loop():
+    """The optimizer is fused on CPU too; its updates must be the ones the foreach implementation makes."""
+    module = LitGPT(tiny_config().to_dict(), {})
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"]
+    torch.manual_seed(0)
+    reference = [p.detach().clone().requires_grad_() for p in module.model.parameters()]
+    loop = torch.optim.AdamW(
+        [{"params": [r for r, p in zip(reference, module.model.parameters()) if p.dim() >= 2], "weight_decay": 0.1},
+         {"params": [r for r, p in zip(reference, module.model.parameters()) if p.dim() < 2], "weight_decay": 0.0}],
+        lr=optimizer.param_groups[0]["lr"], betas=optimizer.defaults["betas"], foreach=True,  # the schedule set lr
+    )  # fmt: skip
+    for _ in range(3):
+        for p, r in zip(module.model.parameters(), reference):
+            p.grad = torch.randn_like(p)
+            r.grad = p.grad.clone()
+        optimizer.step()
+        loop.step()
+    for p, r in zip(module.model.parameters(), reference):
+        torch.testing.assert_close(p.detach(), r.detach(), atol=1e-6, rtol=1e-5)

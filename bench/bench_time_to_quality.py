@@ -1,0 +1,114 @@
+"""Time to a good model: wall time from process start until the validation loss is at most a target.
+
+(a) A reference loop in plain PyTorch, the floor a careful user writes by hand: nanoGPT's CPU recipe for
+    character-level Shakespeare (4 layers x 4 heads x 128, context 64, batch 12, AdamW lr 1e-3 with 100
+    warmup steps and cosine decay over 2000, weight decay 0.1, clipping 1.0), the same GPT class, bytes as
+    tokens, nanoGPT's 90/10 split, and an evaluation every 250 steps on fixed validation windows.
+(b) The real `minigpt train --config shakespeare_cpu` command, as shipped (its own recipe and stop).
+
+Each runs in a fresh process (imports, preparation, validation, samples: everything counts), the two
+alternating for several rounds; the medians and their ratio are reported.
+Usage: python bench/bench_time_to_quality.py [--rounds 3] [--target 1.89] [--data FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+REFERENCE = r"""
+import math, sys, time
+import numpy as np, torch, torch.nn.functional as F
+from minigpt.model import GPT, GPTConfig
+
+path, target = sys.argv[1], float(sys.argv[2])
+torch.manual_seed(1337)
+data = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
+cut = int(len(data) * 0.9)
+train, val = torch.from_numpy(data[:cut].astype(np.int64)), torch.from_numpy(data[cut:].astype(np.int64))
+block, batch, steps, warmup, lr, min_lr, every, windows = 64, 12, 2000, 100, 1e-3, 1e-4, 250, 512
+model = GPT(GPTConfig(vocab_size=257, block_size=block, n_layer=4, n_head=4, n_embd=128, dropout=0.0))
+decay = [p for p in model.parameters() if p.dim() >= 2]
+rest = [p for p in model.parameters() if p.dim() < 2]
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+offsets = np.unique(np.linspace(0, len(val) - block - 1, num=windows).astype(np.int64))
+val_x = torch.stack([val[o : o + block + 1] for o in offsets])
+
+def rate(step):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (steps - warmup))))
+
+@torch.no_grad()
+def evaluate():
+    model.eval()
+    losses = [F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).item() for x in val_x.split(batch)]
+    model.train()
+    return sum(losses) / len(losses)
+
+for step in range(1, steps + 1):
+    for group in opt.param_groups:
+        group["lr"] = rate(step - 1)
+    ix = torch.randint(len(train) - block - 1, (batch,))
+    x = torch.stack([train[i : i + block + 1] for i in ix])
+    loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if step % every == 0:
+        v = evaluate()
+        print(f"step {step}: val loss {v:.4f}", flush=True)
+        if v <= target:
+            break
+"""
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout + done.stderr
+
+
+def last_validation(output: str) -> str:
+    lines = [line for line in output.splitlines() if ": val loss" in line]
+    return lines[-1].split(" nats")[0].replace(": val loss", ", val") if lines else "no validation"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--target", type=float, default=1.89, help="validation loss to reach, nats per byte")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {"reference": [], "minigpt": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(1, args.rounds + 1):
+            folder = Path(tmp) / str(round_)
+            folder.mkdir()
+            runs = {
+                "reference": [sys.executable, "-c", REFERENCE, str(args.data), str(args.target)],
+                "minigpt": [sys.executable, "-m", "minigpt", "train", "--config", "shakespeare_cpu", "--data", str(args.data),
+                            "--cache_dir", str(folder / "cache"), "--out_dir", str(folder / "run")],
+            }  # fmt: skip
+            for name, command in runs.items():
+                seconds, output = timed(command, folder)
+                times[name].append(seconds)
+                print(f"round {round_} {name:>9}: {seconds:6.1f} s ({last_validation(output)})", flush=True)
+    reference, ours = statistics.median(times["reference"]), statistics.median(times["minigpt"])
+    print(f"median: reference {reference:.1f} s, minigpt {ours:.1f} s; ratio minigpt / reference: {ours / reference:.2f}")
+
+
+if __name__ == "__main__":
+    main()
