@@ -85,6 +85,16 @@ class FixedWindows(Dataset):
         return torch.from_numpy(self._tokens[o : o + self.block_size + 1].astype(np.int64))
 
 
+EVAL_LOGITS = 1 << 25  # logits per evaluation batch (128 MiB in fp32): small models evaluate in big batches
+MAX_EVAL_BATCH = 256
+
+
+def eval_batch_size(batch_size: int, block_size: int, vocab_size: int) -> int:
+    """Windows per validation batch: the training batch, or more when the logits stay small. Validation has no
+    gradients to hold, and few large batches run much faster than many small ones on a CPU."""
+    return max(batch_size, min(MAX_EVAL_BATCH, EVAL_LOGITS // (block_size * vocab_size)))
+
+
 class TokenDataModule(L.LightningDataModule):
     """Prepares shards once (`prepare_data`), then serves windows of `block_size + 1` tokens."""
 
@@ -149,10 +159,11 @@ class TokenDataModule(L.LightningDataModule):
         """The validation windows, then as many fixed windows of the training text: the gap between the two
         losses shows how much the model memorises its training text."""
         p = self.prepare()
+        batch = eval_batch_size(self.batch_size, self.block_size, p.meta["vocab_size"])
         return [
             DataLoader(
                 FixedWindows(p.dir, p.meta["dtype"], self.block_size, self.val_windows, split),
-                batch_size=self.batch_size, num_workers=self.num_workers,
+                batch_size=batch, num_workers=self.num_workers,
             )  # fmt: skip
             for split in ("val", "train")
         ]

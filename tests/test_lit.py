@@ -267,3 +267,23 @@ def test_fused_adamw_updates_equal_the_per_tensor_loop():
         loop.step()
     for p, r in zip(module.model.parameters(), reference):
         torch.testing.assert_close(p.detach(), r.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_validation_loss_does_not_depend_on_the_evaluation_batch(tmp_path):
+    """Validation runs in larger batches than training (`eval_batch_size`); the loss is the same mean over windows."""
+    import lightning as L
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from minigpt.data import FixedWindows
+
+    rng = np.random.default_rng(0)
+    rng.integers(0, 257, 5000).astype(np.uint16).tofile(tmp_path / "val.bin")
+    windows = FixedWindows(tmp_path, "uint16", 32, 100)  # 100 windows: batches of 12 leave a short last one
+    torch.manual_seed(0)
+    module = LitGPT(tiny_config().to_dict(), {})
+    losses = []
+    for batch in (12, 256):
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        losses.append(trainer.validate(module, dataloaders=DataLoader(windows, batch_size=batch), verbose=False)[0]["val/loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
