@@ -66,8 +66,8 @@ class RunRecord(L.Callback):
             row["val_train_loss"] = float(metrics["val/train_loss"])
         self.rows.append(row)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer)
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)  # also when a resume finds no step left to train (on_train_end is skipped then)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, Interrupted):
@@ -77,9 +77,13 @@ class RunRecord(L.Callback):
         return any(r["step"] == step and column in r for r in self.rows)
 
     def _write(self, trainer: L.Trainer) -> None:
-        if not trainer.is_global_zero or not self.rows:
+        if not trainer.is_global_zero:
             return
-        rows = earlier_rows(self.folder / "metrics.csv", before=self.rows[0]["step"]) + self.rows
+        # A resume with no step left to train still (re)draws what a run killed at its very end did not.
+        before = self.rows[0]["step"] if self.rows else math.inf
+        rows = earlier_rows(self.folder / "metrics.csv", before) + self.rows
+        if not rows:
+            return
         write_metrics(self.folder / "metrics.csv", rows)
         plot_losses(rows, self.folder / "loss.png")
         vals = [r for r in rows if "val_loss" in r]
@@ -91,7 +95,7 @@ class RunRecord(L.Callback):
                     logger.log_hyperparams(flatten(self.config), metrics)
 
 
-def earlier_rows(path: Path, before: int) -> list[dict[str, Any]]:
+def earlier_rows(path: Path, before: float) -> list[dict[str, Any]]:
     """The rows of an existing metrics.csv for steps before `before` (a resumed run's history)."""
     if not path.is_file():
         return []
@@ -135,8 +139,10 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
         right.set_ylim(*(y * scale for y in ax.get_ylim()))
         right.set_ylabel("validation bits per byte")
     fig.tight_layout()
-    fig.savefig(path)
+    tmp = path.with_suffix(".png.tmp")
+    fig.savefig(tmp, format="png")  # then renamed: a run killed while drawing leaves no half-written picture
     plt.close(fig)
+    tmp.replace(path)
 
 
 def model_card(facts: Mapping[str, Any], samples: list[str]) -> str:

@@ -165,15 +165,20 @@ def test_a_run_or_resume_into_a_folder_in_use_is_refused_and_touches_nothing(tmp
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_during_preparation_exits_cleanly_and_leaves_no_temporary_files(tmp_path, corpus, monkeypatch, signum, capsys):
-    from minigpt import tokenizer
+    from minigpt import prepare
 
-    encode_batch = tokenizer.encode_batch
+    make_encoder = prepare._array_encoder
 
-    def signal_mid_batch(*args, **kwargs):
-        os.kill(os.getpid(), signum)
-        return encode_batch(*args, **kwargs)
+    def signalling_encoder(*args, **kwargs):
+        encode = make_encoder(*args, **kwargs)
 
-    monkeypatch.setattr(tokenizer, "encode_batch", signal_mid_batch)
+        def signal_mid_batch(texts):
+            os.kill(os.getpid(), signum)
+            return encode(texts)
+
+        return signal_mid_batch
+
+    monkeypatch.setattr(prepare, "_array_encoder", signalling_encoder)
     assert run(main, train_command(corpus, tmp_path / "run")[2:]) == 128 + signum
     assert "Traceback" not in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -78,3 +78,11 @@ def test_without_a_terminal_training_prints_plain_lines_and_no_adverts(tmp_path)
     lines = [line for line in text.splitlines() if line.startswith("step ") and "|" in line]
     assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
     assert all(f" {field} " in lines[-1] for field in ("loss", "lr", "tokens/s", "ms/step", "elapsed", "ETA"))
+
+
+def test_a_run_killed_before_drawing_loss_png_gets_it_on_resume(tmp_path):
+    """kill -9 can land between metrics.csv and loss.png at the very end; a resume with nothing to train draws it."""
+    assert train(tmp_path, "run") == 0
+    (tmp_path / "run" / "loss.png").unlink()
+    assert run(main, ["--resume", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "loss.png").is_file() and len(rows(tmp_path / "run")) == 8

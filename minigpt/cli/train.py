@@ -97,7 +97,7 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     parser.add_argument("--out_dir", type=str, default=None, help="run folder; unset: runs/<config name>[-N]")
     parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and the window order")
     parser.add_argument("--batch_size", type=int, help="windows per training batch (per device)")
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of the corpus held out for validation")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="share of --data held out for validation")
     parser.add_argument(
         "--val_data", type=Optional[str], default=None,
         help="a separate validation corpus (a --data spec)",
@@ -107,7 +107,7 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     parser.add_argument("--cache_dir", type=str, default=None, help="shard cache (default: $MINIGPT_CACHE or ~/.cache/minigpt)")
     parser.add_argument(
         "--target_loss", type=Optional[float], default=None,
-        help="stop at the first validation whose loss (nats/token) is at most this; unset: train all max_steps",
+        help="stop once a validation loss (nats/token) is at most this",
     )  # fmt: skip
     parser.add_argument("--samples", type=int, help="samples printed when training ends")
     parser.add_argument("--sample_tokens", type=int, help="length of each printed sample")
