@@ -11,6 +11,8 @@ token; the special token only ever comes from `eot_id`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -122,6 +124,16 @@ def to_dict(enc: tiktoken.Encoding) -> dict[str, Any]:
         "ranks": [token for token, _ in by_rank],
         "special_tokens": dict(enc._special_tokens),
     }
+
+
+def digest(enc: tiktoken.Encoding) -> str:
+    """A short hex digest of everything that decides `enc`'s ids: its ranks, pattern and special tokens."""
+    record = to_dict(enc)  # its name changes no id, so it is left out
+    hashed = hashlib.sha256(record["pattern"].encode())
+    for token in record["ranks"]:
+        hashed.update(len(token).to_bytes(4, "little") + token)
+    hashed.update(json.dumps(record["special_tokens"], sort_keys=True).encode())
+    return hashed.hexdigest()[:12]
 
 
 def from_dict(data: Any) -> tiktoken.Encoding:

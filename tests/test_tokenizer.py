@@ -77,3 +77,9 @@ def test_pretrained_encoding_offline_is_a_user_error(monkeypatch):
     with pytest.raises(MiniGPTError, match="TIKTOKEN_CACHE_DIR"):
         tok.build_tokenizer("gpt2")
 
+
+
+def test_the_digest_names_the_ids_not_the_name():
+    enc = tok.byte_tokenizer()
+    renamed = tiktoken.Encoding("other", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks, special_tokens=enc._special_tokens)
+    assert tok.digest(renamed) == tok.digest(enc) != tok.digest(tok.build_tokenizer("bpe:260", ["abc abd abe " * 40]))

@@ -606,7 +606,9 @@ def pretrained_start(cfg: Namespace, given: set[str]) -> checkpoint.Loaded:
         )
     if "tokenizer" in given:
         raise MiniGPTError(f"--tokenizer does not combine with --init: the tokenizer of {cfg.init} comes with it")
-    cfg.tokenizer = f"from:{cfg.init}"  # names it in config.yaml and the shard cache; the encoding comes along
+    # Names the encoding in config.yaml and in the shard cache's key; the digest keeps another model saved at
+    # the same path later (with another tokenizer) from reusing these shards.
+    cfg.tokenizer = f"from:{cfg.init}#{tok.digest(start.tokenizer)}"
     return start
 
 
