@@ -257,7 +257,11 @@ def _check_consistent(config: GPTConfig, payload: dict[str, Any], hparams: Any) 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Loaded:
     """Rebuild the model (in eval mode, on `device`) and tokenizer from a checkpoint file or run folder."""
     path = resolve(path)
-    ckpt = read(path)
+    return rebuild(read(path), path, device)
+
+
+def rebuild(ckpt: dict[str, Any], path: Path, device: str | torch.device = "cpu") -> Loaded:
+    """`load` for a checkpoint already `read` from `path` (for a caller that also wants its other contents)."""
     payload = ckpt[PAYLOAD_KEY]
     state = {k.removeprefix(MODEL_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):

@@ -69,11 +69,15 @@ def main(argv: Sequence[str]) -> None:
     check_stdout_open()
     device = resolve_device(args.device)
     pretrained = sources.is_pretrained(args.ckpt)  # a Hugging Face model records no split of its own
-    path = args.ckpt if pretrained else checkpoint.resolve(args.ckpt)
-    loaded = sources.load(str(path), device)
+    if pretrained:
+        path, loaded, train_config = args.ckpt, sources.load(args.ckpt, device), None
+    else:  # read once: the weights, and the run's record of how it split its corpus
+        path = checkpoint.resolve(args.ckpt)
+        ckpt = checkpoint.read(path)
+        loaded, train_config = checkpoint.rebuild(ckpt, path, device), ckpt[checkpoint.PAYLOAD_KEY].get("train_config")
     val_fraction = args.val_fraction
-    if val_fraction is None:  # only a split uses it, so only a split reads the checkpoint's record of it
-        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" or pretrained else trained_val_fraction(path)
+    if val_fraction is None:  # only a split uses it
+        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" or pretrained else trained_val_fraction(train_config, path)
     tokens = corpus_tokens(args.data, loaded.tokenizer, args.split, val_fraction, args.cache_dir)
     with autocast(device):
         result = score(loaded.model, tokens.ids, args.stride, args.batch_size)
@@ -81,13 +85,12 @@ def main(argv: Sequence[str]) -> None:
         print(result_line(path, args.data, args.split, result, tokens.n_bytes))
 
 
-def trained_val_fraction(path: Path) -> float:
-    """The val_fraction the checkpoint's run split its corpus with, else train's default."""
-    train_config = checkpoint.read(path)[checkpoint.PAYLOAD_KEY].get("train_config")
+def trained_val_fraction(train_config: object, source: Path | str) -> float:
+    """The val_fraction `source`'s run split its corpus with (from its `train_config`), else train's default."""
     value = train_config.get("val_fraction") if isinstance(train_config, dict) else None
     if type(value) in (int, float):
         return float(value)
-    logger.info("%s does not record its val_fraction: splitting with %g", path, DEFAULT_VAL_FRACTION)
+    logger.info("%s does not record its val_fraction: splitting with %g", source, DEFAULT_VAL_FRACTION)
     return DEFAULT_VAL_FRACTION
 
 
