@@ -263,7 +263,6 @@ def check_devices(trainer: Namespace) -> None:
     accelerator, strategy = str(trainer.accelerator), str(trainer.strategy)
     gpus = torch.cuda.device_count()
     on_cpu = accelerator == "cpu" or (accelerator in ("auto", "None") and not gpus)
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator in ("auto", "None") and gpus > 0)
     if strategy.startswith("fsdp") and on_cpu:
         where = "--trainer.accelerator cpu was chosen" if accelerator == "cpu" else "this machine has no CUDA GPU"
         raise MiniGPTError(
@@ -281,8 +280,15 @@ def check_devices(trainer: Namespace) -> None:
             f"--trainer.devices {asked} would start {asked} training processes on {os.cpu_count()} CPU cores: "
             f"use at most {MAX_WORKERS}"
         )
-    if on_gpu and asked > gpus:
+    if uses_cuda(accelerator) and asked > gpus:
         raise MiniGPTError(f"--trainer.devices {asked} asks for more GPUs than the {gpus} this machine has: use at most {gpus}")
+
+
+def uses_cuda(accelerator: object) -> bool:
+    """True when `--trainer.accelerator` (auto, gpu, cuda or unset) puts training on a CUDA GPU this machine has."""
+    import torch
+
+    return str(accelerator) in ("auto", "gpu", "cuda", "None") and torch.cuda.is_available()
 
 
 def check_fits_in_memory(cfg: Namespace, vocab_size: int) -> None:
@@ -297,8 +303,7 @@ def check_fits_in_memory(cfg: Namespace, vocab_size: int) -> None:
     params = GPTConfig(**vars(model), vocab_size=vocab_size).num_parameters()
     tokens = cfg.batch_size * model.block_size
     need = 16 * params + 4 * tokens * (16 * model.n_embd * model.n_layer + 2 * vocab_size)
-    on_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda", "None") and torch.cuda.is_available()
-    if on_gpu:
+    if uses_cuda(cfg.trainer.accelerator):
         have, where = torch.cuda.get_device_properties(0).total_memory, "GPU"
     else:
         have, where = _available_memory(), "machine"
@@ -355,8 +360,7 @@ def pick_precision(requested: str | None, accelerator: str | None) -> str:
 
     if requested is not None:
         return str(requested)
-    on_gpu = str(accelerator) in ("auto", "gpu", "cuda", "None") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if uses_cuda(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def main(argv: Sequence[str]) -> None:
@@ -645,20 +649,20 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 
 def write_model_card(run_dir: Path, cfg: Namespace, prepared: Prepared, trainer: L.Trainer, seconds: float, samples: list[str]) -> None:
-    """The run folder's README.md (see `minigpt.runcard.model_card`), from its best checkpoint and this run."""
+    """The run folder's README.md (see `minigpt.runcard.model_card`): this run's facts and its best validation."""
+    from minigpt.lit import BestCheckpoint
     from minigpt.progress import duration
     from minigpt.runcard import model_card
 
-    best = checkpoint.read(best_checkpoint(run_dir))
-    score = next((c for c in trainer.callbacks if hasattr(c, "best_model_score")), None)
-    val_loss = float(score.best_model_score) if score is not None and score.best_model_score is not None else float("nan")
+    score = next(c for c in trainer.callbacks if isinstance(c, BestCheckpoint)).best_model_score
+    val_loss = float(score) if score is not None else float("nan")
     meta, model = prepared.meta, cfg.model
     facts = {
         "name": run_dir.name, "folder": run_dir, "data": cfg.data, "tokenizer": cfg.tokenizer,
         "vocab_size": prepared.tokenizer.n_vocab, "train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"],
         "params": GPTConfig(**vars(model), vocab_size=prepared.tokenizer.n_vocab).num_parameters(),
         "n_layer": model.n_layer, "n_head": model.n_head, "n_embd": model.n_embd, "block_size": model.block_size,
-        "steps": best["global_step"], "batch_size": cfg.batch_size, "devices": trainer.world_size,
+        "steps": trainer.global_step, "batch_size": cfg.batch_size, "devices": trainer.world_size,
         "val_loss": val_loss, "val_bpb": val_loss / (meta["val_bytes"] / meta["val_tokens"]) / math.log(2),
         "wall_time": duration(seconds),
     }  # fmt: skip
