@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from minigpt import attention
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.lit import whole_model_here
@@ -80,14 +79,12 @@ class AttentionLogger(RankZeroView):
         writers = _tensorboard_writers(trainer, pl_module.model)
         if not writers:
             return
-        from minigpt import report  # matplotlib: only once there is something to draw
+        from minigpt import heatmaps, report  # matplotlib: only once there is something to draw
 
-        maps = attention.extract(pl_module.model, self.ids)  # eval mode inside, training mode restored
-        n_layer, n_head = maps.weights.shape[:2]
-        layers = list(range(n_layer)) if self.layers is None else self.layers
-        panels = report.Panels(maps.weights[layers], layers, [str(h) for h in range(n_head)])
-        image = report.figure_pixels(report.overview_figure(panels))
-        entropies = attention.entropy(maps.weights)  # (L, H)
+        analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
+        image = heatmaps.figure_pixels(heatmaps.overview_figure(analysis.png))
+        entropies = analysis.stats.entropy  # (L, H)
+        n_layer, n_head = entropies.shape
         step = trainer.global_step
         for writer in writers:
             writer.add_image("attention/overview", image, step, dataformats="HWC")

@@ -1,41 +1,36 @@
-"""Attention maps as files: PNG heatmaps (matplotlib, Agg), one self-contained HTML page, raw .npz, heads.json.
+"""The attention report of one text: what it shows (`analyse`) and the files that show it (`write_report`).
 
-Every heatmap puts query tokens down and key tokens across, on one shared colour scale.
+`write_report` writes, into one folder: overview.png and layer_*.png (see `minigpt.heatmaps`), attention.html
+(one self-contained page built from the ``report_page.html`` template shipped with the package), attention.npz
+(the raw weights) and heads.json (per-head statistics). Every command that draws attention maps calls it;
+the training callback calls `analyse` and draws the same overview.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import tiktoken
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.axes import Axes
-from matplotlib.colors import PowerNorm
-from matplotlib.figure import Figure
+import torch
 from torch import Tensor
 
-from minigpt.attention import HeadStats, top_heads
+from minigpt import attention, heatmaps
+from minigpt.attention import AttentionMaps, HeadStats, top_heads
+from minigpt.errors import MiniGPTError
+from minigpt.heatmaps import Panels
+from minigpt.model import GPT
 
-DPI = 100
-OVERVIEW_PANEL_INCHES = 1.6
-# Past this many tokens an axis labels every k-th token only, so labels never overlap.
-MAX_LABELS = 64
-LABEL_MARGIN_INCHES = 1.2
-# Fixed layouts in inches (no constrained layout: it measures every tick label and triples the drawing time).
-OVERVIEW_MARGINS = (0.55, 0.08, 0.25)  # left (layer + query labels), bottom, top (head title)
-OVERVIEW_FOOTER = 0.3  # below the last row only: its "key →" labels
-LAYER_MARGINS = (LABEL_MARGIN_INCHES, LABEL_MARGIN_INCHES, 0.4)
-COLORBAR_INCHES = 1.1
-MAX_LABEL_CHARS = 12
-CMAP = "viridis"
-# A square-root colour scale: weights spread over many keys (0.01–0.1) stay visible next to a 1.0.
-GAMMA = 0.5
-VISIBLE_WHITESPACE = str.maketrans({" ": "·", "\n": "↵", "\t": "→"})
+PAGE_TEMPLATE = "report_page.html"
+DATA_PLACEHOLDER = "/*ATTENTION_DATA*/"
 
 HEAD_STAT_DEFINITIONS = {
     "entropy": "mean entropy (nats) of the head's attention rows on the prompt",
@@ -47,15 +42,21 @@ HEAD_STAT_DEFINITIONS = {
 
 
 @dataclass
-class Panels:
-    """Heatmaps to draw: `maps[r, c]` is the (T, T) map of layer `rows[r]` and head `cols[c]`."""
+class Analysis:
+    """Everything a report shows of one text."""
 
-    maps: Tensor
-    """(n_rows, n_cols, T, T)."""
-    rows: list[int]
-    """Layer index of each row."""
-    cols: list[str]
-    """Head name of each column: "0", "1", ... or an aggregate's name ("mean", "rollout")."""
+    maps: AttentionMaps
+    """The weights of every layer and head (and the ids they belong to)."""
+    tokens: list[str]
+    """Each token of `maps.ids` as text."""
+    png: Panels
+    """What the PNGs draw: the selected heads of the selected layers, or their aggregate alone."""
+    page: Panels
+    """What the page offers: the selected heads, then the aggregate if there is one."""
+    aggregates: dict[str, Tensor]
+    """The aggregate's (n_layer, T, T) maps over the selected heads, by name; empty without one."""
+    stats: HeadStats
+    """Statistics of every head."""
 
 
 def token_strings(enc: tiktoken.Encoding, ids: Sequence[int]) -> list[str]:
@@ -63,134 +64,82 @@ def token_strings(enc: tiktoken.Encoding, ids: Sequence[int]) -> list[str]:
     return [enc.decode_single_token_bytes(i).decode("utf-8", errors="replace") for i in ids]
 
 
-def visible(token: str) -> str:
-    """`token` with whitespace made visible: space → ·, newline → ↵, tab → →."""
-    return token.translate(VISIBLE_WHITESPACE)
+def analyse(
+    model: GPT,
+    enc: tiktoken.Encoding,
+    ids: Sequence[int],
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    aggregate: str | None = None,
+) -> Analysis:
+    """Run `ids` through `model` once and gather what a report shows of the `layers` and `heads` chosen (default:
+    all), with `aggregate` (one of `attention.AGGREGATES`) over those heads if given."""
+    config = model.config
+    layers = list(range(config.n_layer)) if layers is None else list(layers)
+    heads = list(range(config.n_head)) if heads is None else list(heads)
+    maps = attention.extract(model, ids)
+    selected = maps.weights[:, heads]  # (L, h, T, T)
+    columns = [str(h) for h in heads]
+    aggregates = {aggregate: attention.aggregate(selected, aggregate)} if aggregate else {}
+    if aggregate:
+        # The PNGs show the aggregate alone; the page offers it beside every selected head.
+        combined = aggregates[aggregate][layers, None]  # (l, 1, T, T)
+        png = Panels(combined, layers, [aggregate])
+        page = Panels(torch.cat([selected[layers], combined], dim=1), layers, [*columns, aggregate])
+    else:
+        png = page = Panels(selected[layers], layers, columns)
+    stats = attention.head_stats(model, maps.weights)
+    return Analysis(maps, token_strings(enc, maps.ids), png, page, aggregates, stats)
 
 
-def label_step(n_tokens: int) -> int:
-    """Label every k-th token so that an axis carries at most `MAX_LABELS` labels."""
-    return max(1, math.ceil(n_tokens / MAX_LABELS))
+def write_report(
+    out_dir: Path,
+    model: GPT,
+    enc: tiktoken.Encoding,
+    ids: Sequence[int],
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    aggregate: str | None = None,
+    per_head: bool = False,
+    top: int = 3,
+) -> Analysis:
+    """Analyse `ids` (see `analyse`) and write the report's files into `out_dir`; return the analysis.
+
+    `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind.
+    Everything is computed first and the files are written beside `out_dir`'s own before replacing them, so a
+    run that fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was.
+    """
+    analysis = analyse(model, enc, ids, layers=layers, heads=heads, aggregate=aggregate)
+    write_files(out_dir, analysis, per_head=per_head, top=top)
+    return analysis
 
 
-def panel_inches(n_tokens: int) -> float:
-    """Side of one labelled heatmap: about 0.15 in per token, between 3 and 10 inches."""
-    return min(max(3.0, 0.15 * n_tokens), 10.0)
+def write_files(out_dir: Path, analysis: Analysis, *, per_head: bool = False, top: int = 3) -> list[Path]:
+    """Write `analysis` into `out_dir` (created if needed) through a temporary folder inside it; return the paths."""
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".writing-", dir=out_dir, ignore_cleanup_errors=True) as staging:
+            names = [path.name for path in _write_all(Path(staging), analysis, per_head, top)]
+            for name in names:
+                os.replace(Path(staging) / name, out_dir / name)
+    except OSError as err:
+        if created:  # nothing but this run's files are in it
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise MiniGPTError(f"cannot write attention maps to {str(out_dir)!r}: {err}") from None
+    return [out_dir / name for name in names]
 
 
-def _grid_size(
-    rows: int, cols: int, panel: float, margins: tuple[float, float, float], footer: float = 0.0
-) -> tuple[float, float]:
-    left, bottom, top = margins
-    return cols * (left + panel) + COLORBAR_INCHES, rows * (top + panel + bottom) + footer
-
-
-def _grid_axes(fig: Figure, rows: int, cols: int, panel: float, margins: tuple[float, float, float]) -> list[Axes]:
-    """Square axes in row-major order, each with its own label margins, plus a colorbar axes at the end."""
-    left, bottom, top = margins
-    width, height = fig.get_size_inches()
-    axes = []
-    for r in range(rows):
-        for c in range(cols):
-            x = c * (left + panel) + left
-            y = height - (r + 1) * (top + panel + bottom) + bottom
-            axes.append(fig.add_axes((x / width, y / height, panel / width, panel / height)))
-    axes.append(fig.add_axes(((width - COLORBAR_INCHES + 0.15) / width, 0.2, 0.18 / width, 0.6)))
-    return axes
-
-
-def _layer_grid(n_panels: int) -> tuple[int, int]:
-    """(rows, cols) for `n_panels` labelled heatmaps: at most 3 across, rows filled evenly (4 → 2×2)."""
-    rows = math.ceil(n_panels / 3)
-    return rows, math.ceil(n_panels / rows)
-
-
-def layer_figure_size(n_panels: int, n_tokens: int) -> tuple[float, float]:
-    """(width, height) in inches of a labelled figure with `n_panels` heatmaps."""
-    return _grid_size(*_layer_grid(n_panels), panel_inches(n_tokens), LAYER_MARGINS)
-
-
-def overview_figure_size(n_rows: int, n_cols: int) -> tuple[float, float]:
-    """(width, height) in inches of the overview grid."""
-    return _grid_size(n_rows, n_cols, OVERVIEW_PANEL_INCHES, OVERVIEW_MARGINS, OVERVIEW_FOOTER)
-
-
-def column_title(col: str) -> str:
-    """"head 3" for a head, the aggregate's own name ("mean", "rollout") otherwise."""
-    return f"head {col}" if col.isdigit() else col
-
-
-def _norm() -> PowerNorm:
-    return PowerNorm(gamma=GAMMA, vmin=0.0, vmax=1.0)
-
-
-def overview_figure(panels: Panels) -> Figure:
-    """One row per layer, one column per head, unlabelled tokens, one shared colour scale and colorbar."""
-    n_rows, n_cols = len(panels.rows), len(panels.cols)
-    fig = Figure(figsize=overview_figure_size(n_rows, n_cols), dpi=DPI)
-    *axes, cax = _grid_axes(fig, n_rows, n_cols, OVERVIEW_PANEL_INCHES, OVERVIEW_MARGINS)
-    norm = _norm()
-    for i, ax in enumerate(axes):
-        r, c = divmod(i, n_cols)
-        image = ax.imshow(panels.maps[r, c].numpy(), cmap=CMAP, norm=norm, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if r == 0:
-            ax.set_title(column_title(panels.cols[c]), fontsize=9)
-        if c == 0:
-            ax.set_ylabel(f"layer {panels.rows[r]}\nquery ↓", fontsize=9)
-        if r == n_rows - 1:
-            ax.set_xlabel("key →", fontsize=9)
-    fig.colorbar(image, cax=cax, label="attention weight")
-    return fig
-
-
-def layer_figure(maps: Tensor, titles: Sequence[str], tokens: Sequence[str]) -> Figure:
-    """Large heatmaps (n, T, T) with their titles and visible-whitespace token labels on both axes."""
-    n, T = maps.size(0), maps.size(-1)
-    fig = Figure(figsize=layer_figure_size(n, T), dpi=DPI)
-    *axes, cax = _grid_axes(fig, *_layer_grid(n), panel_inches(T), LAYER_MARGINS)
-    ticks = list(range(0, T, label_step(T)))
-    labels = [visible(tokens[i])[:MAX_LABEL_CHARS] for i in ticks]
-    fontsize = 7 if T > 24 else 9
-    norm = _norm()
-    for ax, heatmap, title in zip(axes, maps, titles):
-        image = ax.imshow(heatmap.numpy(), cmap=CMAP, norm=norm, interpolation="nearest")
-        ax.set_title(title, fontsize=11)
-        ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
-        ax.set_yticks(ticks, labels, fontsize=fontsize)
-        ax.set_xlabel("key token")
-        ax.set_ylabel("query token")
-    for ax in axes[n:]:
-        ax.set_axis_off()
-    fig.colorbar(image, cax=cax, label="attention weight")
-    return fig
-
-
-def figure_pixels(fig: Figure) -> np.ndarray:
-    """The rendered figure as an (H, W, 3) uint8 array (for TensorBoard's `add_image`)."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig).print_png(path)
-    return path
-
-
-def write_pngs(out_dir: Path, panels: Panels, tokens: Sequence[str], per_head: bool) -> list[Path]:
-    """`overview.png` plus `layer_{l}.png` (all columns of a row) or, with `per_head`, `layer_{l}_head_{h}.png`."""
-    written = [_save(overview_figure(panels), out_dir / "overview.png")]
-    for r, layer in enumerate(panels.rows):
-        titles = [f"layer {layer} · {column_title(head)}" for head in panels.cols]
-        if per_head:
-            for c, head in enumerate(panels.cols):
-                fig = layer_figure(panels.maps[r, c : c + 1], titles[c : c + 1], tokens)
-                written.append(_save(fig, out_dir / f"layer_{layer}_head_{head}.png"))
-        else:
-            written.append(_save(layer_figure(panels.maps[r], titles, tokens), out_dir / f"layer_{layer}.png"))
-    return written
+def _write_all(folder: Path, analysis: Analysis, per_head: bool, top: int) -> list[Path]:
+    a = analysis
+    return [
+        *heatmaps.write_pngs(folder, a.png, a.tokens, per_head=per_head),
+        write_html(folder / "attention.html", a.page, a.tokens, a.stats),
+        write_npz(folder / "attention.npz", a.maps.weights, a.tokens, a.maps.ids, a.aggregates),
+        write_heads_json(folder / "heads.json", a.stats, top),
+    ]
 
 
 def write_npz(
@@ -250,181 +199,15 @@ def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats) -> dict:
     }
 
 
+def page_template() -> str:
+    """The page shipped with the package, with `DATA_PLACEHOLDER` where the data goes."""
+    return resources.files("minigpt").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
+
+
 def write_html(path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats) -> Path:
     """One self-contained page (inline CSS/JS, data as embedded JSON, no network) to explore `panels`."""
     data = json.dumps(html_data(panels, tokens, stats), separators=(",", ":"), ensure_ascii=False)
     # A token such as "</script>" must not close the data block early.
     data = data.replace("</", "<\\/")
-    path.write_text(_PAGE.replace("/*ATTENTION_DATA*/", data), encoding="utf-8")
+    path.write_text(page_template().replace(DATA_PLACEHOLDER, data), encoding="utf-8")
     return path
-
-
-# The page reads its data from the JSON block, draws the chosen map on a canvas and shades the token strip
-# with the chosen query's row. It publishes what it shows as data-* attributes on <body> (layer, head,
-# query, checksum) so a headless browser test can check it.
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>minigpt attention</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 16px; color: #222; background: #fff; }
-  header { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin-bottom: 12px; }
-  select { font-size: 14px; padding: 2px 4px; }
-  #stats { font-size: 13px; color: #444; }
-  #info { font-family: ui-monospace, monospace; font-size: 13px; min-height: 1.4em; margin: 8px 0; }
-  #tokens { font-family: ui-monospace, monospace; font-size: 14px; line-height: 1.9; max-width: 1000px; }
-  #tokens span { padding: 1px 1px; margin: 0 1px; border-radius: 3px; cursor: pointer; white-space: pre; }
-  #tokens span.query { outline: 2px solid #e0115f; }
-  #tokens span.future { color: #bbb; }
-  canvas { display: block; margin: 8px 0; cursor: crosshair; }
-  .hint { color: #666; font-size: 13px; }
-</style>
-</head>
-<body>
-<header>
-  <label>Layer <select id="layer"></select></label>
-  <label>Head <select id="head"></select></label>
-  <span id="stats"></span>
-  <span class="hint">hover a token or a heatmap row to see what it attends to; click to pin</span>
-</header>
-<div id="tokens"></div>
-<div id="info"></div>
-<canvas id="heatmap"></canvas>
-<script id="attention-data" type="application/json">/*ATTENTION_DATA*/</script>
-<script>
-"use strict";
-const data = JSON.parse(document.getElementById("attention-data").textContent);
-const T = data.tokens.length;
-const layerSelect = document.getElementById("layer");
-const headSelect = document.getElementById("head");
-const canvas = document.getElementById("heatmap");
-const ctx = canvas.getContext("2d");
-const info = document.getElementById("info");
-const tokenBox = document.getElementById("tokens");
-const VIRIDIS = [[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142],
-                 [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]];
-const GAMMA = 0.5;  // the same square-root scale as the PNGs
-const cell = Math.max(2, Math.min(24, Math.floor(720 / T)));
-const margin = cell >= 9 ? 90 : 0;  // room for token labels when cells are tall enough to carry them
-let query = T - 1;
-let pinned = false;
-
-const visible = (s) => s.replace(/ /g, "\\u00b7").replace(/\\n/g, "\\u21b5").replace(/\\t/g, "\\u2192");
-
-function colour(w) {
-  const t = Math.pow(Math.min(Math.max(w, 0), 1), GAMMA) * (VIRIDIS.length - 1);
-  const i = Math.min(Math.floor(t), VIRIDIS.length - 2);
-  const f = t - i;
-  const rgb = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
-  return `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
-}
-
-function currentMap() {
-  return data.weights[layerSelect.selectedIndex][headSelect.selectedIndex];
-}
-
-function drawHeatmap(map) {
-  canvas.width = margin + T * cell;
-  canvas.height = margin + T * cell;
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  for (let i = 0; i < T; i++) {
-    for (let j = 0; j < T; j++) {
-      ctx.fillStyle = colour(map[i][j]);
-      ctx.fillRect(margin + j * cell, margin + i * cell, cell, cell);
-    }
-  }
-  if (margin) {
-    ctx.fillStyle = "#222";
-    ctx.font = `${Math.min(cell - 1, 12)}px monospace`;
-    ctx.textBaseline = "middle";
-    ctx.textAlign = "right";
-    data.tokens.forEach((tok, i) => {
-      ctx.fillText(visible(tok).slice(0, 10), margin - 4, margin + (i + 0.5) * cell);
-      ctx.save();
-      ctx.translate(margin + (i + 0.5) * cell, margin - 4);
-      ctx.rotate(-Math.PI / 2);
-      ctx.textAlign = "left";
-      ctx.fillText(visible(tok).slice(0, 10), 0, 0);
-      ctx.restore();
-    });
-  }
-  ctx.strokeStyle = "#e0115f";
-  ctx.lineWidth = 2;
-  ctx.strokeRect(margin, margin + query * cell, T * cell, cell);
-}
-
-function describe(map) {
-  const row = map[query].map((w, j) => [w, j]).slice(0, query + 1).sort((a, b) => b[0] - a[0]).slice(0, 5);
-  const top = row.map(([w, j]) => `"${visible(data.tokens[j])}"#${j} ${w.toFixed(3)}`).join(", ");
-  info.textContent = `query "${visible(data.tokens[query])}"#${query} attends to: ${top}`;
-}
-
-function shadeTokens(map) {
-  tokenBox.querySelectorAll("span").forEach((span, j) => {
-    const w = j <= query ? map[query][j] : 0;
-    span.style.background = j <= query ? colour(w) : "transparent";
-    span.style.color = j > query ? "" : Math.pow(w, GAMMA) > 0.6 ? "#000" : "#fff";
-    span.classList.toggle("query", j === query);
-    span.classList.toggle("future", j > query);
-    span.title = `#${j} weight ${w.toFixed(4)}`;
-  });
-}
-
-function render() {
-  const map = currentMap();
-  drawHeatmap(map);
-  shadeTokens(map);
-  describe(map);
-  showStats();
-  let checksum = 0;
-  for (let i = 0; i < T; i++) for (let j = 0; j < T; j++) checksum += map[i][j] * (i + 1) * (j + 1);
-  Object.assign(document.body.dataset, {
-    layer: layerSelect.value, head: headSelect.value, query, checksum,
-  });
-}
-
-function showStats() {
-  // Head statistics exist for real heads only, not for an aggregate such as "mean".
-  const layer = +layerSelect.value, head = +headSelect.value;
-  const rows = Number.isInteger(head) ? Object.entries(data.stats) : [];
-  const score = (x) => (x === null ? "-" : x.toFixed(3));
-  document.getElementById("stats").textContent = rows
-    .map(([kind, table]) => `${kind.replace("_", "-")} ${score(table[layer][head])}`)
-    .join(" \\u00b7 ");
-}
-
-function setQuery(i, pin) {
-  if (pin) pinned = !(pinned && i === query);
-  else if (pinned) return;
-  query = i;
-  render();
-}
-
-// Option values are the layer numbers and head names themselves; the maps are found by position.
-data.layers.forEach((l) => layerSelect.add(new Option(`layer ${l}`, l)));
-data.heads.forEach((h) => headSelect.add(new Option(/^\\d+$/.test(h) ? `head ${h}` : h, h)));
-data.tokens.forEach((tok, j) => {
-  const span = document.createElement("span");
-  span.textContent = visible(tok);
-  span.addEventListener("mouseenter", () => setQuery(j, false));
-  span.addEventListener("click", () => setQuery(j, true));
-  tokenBox.appendChild(span);
-  if (tok.includes("\\n")) tokenBox.appendChild(document.createElement("br"));
-});
-function rowAt(event) {
-  const i = Math.floor((event.offsetY - margin) / cell);
-  const j = Math.floor((event.offsetX - margin) / cell);
-  return i >= 0 && i < T && j >= 0 && j < T ? i : -1;
-}
-canvas.addEventListener("mousemove", (e) => { const i = rowAt(e); if (i >= 0) setQuery(i, false); });
-canvas.addEventListener("click", (e) => { const i = rowAt(e); if (i >= 0) setQuery(i, true); });
-layerSelect.addEventListener("change", render);
-headSelect.addEventListener("change", render);
-render();
-document.body.dataset.ready = "true";
-</script>
-</body>
-</html>
-"""

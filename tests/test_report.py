@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import checkpoint, report
+from minigpt import checkpoint, heatmaps, report
 from minigpt.cli import run
 from minigpt.cli.attention import STAT_TITLES, main
 
@@ -43,7 +43,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def pixels(inches: tuple[float, float]) -> tuple[int, int]:
-    return round(inches[0] * report.DPI), round(inches[1] * report.DPI)
+    return round(inches[0] * heatmaps.DPI), round(inches[1] * heatmaps.DPI)
 
 
 def embedded_data(html: str) -> dict:
@@ -58,10 +58,10 @@ def test_cli_writes_every_file(out_dir: Path) -> None:
 
 def test_pngs_have_the_expected_size(out_dir: Path) -> None:
     T = len(PROMPT)
-    assert png_size(out_dir / "overview.png") == pixels(report.overview_figure_size(2, 2))
-    assert png_size(out_dir / "layer_0.png") == pixels(report.layer_figure_size(2, T))
+    assert png_size(out_dir / "overview.png") == pixels(heatmaps.overview_figure_size(2, 2))
+    assert png_size(out_dir / "layer_0.png") == pixels(heatmaps.layer_figure_size(2, T))
     # Large enough to read: at least 10 pixels per token along each heatmap.
-    assert report.panel_inches(T) * report.DPI >= 10 * T
+    assert heatmaps.panel_inches(T) * heatmaps.DPI >= 10 * T
 
 
 def test_npz_holds_raw_float32_weights_and_tokens(out_dir: Path) -> None:
@@ -117,14 +117,14 @@ def test_layers_heads_and_per_head_select_the_pngs(tiny_checkpoint: Path, tmp_pa
     args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--layers", "1", "--heads", "0"]
     assert attention_cli(*args, "--per-head") == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["layer_1_head_0.png", "overview.png"]
-    assert png_size(tmp_path / "overview.png") == pixels(report.overview_figure_size(1, 1))
+    assert png_size(tmp_path / "overview.png") == pixels(heatmaps.overview_figure_size(1, 1))
 
 
 @pytest.mark.parametrize("how", ["mean", "rollout"])
 def test_aggregate_draws_one_map_per_layer_and_saves_it(tiny_checkpoint: Path, tmp_path: Path, how: str) -> None:
     args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--aggregate", how]
     assert attention_cli(*args) == 0
-    assert png_size(tmp_path / "overview.png") == pixels(report.overview_figure_size(2, 1))
+    assert png_size(tmp_path / "overview.png") == pixels(heatmaps.overview_figure_size(2, 1))
     saved = np.load(tmp_path / "attention.npz")
     assert saved[how].shape == (2, len(PROMPT), len(PROMPT))
     data = embedded_data((tmp_path / "attention.html").read_text(encoding="utf-8"))
@@ -146,12 +146,12 @@ def test_prompt_longer_than_block_size_keeps_the_last_tokens(tiny_checkpoint: Pa
 
 
 def test_visible_whitespace() -> None:
-    assert report.visible(" a\n\tb") == "·a↵→b"
+    assert heatmaps.visible(" a\n\tb") == "·a↵→b"
 
 
 def test_long_sequences_label_every_kth_token() -> None:
-    assert report.label_step(64) == 1
-    assert len(range(0, 200, report.label_step(200))) <= report.MAX_LABELS
+    assert heatmaps.label_step(64) == 1
+    assert len(range(0, 200, heatmaps.label_step(200))) <= heatmaps.MAX_LABELS
 
 
 def _no_payload(path: Path) -> None:
@@ -246,3 +246,17 @@ def test_token_strings_rebuild_the_prompt(tiny_checkpoint: Path) -> None:
     loaded = checkpoint.load(tiny_checkpoint)
     ids = loaded.tokenizer.encode_ordinary(PROMPT)
     assert "".join(report.token_strings(loaded.tokenizer, ids)) == PROMPT
+
+
+def test_a_run_that_fails_to_write_leaves_the_folder_as_it_was(tiny_checkpoint: Path, out_dir: Path, capsys) -> None:
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    with mock.patch.object(report, "write_npz", side_effect=OSError(28, "No space left on device")):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # no staging folder left either
+
+
+def test_a_new_folder_that_fails_to_be_written_is_not_left_behind(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with mock.patch.object(report, "write_npz", side_effect=OSError(28, "No space left on device")):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "new")) == 2
+    assert not (tmp_path / "new").exists()

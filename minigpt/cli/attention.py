@@ -2,8 +2,9 @@
 
 ``minigpt attention --ckpt RUN/last.ckpt --prompt "..." --out DIR`` (or ``python -m minigpt.cli.attention``)
 
-`add_attention_arguments` and `write_attention` also serve ``minigpt generate --attention DIR``; they import
-matplotlib only when maps are actually written, so sampling stays fast to start.
+The options and their translation into one `minigpt.report.write_report` call (`report_attention`) also
+serve ``minigpt generate --attention DIR``; matplotlib is imported only when maps are actually written, so
+sampling stays fast to start.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from minigpt import attention, checkpoint, sources
 from minigpt import tokenizer as tok
@@ -106,42 +105,20 @@ def selected_layers_and_heads(args: argparse.Namespace, config: GPTConfig) -> tu
     return parse_indices(args.layers, config.n_layer, "layers"), parse_indices(args.heads, config.n_head, "heads")
 
 
-def write_attention(args: argparse.Namespace, loaded: checkpoint.Loaded, ids: list[int]) -> None:
-    """Write the maps and head statistics of `ids` into ``args.attention_dir`` and print the top heads."""
+def report_attention(args: argparse.Namespace, loaded: checkpoint.Loaded, ids: list[int]) -> None:
+    """Write the attention report of `ids` into ``args.attention_dir`` and print the top heads."""
     from minigpt import report  # matplotlib is slow to import: only when maps are written
 
     if not ids:
         raise MiniGPTError("the prompt is empty: pass some text with --prompt")
     layers, heads = selected_layers_and_heads(args, loaded.model.config)
-    maps = attention.extract(loaded.model, ids)
-    tokens = report.token_strings(loaded.tokenizer, maps.ids)
-    selected = maps.weights[:, heads]  # (L, h, T, T)
-
-    aggregates = {args.aggregate: attention.aggregate(selected, args.aggregate)} if args.aggregate else {}
-    columns = [str(h) for h in heads]
-    if args.aggregate:
-        # The PNGs show the aggregate alone; the page offers it beside every selected head.
-        png = report.Panels(aggregates[args.aggregate][layers, None], layers, [args.aggregate])
-        both = torch.cat([selected[layers], aggregates[args.aggregate][layers, None]], dim=1)
-        page = report.Panels(both, layers, [*columns, args.aggregate])
-    else:
-        png = page = report.Panels(selected[layers], layers, columns)
-
-    out = args.attention_dir
-    stats = attention.head_stats(loaded.model, maps.weights)
     # check_out_dir ran before sampling, but the folder can change meanwhile, or the disk fill up.
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        written = [
-            *report.write_pngs(out, png, tokens, per_head=args.per_head),
-            report.write_html(out / "attention.html", page, tokens, stats),
-            report.write_npz(out / "attention.npz", maps.weights, tokens, maps.ids, aggregates),
-            report.write_heads_json(out / "heads.json", stats, args.top_heads),
-        ]
-    except OSError as err:
-        raise MiniGPTError(f"cannot write attention maps to {str(out)!r}: {err}") from None
-    logger.info("wrote %d files to %s", len(written), out)
-    print_top_heads(stats, args.top_heads)
+    analysis = report.write_report(
+        args.attention_dir, loaded.model, loaded.tokenizer, ids, layers=layers, heads=heads,
+        aggregate=args.aggregate, per_head=args.per_head, top=args.top_heads,
+    )  # fmt: skip
+    logger.info("wrote the attention maps of %d tokens to %s", len(analysis.tokens), args.attention_dir)
+    print_top_heads(analysis.stats, args.top_heads)
 
 
 def print_top_heads(stats: attention.HeadStats, k: int) -> None:
@@ -171,7 +148,7 @@ def main(argv: Sequence[str]) -> None:
     check_out_dir(args.attention_dir)
     loaded = sources.load(args.ckpt, resolve_device(args.device))
     with writing_stdout():
-        write_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt))
+        report_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt))
 
 
 if __name__ == "__main__":

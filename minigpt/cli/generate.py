@@ -20,7 +20,7 @@ from tqdm import tqdm
 from minigpt import checkpoint, sources
 from minigpt import tokenizer as tok
 from minigpt.cli import run
-from minigpt.cli.attention import add_attention_arguments, check_out_dir, selected_layers_and_heads, write_attention
+from minigpt.cli.attention import add_attention_arguments, check_out_dir, report_attention, selected_layers_and_heads
 from minigpt.cli.common import (
     CKPT_HELP,
     OneLineParser,
@@ -128,7 +128,7 @@ def main(argv: Sequence[str]) -> None:
     if args.attention_dir:
         analysed = prompt + completions[0] if args.attention_completion else prompt
         with writing_stdout():
-            write_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
+            report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
 
 
 def check_interactive(args: argparse.Namespace) -> None:

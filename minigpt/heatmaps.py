@@ -1,0 +1,178 @@
+"""Attention heatmaps drawn with matplotlib (Agg, no display): the overview grid and labelled per-layer figures.
+
+Every heatmap puts query tokens down and key tokens across, on one shared colour scale. Importing this module
+imports matplotlib, which is slow: commands import it only when they draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from torch import Tensor
+
+DPI = 100
+OVERVIEW_PANEL_INCHES = 1.6
+# Past this many tokens an axis labels every k-th token only, so labels never overlap.
+MAX_LABELS = 64
+LABEL_MARGIN_INCHES = 1.2
+# Fixed layouts in inches (no constrained layout: it measures every tick label and triples the drawing time).
+OVERVIEW_MARGINS = (0.55, 0.08, 0.25)  # left (layer + query labels), bottom, top (head title)
+OVERVIEW_FOOTER = 0.3  # below the last row only: its "key →" labels
+LAYER_MARGINS = (LABEL_MARGIN_INCHES, LABEL_MARGIN_INCHES, 0.4)
+COLORBAR_INCHES = 1.1
+MAX_LABEL_CHARS = 12
+CMAP = "viridis"
+# A square-root colour scale: weights spread over many keys (0.01–0.1) stay visible next to a 1.0.
+GAMMA = 0.5
+VISIBLE_WHITESPACE = str.maketrans({" ": "·", "\n": "↵", "\t": "→"})
+
+
+@dataclass
+class Panels:
+    """Heatmaps to draw: `maps[r, c]` is the (T, T) map of layer `rows[r]` and head `cols[c]`."""
+
+    maps: Tensor
+    """(n_rows, n_cols, T, T)."""
+    rows: list[int]
+    """Layer index of each row."""
+    cols: list[str]
+    """Head name of each column: "0", "1", ... or an aggregate's name ("mean", "rollout")."""
+
+
+def visible(token: str) -> str:
+    """`token` with whitespace made visible: space → ·, newline → ↵, tab → →."""
+    return token.translate(VISIBLE_WHITESPACE)
+
+
+def label_step(n_tokens: int) -> int:
+    """Label every k-th token so that an axis carries at most `MAX_LABELS` labels."""
+    return max(1, math.ceil(n_tokens / MAX_LABELS))
+
+
+def panel_inches(n_tokens: int) -> float:
+    """Side of one labelled heatmap: about 0.15 in per token, between 3 and 10 inches."""
+    return min(max(3.0, 0.15 * n_tokens), 10.0)
+
+
+def _grid_size(
+    rows: int, cols: int, panel: float, margins: tuple[float, float, float], footer: float = 0.0
+) -> tuple[float, float]:
+    left, bottom, top = margins
+    return cols * (left + panel) + COLORBAR_INCHES, rows * (top + panel + bottom) + footer
+
+
+def _grid_axes(fig: Figure, rows: int, cols: int, panel: float, margins: tuple[float, float, float]) -> list[Axes]:
+    """Square axes in row-major order, each with its own label margins, plus a colorbar axes at the end."""
+    left, bottom, top = margins
+    width, height = fig.get_size_inches()
+    axes = []
+    for r in range(rows):
+        for c in range(cols):
+            x = c * (left + panel) + left
+            y = height - (r + 1) * (top + panel + bottom) + bottom
+            axes.append(fig.add_axes((x / width, y / height, panel / width, panel / height)))
+    axes.append(fig.add_axes(((width - COLORBAR_INCHES + 0.15) / width, 0.2, 0.18 / width, 0.6)))
+    return axes
+
+
+def _layer_grid(n_panels: int) -> tuple[int, int]:
+    """(rows, cols) for `n_panels` labelled heatmaps: at most 3 across, rows filled evenly (4 → 2×2)."""
+    rows = math.ceil(n_panels / 3)
+    return rows, math.ceil(n_panels / rows)
+
+
+def layer_figure_size(n_panels: int, n_tokens: int) -> tuple[float, float]:
+    """(width, height) in inches of a labelled figure with `n_panels` heatmaps."""
+    return _grid_size(*_layer_grid(n_panels), panel_inches(n_tokens), LAYER_MARGINS)
+
+
+def overview_figure_size(n_rows: int, n_cols: int) -> tuple[float, float]:
+    """(width, height) in inches of the overview grid."""
+    return _grid_size(n_rows, n_cols, OVERVIEW_PANEL_INCHES, OVERVIEW_MARGINS, OVERVIEW_FOOTER)
+
+
+def column_title(col: str) -> str:
+    """"head 3" for a head, the aggregate's own name ("mean", "rollout") otherwise."""
+    return f"head {col}" if col.isdigit() else col
+
+
+def _norm() -> PowerNorm:
+    return PowerNorm(gamma=GAMMA, vmin=0.0, vmax=1.0)
+
+
+def overview_figure(panels: Panels) -> Figure:
+    """One row per layer, one column per head, unlabelled tokens, one shared colour scale and colorbar."""
+    n_rows, n_cols = len(panels.rows), len(panels.cols)
+    fig = Figure(figsize=overview_figure_size(n_rows, n_cols), dpi=DPI)
+    *axes, cax = _grid_axes(fig, n_rows, n_cols, OVERVIEW_PANEL_INCHES, OVERVIEW_MARGINS)
+    norm = _norm()
+    for i, ax in enumerate(axes):
+        r, c = divmod(i, n_cols)
+        image = ax.imshow(panels.maps[r, c].numpy(), cmap=CMAP, norm=norm, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if r == 0:
+            ax.set_title(column_title(panels.cols[c]), fontsize=9)
+        if c == 0:
+            ax.set_ylabel(f"layer {panels.rows[r]}\nquery ↓", fontsize=9)
+        if r == n_rows - 1:
+            ax.set_xlabel("key →", fontsize=9)
+    fig.colorbar(image, cax=cax, label="attention weight")
+    return fig
+
+
+def layer_figure(maps: Tensor, titles: Sequence[str], tokens: Sequence[str]) -> Figure:
+    """Large heatmaps (n, T, T) with their titles and visible-whitespace token labels on both axes."""
+    n, T = maps.size(0), maps.size(-1)
+    fig = Figure(figsize=layer_figure_size(n, T), dpi=DPI)
+    *axes, cax = _grid_axes(fig, *_layer_grid(n), panel_inches(T), LAYER_MARGINS)
+    ticks = list(range(0, T, label_step(T)))
+    labels = [visible(tokens[i])[:MAX_LABEL_CHARS] for i in ticks]
+    fontsize = 7 if T > 24 else 9
+    norm = _norm()
+    for ax, heatmap, title in zip(axes, maps, titles):
+        image = ax.imshow(heatmap.numpy(), cmap=CMAP, norm=norm, interpolation="nearest")
+        ax.set_title(title, fontsize=11)
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
+        ax.set_yticks(ticks, labels, fontsize=fontsize)
+        ax.set_xlabel("key token")
+        ax.set_ylabel("query token")
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.colorbar(image, cax=cax, label="attention weight")
+    return fig
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The rendered figure as an (H, W, 3) uint8 array (for TensorBoard's `add_image`)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write `fig` as a PNG at `path`."""
+    FigureCanvasAgg(fig).print_png(path)
+    return path
+
+
+def write_pngs(out_dir: Path, panels: Panels, tokens: Sequence[str], per_head: bool) -> list[Path]:
+    """`overview.png` plus `layer_{l}.png` (all columns of a row) or, with `per_head`, `layer_{l}_head_{h}.png`."""
+    written = [save(overview_figure(panels), out_dir / "overview.png")]
+    for r, layer in enumerate(panels.rows):
+        titles = [f"layer {layer} · {column_title(head)}" for head in panels.cols]
+        if per_head:
+            for c, head in enumerate(panels.cols):
+                fig = layer_figure(panels.maps[r, c : c + 1], titles[c : c + 1], tokens)
+                written.append(save(fig, out_dir / f"layer_{layer}_head_{head}.png"))
+        else:
+            written.append(save(layer_figure(panels.maps[r], titles, tokens), out_dir / f"layer_{layer}.png"))
+    return written
