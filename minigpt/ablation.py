@@ -64,7 +64,9 @@ def windows_over(ids: Tensor, block_size: int, source: str, most: int | None = N
     """`minigpt eval`'s windows over `ids` (N,) (default stride: half the context), every token after the first
     scored once; with `most`, only that many of them, spread evenly over the text (each still scoring its own)."""
     if ids.numel() < 2:
-        raise MiniGPTError(f"{source} has {ids.numel()} token(s), so there is nothing to predict: use a longer text")
+        raise MiniGPTError(
+            f"cannot measure head importance on {source}: {ids.numel()} token(s) leave nothing to predict; use a longer text"
+        )
     spans = evaluate.windows(ids.numel(), block_size, max(block_size // 2, 1))
     if most is not None and most < len(spans):
         spans = [spans[i] for i in np.unique(np.linspace(0, len(spans) - 1, num=most).round().astype(int))]
@@ -76,9 +78,9 @@ def windows_over(ids: Tensor, block_size: int, source: str, most: int | None = N
     return Windows(rows, scored, source)
 
 
-def text_windows(ids: list[int], block_size: int) -> Windows:
-    """The windows of a prompt: every token of it predicted from those before it (a long one slides)."""
-    return windows_over(torch.tensor(ids, dtype=torch.long), block_size, "the prompt")
+def text_windows(ids: list[int], block_size: int, source: str = "the prompt") -> Windows:
+    """The windows of a text: every token of it predicted from those before it (a long one slides)."""
+    return windows_over(torch.tensor(ids, dtype=torch.long), block_size, source)
 
 
 def corpus_windows(

@@ -7,6 +7,7 @@ imports matplotlib, which is slow: commands import it only when they draw.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ CMAP = "viridis"
 # A square-root colour scale: weights spread over many keys (0.01–0.1) stay visible next to a 1.0.
 GAMMA = 0.5
 VISIBLE_WHITESPACE = str.maketrans({" ": "·", "\n": "↵", "\t": "→"})
+IMPORTANCE_CELL_INCHES = 0.6
+IMPORTANCE_MARGINS = (0.7, 0.6, 0.2)  # left (layer labels), bottom (head labels), top (above the title)
+IMPORTANCE_MIN_WIDTH = 5.0  # room for the title
+TITLE_LINE_INCHES = 0.2
+TITLE_CHARS_PER_INCH = 14  # at 9 pt
+IMPORTANCE_CMAP = "RdBu_r"  # red: the loss rises without the head; blue: it falls; white: no change
 
 
 @dataclass
@@ -148,6 +155,40 @@ def layer_figure(maps: Tensor, titles: Sequence[str], tokens: Sequence[str]) -> 
     for ax in axes[n:]:
         ax.set_axis_off()
     fig.colorbar(image, cax=cax, label="attention weight")
+    return fig
+
+
+def importance_figure_size(n_layer: int, n_head: int, title_lines: int = 2) -> tuple[float, float]:
+    """(width, height) in inches of the layer × head importance grid under a title of `title_lines` lines."""
+    left, bottom, top = IMPORTANCE_MARGINS
+    width = max(IMPORTANCE_MIN_WIDTH, left + n_head * IMPORTANCE_CELL_INCHES + COLORBAR_INCHES)
+    return width, bottom + n_layer * IMPORTANCE_CELL_INCHES + top + TITLE_LINE_INCHES * title_lines
+
+
+def importance_figure(loss_change: Tensor, title: str) -> Figure:
+    """One cell per head (layers down, heads across) showing `loss_change` (n_layer, n_head), each printed with
+    its value, on a colour scale centred on 0; `title` is wrapped to the figure's width."""
+    n_layer, n_head = loss_change.shape
+    left, bottom, _ = IMPORTANCE_MARGINS
+    width, _ = importance_figure_size(n_layer, n_head)
+    lines = textwrap.wrap(title, width=int(width * TITLE_CHARS_PER_INCH))
+    width, height = importance_figure_size(n_layer, n_head, len(lines))
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    grid_w, grid_h = n_head * IMPORTANCE_CELL_INCHES / width, n_layer * IMPORTANCE_CELL_INCHES / height
+    ax = fig.add_axes((left / width, bottom / height, grid_w, grid_h))
+    cax = fig.add_axes(((left + n_head * IMPORTANCE_CELL_INCHES + 0.2) / width, bottom / height, 0.18 / width, grid_h))
+    values = loss_change.double().numpy()
+    limit = float(np.nanmax(np.abs(values), initial=0.0)) or 1.0
+    image = ax.imshow(values, cmap=IMPORTANCE_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    for (layer, head), value in np.ndenumerate(values):
+        ink = "white" if abs(value) > 0.6 * limit else "black"
+        ax.text(head, layer, f"{value:+.3f}", ha="center", va="center", fontsize=7, color=ink)
+    ax.set_xticks(range(n_head), [str(h) for h in range(n_head)])
+    ax.set_yticks(range(n_layer), [str(l) for l in range(n_layer)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    fig.text(0.1 / width, 1 - 0.1 / height, "\n".join(lines), fontsize=9, va="top")
+    fig.colorbar(image, cax=cax, label="nats/token")
     return fig
 
 

@@ -23,7 +23,8 @@ import tiktoken
 import torch
 from torch import Tensor
 
-from minigpt import attention, heatmaps
+from minigpt import ablation, attention, heatmaps
+from minigpt.ablation import Importance, Windows
 from minigpt.attention import AttentionMaps, HeadStats, top_heads
 from minigpt.errors import MiniGPTError
 from minigpt.heatmaps import Panels
@@ -39,6 +40,10 @@ HEAD_STAT_DEFINITIONS = {
     "induction": "on random tokens repeated twice: mean weight on the token after the previous occurrence "
     "of the current token, over the second half",
 }
+LOSS_CHANGE_DEFINITION = (
+    "with --ablate: how much the mean loss (nats/token) rises when the head's output is zeroed, on the text "
+    "named under ablation.on; negative where it falls"
+)
 
 
 @dataclass
@@ -57,6 +62,8 @@ class Analysis:
     """The aggregate's (n_layer, T, T) maps over the selected heads, by name; empty without one."""
     stats: HeadStats
     """Statistics of every head."""
+    importance: Importance | None = None
+    """Each head's effect on the loss when zeroed, when an ablation was asked for."""
 
 
 def token_strings(enc: tiktoken.Encoding, ids: Sequence[int]) -> list[str]:
@@ -72,9 +79,11 @@ def analyse(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     aggregate: str | None = None,
+    ablate_on: Windows | None = None,
 ) -> Analysis:
     """Run `ids` through `model` once and gather what a report shows of the `layers` and `heads` chosen (default:
-    all), with `aggregate` (one of `attention.AGGREGATES`) over those heads if given."""
+    all), with `aggregate` (one of `attention.AGGREGATES`) over those heads if given, and with `ablate_on`, the
+    importance of every head measured on those windows (see `minigpt.ablation`)."""
     config = model.config
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     heads = list(range(config.n_head)) if heads is None else list(heads)
@@ -90,7 +99,8 @@ def analyse(
     else:
         png = page = Panels(selected[layers], layers, columns)
     stats = attention.head_stats(model, maps.weights)
-    return Analysis(maps, token_strings(enc, maps.ids), png, page, aggregates, stats)
+    importance = ablation.head_importance(model, ablate_on) if ablate_on is not None else None
+    return Analysis(maps, token_strings(enc, maps.ids), png, page, aggregates, stats, importance)
 
 
 def write_report(
@@ -104,14 +114,16 @@ def write_report(
     aggregate: str | None = None,
     per_head: bool = False,
     top: int = 3,
+    ablate_on: Windows | None = None,
 ) -> Analysis:
     """Analyse `ids` (see `analyse`) and write the report's files into `out_dir`; return the analysis.
 
-    `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind.
+    `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind;
+    `ablate_on` adds every head's importance (heads.json, importance.png and the page).
     Everything is computed first and the files are written beside `out_dir`'s own before replacing them, so a
     run that fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was.
     """
-    analysis = analyse(model, enc, ids, layers=layers, heads=heads, aggregate=aggregate)
+    analysis = analyse(model, enc, ids, layers=layers, heads=heads, aggregate=aggregate, ablate_on=ablate_on)
     write_files(out_dir, analysis, per_head=per_head, top=top)
     return analysis
 
@@ -134,12 +146,19 @@ def write_files(out_dir: Path, analysis: Analysis, *, per_head: bool = False, to
 
 def _write_all(folder: Path, analysis: Analysis, per_head: bool, top: int) -> list[Path]:
     a = analysis
-    return [
+    written = [
         *heatmaps.write_pngs(folder, a.png, a.tokens, per_head=per_head),
-        write_html(folder / "attention.html", a.page, a.tokens, a.stats),
+        write_html(folder / "attention.html", a.page, a.tokens, a.stats, a.importance),
         write_npz(folder / "attention.npz", a.maps.weights, a.tokens, a.maps.ids, a.aggregates),
-        write_heads_json(folder / "heads.json", a.stats, top),
+        write_heads_json(folder / "heads.json", a.stats, top, a.importance),
     ]
+    if a.importance is not None:
+        title = (
+            f"How much the loss rises when each head's output is zeroed, on {a.importance.source} "
+            f"({a.importance.tokens:,} tokens; loss {a.importance.base_loss:.3f} nats/token with every head)"
+        )
+        written.append(heatmaps.save(heatmaps.importance_figure(a.importance.loss_change, title), folder / "importance.png"))
+    return written
 
 
 def write_npz(
@@ -157,9 +176,19 @@ def _json_number(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
-def heads_record(stats: HeadStats, top: int) -> dict:
-    """Plain data for heads.json: definitions, one record per head, and the `top` heads of each kind."""
+def _table(scores: Tensor) -> list[list[float | None]]:
+    """An (n_layer, n_head) score table as [layer][head] lists, null where undefined."""
+    return [[_json_number(float(x)) for x in row] for row in scores]
+
+
+def heads_record(stats: HeadStats, top: int, importance: Importance | None = None) -> dict:
+    """Plain data for heads.json: definitions, one record per head, and the `top` heads of each kind; with
+    `importance`, each head's ``loss_change`` too, and what it was measured on under ``ablation``."""
     kinds = stats.kinds()
+    definitions = dict(HEAD_STAT_DEFINITIONS)
+    if importance is not None:
+        kinds["loss_change"] = importance.loss_change
+        definitions["loss_change"] = LOSS_CHANGE_DEFINITION
     n_layer, n_head = stats.entropy.shape
     heads = [
         {"layer": l, "head": h, **{kind: _json_number(float(scores[l, h])) for kind, scores in kinds.items()}}
@@ -174,28 +203,38 @@ def heads_record(stats: HeadStats, top: int) -> dict:
         ]
         for kind, scores in kinds.items()
     }
-    return {"definitions": HEAD_STAT_DEFINITIONS, "heads": heads, "top": ranked}
+    record = {"definitions": definitions, "heads": heads, "top": ranked}
+    if importance is not None:
+        record["ablation"] = ablation_record(importance)
+    return record
 
 
-def write_heads_json(path: Path, stats: HeadStats, top: int) -> Path:
+def ablation_record(importance: Importance) -> dict:
+    """What the loss changes were measured on: the intact loss, the number of tokens and where they came from."""
+    return {"base_loss": round(importance.base_loss, 6), "tokens": importance.tokens, "on": importance.source}
+
+
+def write_heads_json(path: Path, stats: HeadStats, top: int, importance: Importance | None = None) -> Path:
     """heads.json: see `heads_record`."""
-    path.write_text(json.dumps(heads_record(stats, top), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(heads_record(stats, top, importance), indent=2) + "\n", encoding="utf-8")
     return path
 
 
-def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats) -> dict:
+def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None) -> dict:
     """The JSON embedded in attention.html; weights rounded to 5 decimals to keep the page small.
 
-    `stats` holds each kind's scores of every head as [layer][head] lists (null where undefined).
+    `stats` holds each kind's scores of every head as [layer][head] lists (null where undefined); `importance`
+    the loss change of every head the same way, with what it was measured on (null without an ablation).
     """
     return {
         "tokens": list(tokens),
         "layers": panels.rows,
         "heads": panels.cols,
         "weights": np.round(panels.maps.numpy().astype(np.float64), 5).tolist(),
-        "stats": {
-            kind: [[_json_number(float(x)) for x in row] for row in scores] for kind, scores in stats.kinds().items()
-        },
+        "stats": {kind: _table(scores) for kind, scores in stats.kinds().items()},
+        "importance": None
+        if importance is None
+        else {"loss_change": _table(importance.loss_change), **ablation_record(importance)},
     }
 
 
@@ -204,9 +243,11 @@ def page_template() -> str:
     return resources.files("minigpt").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
 
 
-def write_html(path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats) -> Path:
+def write_html(
+    path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None
+) -> Path:
     """One self-contained page (inline CSS/JS, data as embedded JSON, no network) to explore `panels`."""
-    data = json.dumps(html_data(panels, tokens, stats), separators=(",", ":"), ensure_ascii=False)
+    data = json.dumps(html_data(panels, tokens, stats, importance), separators=(",", ":"), ensure_ascii=False)
     # A token such as "</script>" must not close the data block early.
     data = data.replace("</", "<\\/")
     path.write_text(page_template().replace(DATA_PLACEHOLDER, data), encoding="utf-8")

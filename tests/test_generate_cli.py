@@ -448,3 +448,18 @@ def test_attention_layer_out_of_range_fails_before_sampling(tiny_checkpoint: Pat
     result = cli(greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(tmp_path / "maps"), "--layers", "7"))
     assert_one_line_error(*result)
     assert "--layers 7" in result[2] and not (tmp_path / "maps").exists()
+
+
+def test_attention_with_ablate_measures_head_importance_on_the_drawn_text(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "maps"
+    argv = greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(out), "--attention_completion", "--ablate")
+    code, stdout, _ = cli(argv)
+    assert code == 0 and (out / "importance.png").is_file()
+    ablated = json.loads((out / "heads.json").read_text())["ablation"]
+    drawn = np.load(out / "attention.npz")["tokens"]  # all of them: fewer than block_size
+    assert ablated["on"] == "the prompt and its completion" and ablated["tokens"] == len(drawn) - 1 > len("hello")
+    assert "on the prompt and its completion:" in stdout

@@ -16,7 +16,7 @@ import torch
 
 from minigpt import checkpoint, heatmaps, report
 from minigpt.cli import run
-from minigpt.cli.attention import STAT_TITLES, main
+from minigpt.cli.attention import IMPORTANCE_TITLE, STAT_TITLES, main
 
 PROMPT = "To be, or not to be:\n\tthat is"  # 29 byte tokens, within block_size 32
 
@@ -173,13 +173,25 @@ def _garbage(path: Path) -> None:
         (["--layers", "1\n,7"], "out of range"),
         (["--out", "/dev/null/maps\n"], "is a file, not a folder"),
         (["--prompt", ""], "prompt is empty"),
+        (["--ablate", "--prompt", "a"], "nothing to predict"),
+        (["--data", "{tmp}/text.txt"], "add --ablate"),
+        (["--ablate_windows", "3"], "add --data"),
+        (["--ablate", "--data", "{tmp}/nowhere.txt"], "--data '{tmp}/nowhere.txt': corpus"),
+        (["--ablate", "--data", "{tmp}/binary.dat"], "is binary"),
+        (["--ablate", "--data", "{tmp}/empty"], "has no text files"),
+        (["--ablate", "--data", "{tmp}/text.txt", "--layers", "5"], "out of range"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys, extra, needle) -> None:
+    (tmp_path / "text.txt").write_text(PROMPT * 20)
+    (tmp_path / "binary.dat").write_bytes(b"\0\1\2" * 100)
+    (tmp_path / "empty").mkdir()
+    extra = [arg.format(tmp=tmp_path) for arg in extra]
     args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "o"), *extra]
     assert attention_cli(*args) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert len(err.strip().splitlines()) == 1 and needle.format(tmp=tmp_path) in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(
@@ -260,3 +272,58 @@ def test_a_new_folder_that_fails_to_be_written_is_not_left_behind(tiny_checkpoin
     with mock.patch.object(report, "write_npz", side_effect=OSError(28, "No space left on device")):
         assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "new")) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_ablate_scores_every_head_in_heads_json_the_page_importance_png_and_stdout(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path), "--top-heads", "2"]
+    assert attention_cli(*args, "--ablate") == 0
+    record = json.loads((tmp_path / "heads.json").read_text())
+    changes = {(h["layer"], h["head"]): h["loss_change"] for h in record["heads"]}
+    assert len(changes) == 4 and all(isinstance(c, float) for c in changes.values())
+    assert record["ablation"]["on"] == "the prompt" and record["ablation"]["tokens"] == len(PROMPT) - 1
+    best = max(changes, key=changes.get)
+    assert (record["top"]["loss_change"][0]["layer"], record["top"]["loss_change"][0]["head"]) == best
+    data = embedded_data((tmp_path / "attention.html").read_text(encoding="utf-8"))
+    assert data["importance"]["loss_change"][best[0]][best[1]] == changes[best]
+    assert png_size(tmp_path / "importance.png")[0] >= heatmaps.IMPORTANCE_MIN_WIDTH * heatmaps.DPI
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith(f"{IMPORTANCE_TITLE}: L{best[0]}H{best[1]} {changes[best]:+.3f}")
+    assert "on the prompt: 28 tokens" in lines[-1]
+
+
+def test_without_ablate_there_is_no_importance(out_dir: Path) -> None:
+    assert not (out_dir / "importance.png").exists()
+    assert "ablation" not in json.loads((out_dir / "heads.json").read_text())
+    assert embedded_data((out_dir / "attention.html").read_text(encoding="utf-8"))["importance"] is None
+
+
+def test_ablate_on_data_measures_the_validation_text_minigpt_eval_scores(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    from minigpt.cli import eval as evaluate_cli
+
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(60)))
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "o"), "--ablate"]
+    assert attention_cli(*args, "--data", str(text), "--ablate_windows", "100000") == 0
+    ablated = json.loads((tmp_path / "o" / "heads.json").read_text())["ablation"]
+    capsys.readouterr()
+    assert run(evaluate_cli.main, ["--ckpt", str(tiny_checkpoint), "--data", str(text), "--split", "val"]) == 0
+    evaluated = capsys.readouterr().out
+    assert ablated["on"] == f"the val split of {text}"
+    assert f"{ablated['tokens']:,} tokens" in evaluated
+    assert f"loss {ablated['base_loss']:.4f} nats/token" in evaluated
+
+    assert attention_cli(*args, "--data", str(text), "--ablate_windows", "3") == 0
+    sampled = json.loads((tmp_path / "o" / "heads.json").read_text())["ablation"]
+    assert sampled["on"] == f"3 windows of the val split of {text}" and sampled["tokens"] < ablated["tokens"]
+
+
+def test_a_failed_ablation_overwrites_nothing(tiny_checkpoint: Path, out_dir: Path, capsys) -> None:
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    args = ["--ckpt", str(tiny_checkpoint), "--prompt", "other", "--out", str(out_dir), "--ablate"]
+    assert attention_cli(*args, "--data", str(out_dir / "missing.txt")) == 2
+    assert "--data" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before

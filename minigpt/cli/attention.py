@@ -15,7 +15,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt import attention, checkpoint, sources
+import torch
+
+from minigpt import ablation, attention, checkpoint, sources
+from minigpt.ablation import DEFAULT_WINDOWS, Importance, Windows
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.common import (
@@ -38,6 +41,7 @@ STAT_TITLES = {
     "induction": "induction heads",
     "entropy": "most focused heads (lowest entropy, nats)",
 }
+IMPORTANCE_TITLE = "heads the loss needs most (rise when zeroed, nats/token)"
 
 
 def add_attention_arguments(
@@ -48,6 +52,11 @@ def add_attention_arguments(
     group.add_argument(
         out_flag, dest="attention_dir", metavar="OUT_DIR", type=Path, required=required,
         help="write attention maps (overview.png, layer_*.png, attention.html, attention.npz, heads.json) here",
+    )  # fmt: skip
+    group.add_argument(
+        "--ablate", action="store_true",
+        help="also measure each head's importance: the loss change on the text when its output is zeroed "
+        "(heads.json, importance.png, the page)",
     )  # fmt: skip
     group.add_argument("--layers", help="comma-separated layers to draw, e.g. 0,2 (default: all)")
     group.add_argument("--heads", help="comma-separated heads to draw or aggregate, e.g. 1 (default: all)")
@@ -105,20 +114,28 @@ def selected_layers_and_heads(args: argparse.Namespace, config: GPTConfig) -> tu
     return parse_indices(args.layers, config.n_layer, "layers"), parse_indices(args.heads, config.n_head, "heads")
 
 
-def report_attention(args: argparse.Namespace, loaded: checkpoint.Loaded, ids: list[int]) -> None:
-    """Write the attention report of `ids` into ``args.attention_dir`` and print the top heads."""
+def report_attention(
+    args: argparse.Namespace, loaded: checkpoint.Loaded, ids: list[int], ablate_on: Windows | None = None,
+    text_name: str = "the prompt",
+) -> None:  # fmt: skip
+    """Write the attention report of `ids` into ``args.attention_dir`` and print the top heads. With --ablate,
+    head importance is measured on `ablate_on`, by default on `ids` themselves (called `text_name`)."""
     from minigpt import report  # matplotlib is slow to import: only when maps are written
 
     if not ids:
         raise MiniGPTError("the prompt is empty: pass some text with --prompt")
     layers, heads = selected_layers_and_heads(args, loaded.model.config)
+    if args.ablate and ablate_on is None:
+        ablate_on = ablation.text_windows(ids, loaded.model.config.block_size, text_name)
     # check_out_dir ran before sampling, but the folder can change meanwhile, or the disk fill up.
     analysis = report.write_report(
         args.attention_dir, loaded.model, loaded.tokenizer, ids, layers=layers, heads=heads,
-        aggregate=args.aggregate, per_head=args.per_head, top=args.top_heads,
+        aggregate=args.aggregate, per_head=args.per_head, top=args.top_heads, ablate_on=ablate_on,
     )  # fmt: skip
     logger.info("wrote the attention maps of %d tokens to %s", len(analysis.tokens), args.attention_dir)
     print_top_heads(analysis.stats, args.top_heads)
+    if analysis.importance is not None:
+        print_importance(analysis.importance, args.top_heads)
 
 
 def print_top_heads(stats: attention.HeadStats, k: int) -> None:
@@ -126,6 +143,13 @@ def print_top_heads(stats: attention.HeadStats, k: int) -> None:
     for kind, scores in stats.kinds().items():
         best = attention.top_heads(scores, k, largest=kind != "entropy")
         print(f"{STAT_TITLES[kind]}: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in best))
+
+
+def print_importance(importance: Importance, k: int) -> None:
+    """The `k` heads whose removal raises the loss most, e.g. ``heads the loss needs most (...): L1H0 +0.412``."""
+    best = attention.top_heads(importance.loss_change, k)
+    print(f"{IMPORTANCE_TITLE}: " + ", ".join(f"L{l}H{h} {s:+.3f}" for l, h, s in best))
+    print(f"  on {importance.source}: {importance.tokens:,} tokens, loss {importance.base_loss:.4f} with every head")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,17 +162,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
+    group = parser.add_argument_group("head importance (with --ablate)")
+    group.add_argument(
+        "--data", metavar="SPEC",
+        help="measure importance on the validation text the checkpoint's run held out of this corpus (as "
+        "`minigpt eval --split val`) instead of on the prompt",
+    )  # fmt: skip
+    group.add_argument(
+        "--ablate_windows", type=positive_int, metavar="N",
+        help=f"with --data: how many windows of the validation text, spread evenly (default {DEFAULT_WINDOWS})",
+    )  # fmt: skip
     return parser
+
+
+def check_ablation_options(args: argparse.Namespace) -> None:
+    """--data and --ablate_windows only mean something with --ablate (and --ablate_windows with --data)."""
+    if args.data is not None and not args.ablate:
+        raise MiniGPTError("--data names the text to measure head importance on: add --ablate")
+    if args.ablate_windows is not None and args.data is None:
+        raise MiniGPTError("--ablate_windows counts windows of the --data corpus: add --data SPEC, or drop it")
+
+
+def load_with_val_fraction(source: str, device: torch.device) -> tuple[checkpoint.Loaded, float]:
+    """`source`'s model and tokenizer, and the val_fraction its run split its corpus with, from one read of it
+    (train's default for a pretrained model, which records none)."""
+    from minigpt.cli.eval import DEFAULT_VAL_FRACTION, trained_val_fraction  # it imports this module
+
+    if sources.is_pretrained(source):
+        return sources.load(source, device), DEFAULT_VAL_FRACTION
+    path = checkpoint.resolve(source)
+    ckpt = checkpoint.read(path)
+    train_config = ckpt[checkpoint.PAYLOAD_KEY].get("train_config")
+    return checkpoint.rebuild(ckpt, path, device), trained_val_fraction(train_config, path)
+
+
+def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded, val_fraction: float) -> Windows:
+    """The --data corpus's validation windows to measure head importance on; a corpus that cannot be read is a
+    one-line error naming --data."""
+    most = args.ablate_windows or DEFAULT_WINDOWS
+    try:
+        return ablation.corpus_windows(args.data, loaded.tokenizer, loaded.model.config.block_size, val_fraction, most)
+    except MiniGPTError as err:
+        raise MiniGPTError(f"--data {args.data!r}: {err}") from None
 
 
 def main(argv: Sequence[str]) -> None:
     """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
     args = build_parser().parse_args(canonical_options(argv))  # `--top-heads` works too
     check_stdout_open()
+    check_ablation_options(args)
     check_out_dir(args.attention_dir)
-    loaded = sources.load(args.ckpt, resolve_device(args.device))
+    device = resolve_device(args.device)
+    if args.data is None:
+        loaded, ablate_on = sources.load(args.ckpt, device), None
+    else:
+        loaded, val_fraction = load_with_val_fraction(args.ckpt, device)
+        selected_layers_and_heads(args, loaded.model.config)  # bad ones fail before the corpus is read
+        ablate_on = validation_windows(args, loaded, val_fraction)
     with writing_stdout():
-        report_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt))
+        report_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt), ablate_on)
 
 
 if __name__ == "__main__":

@@ -127,8 +127,9 @@ def main(argv: Sequence[str]) -> None:
         )
     if args.attention_dir:
         analysed = prompt + completions[0] if args.attention_completion else prompt
+        name = "the prompt and its completion" if args.attention_completion else "the prompt"
         with writing_stdout():
-            report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed))
+            report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed), text_name=name)
 
 
 def check_interactive(args: argparse.Namespace) -> None:
