@@ -148,19 +148,40 @@ CHOOSE = """(() => {{
 }})()"""
 
 
+def write_page(checkpoint: Path, out: Path, *extra: str) -> dict:
+    """Run the attention command into `out`; return the data embedded in its page."""
+    assert run(main, ["--ckpt", str(checkpoint), "--prompt", PROMPT, "--out", str(out), *extra]) == 0
+    html = (out / "attention.html").read_text(encoding="utf-8")
+    return json.loads(re.search(r'type="application/json">(.*?)</script>', html, re.S).group(1).replace("<\\/", "</"))
+
+
+def open_page(browser: Browser, page: Path) -> None:
+    browser.call("Network.enable")
+    browser.call("Emulation.setDeviceMetricsOverride", width=1100, height=1000, deviceScaleFactor=1, mobile=False)
+    browser.call("Page.navigate", url=page.as_uri())
+    browser.wait_for("document.body && document.body.dataset.ready === 'true'")
+
+
+def save_screenshot(browser: Browser, name: str, default_dir: Path) -> None:
+    """A PNG of the page, kept in $MINIGPT_SCREENSHOT_DIR when set (how docs/*.png are made)."""
+    shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+    shot_dir = Path(os.environ.get("MINIGPT_SCREENSHOT_DIR", default_dir))
+    shot_dir.mkdir(parents=True, exist_ok=True)
+    (shot_dir / name).write_bytes(base64.b64decode(shot))
+
+
+def assert_only_local_requests(browser: Browser) -> None:
+    sent = [e for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
+    requested = [e["params"]["request"]["url"] for e in sent]
+    assert requested and all(url.startswith(("file:", "data:", "about:")) for url in requested)
+
+
 def test_page_draws_the_chosen_head_and_the_hovered_token(
     browser: Browser, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps"
-    args = ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(out), "--aggregate", "mean"]
-    assert run(main, args) == 0
-    html = (out / "attention.html").read_text(encoding="utf-8")
-    data = json.loads(re.search(r'type="application/json">(.*?)</script>', html, re.S).group(1).replace("<\\/", "</"))
-
-    browser.call("Network.enable")
-    browser.call("Emulation.setDeviceMetricsOverride", width=1100, height=1000, deviceScaleFactor=1, mobile=False)
-    browser.call("Page.navigate", url=(out / "attention.html").as_uri())
-    browser.wait_for("document.body && document.body.dataset.ready === 'true'")
+    data = write_page(tiny_checkpoint, out, "--aggregate", "mean")
+    open_page(browser, out / "attention.html")
 
     first = browser.evaluate(STATE)
     assert (first["layer"], first["head"]) == ("0", "0")
@@ -189,7 +210,9 @@ def test_page_draws_the_chosen_head_and_the_hovered_token(
 
     # Hover the 5th token with the real mouse: the page switches its query to that token.
     box = browser.evaluate(
-        """(() => { const r = document.querySelectorAll("#tokens span")[4].getBoundingClientRect();
+        """(() => { const span = document.querySelectorAll("#tokens span")[4];
+                   span.scrollIntoView({block: "center"});
+                   const r = span.getBoundingClientRect();
                    return [r.x + r.width / 2, r.y + r.height / 2]; })()"""
     )
     browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
@@ -197,11 +220,46 @@ def test_page_draws_the_chosen_head_and_the_hovered_token(
     assert hovered["query"] == "4"
     assert hovered["canvasHash"] != mean["canvasHash"]  # the highlighted row moved
 
-    shot = browser.call("Page.captureScreenshot", format="png")["data"]
-    shot_dir = Path(os.environ.get("MINIGPT_SCREENSHOT_DIR", tmp_path))
-    shot_dir.mkdir(parents=True, exist_ok=True)
-    (shot_dir / "attention_page.png").write_bytes(base64.b64decode(shot))
+    save_screenshot(browser, "attention_page.png", tmp_path)
+    assert_only_local_requests(browser)
 
-    sent = [e for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
-    requested = [e["params"]["request"]["url"] for e in sent]
-    assert requested and all(url.startswith(("file:", "data:", "about:")) for url in requested)
+
+# What the model view shows: one entry per small multiple, in page order.
+THUMBNAILS = """Array.from(document.querySelectorAll("#model figure")).map((f) => {
+  const canvas = f.querySelector("canvas"), r = canvas.getBoundingClientRect();
+  const pixel = (i, j) => Array.from(canvas.getContext("2d").getImageData(j, i, 1, 1).data);
+  return {layer: f.dataset.layer, head: f.dataset.head, caption: f.querySelector("figcaption").textContent,
+          chosen: f.classList.contains("chosen"), first: pixel(0, 0), future: pixel(0, T - 1),
+          centre: [r.x + r.width / 2, r.y + r.height / 2]};
+})"""
+
+
+def test_model_view_draws_every_head_small_and_opens_the_clicked_one(
+    browser: Browser, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps"
+    data = write_page(tiny_checkpoint, out, "--aggregate", "mean", "--ablate")
+    open_page(browser, out / "attention.html")
+
+    thumbnails = browser.evaluate(THUMBNAILS)
+    assert [(t["layer"], t["head"]) for t in thumbnails] == [(l, h) for l in "01" for h in ("0", "1", "mean")]
+    # Query 0 sees only key 0 (weight 1: viridis' last colour); the key after it is in its future (weight 0).
+    assert all(t["first"] == [253, 231, 37, 255] and t["future"] == [68, 1, 84, 255] for t in thumbnails)
+    change = data["importance"]["loss_change"][1][0]
+    assert thumbnails[3]["caption"] == f"head 0 {change:+.3f}"
+    assert [t["chosen"] for t in thumbnails] == [True] + [False] * 5
+
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=thumbnails[4]["centre"][0], y=thumbnails[4]["centre"][1])
+    for kind in ("mousePressed", "mouseReleased"):
+        x, y = thumbnails[4]["centre"]
+        browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+    opened = browser.evaluate(STATE)
+    assert (opened["layer"], opened["head"]) == ("1", "1")
+    assert float(opened["checksum"]) == pytest.approx(checksum(data["weights"][1][1]), rel=1e-9)
+    assert [t["chosen"] for t in browser.evaluate(THUMBNAILS)] == [False] * 4 + [True, False]
+    stats = browser.evaluate('document.getElementById("stats").textContent')
+    assert f"loss {data['importance']['loss_change'][1][1]:+.3f} when zeroed" in stats
+
+    browser.evaluate("window.scrollTo(0, 0)")
+    save_screenshot(browser, "model_view.png", tmp_path)
+    assert_only_local_requests(browser)
