@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 import lightning as L
+import numpy as np
 import tiktoken
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -60,7 +61,9 @@ class RankZeroView(L.Callback):
 
 class AttentionLogger(RankZeroView):
     """At each validation end, log the attention of `probe_text` to TensorBoard: the overview grid of
-    `layers` (default: all) as an image, and every head's mean entropy as ``attention/entropy/L{l}H{h}``.
+    `layers` (default: all) as an image, and every head's statistics as scalars ``attention/{kind}/L{l}H{h}``
+    (kinds: previous_token, first_token, induction, entropy; see `minigpt.attention.head_stats`), so that one
+    can watch heads form over training.
 
     Needs a `TensorBoardLogger` among the trainer's loggers and does nothing without one; rank zero only.
     """
@@ -83,14 +86,13 @@ class AttentionLogger(RankZeroView):
 
         analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
         image = heatmaps.figure_pixels(heatmaps.overview_figure(analysis.png))
-        entropies = analysis.stats.entropy  # (L, H)
-        n_layer, n_head = entropies.shape
         step = trainer.global_step
         for writer in writers:
             writer.add_image("attention/overview", image, step, dataformats="HWC")
-            for layer in range(n_layer):
-                for head in range(n_head):
-                    writer.add_scalar(f"attention/entropy/L{layer}H{head}", float(entropies[layer, head]), step)
+            for kind, scores in analysis.stats.kinds().items():  # (L, H) each
+                for (layer, head), score in np.ndenumerate(scores.numpy()):
+                    if not np.isnan(score):  # previous- and first-token scores of a one-token probe
+                        writer.add_scalar(f"attention/{kind}/L{layer}H{head}", float(score), step)
 
 
 class SampleLogger(RankZeroView):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -12,7 +13,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from minigpt import tokenizer
+from minigpt import attention, tokenizer
 from minigpt.callbacks import AttentionLogger
 from minigpt.model import GPT
 from tests.conftest import tiny_config
@@ -39,7 +40,7 @@ class TinyModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_attention_logger_writes_overview_and_entropies(tmp_path: Path) -> None:
+def test_attention_logger_writes_the_overview_and_every_heads_statistics_at_each_validation(tmp_path: Path) -> None:
     torch.manual_seed(0)
     sequences = torch.randint(0, 256, (8, 17))
     module = TinyModule()
@@ -55,7 +56,14 @@ def test_attention_logger_writes_overview_and_entropies(tmp_path: Path) -> None:
     tags = events.Tags()
     assert "attention/overview" in tags["images"]
     assert [e.step for e in events.Images("attention/overview")] == [2, 4]
-    assert {f"attention/entropy/L{l}H{h}" for l in range(2) for h in range(2)} <= set(tags["scalars"])
+    for kind in ("previous_token", "first_token", "induction", "entropy"):
+        for tag in (f"attention/{kind}/L{l}H{h}" for l in range(2) for h in range(2)):  # every layer, not just 1
+            values = events.Scalars(tag)
+            assert [e.step for e in values] == [2, 4], tag
+            assert all(0 <= e.value <= 1 for e in values) or kind == "entropy"
+    # What was logged at a step is the score of the model as it was then.
+    induction = [e.value for e in events.Scalars("attention/induction/L1H1")]
+    assert induction[-1] == pytest.approx(float(attention.induction_score(module.model)[1, 1]), abs=1e-6)
 
 
 def test_loggers_skip_a_diverged_model_with_a_warning_instead_of_crashing(tmp_path: Path, caplog) -> None:
