@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,8 +82,15 @@ def whole_model_here(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy, SingleDeviceStrategy) or type(trainer.strategy) is DDPStrategy
 
 
+def next_token_loss(model: GPT, batch: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats/token) of `model` predicting each next token of the (B, T+1) `batch`."""
+    x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
 class LitGPT(L.LightningModule):
-    """Trains a `GPT` with next-token cross-entropy; logs loss, bits per byte, perplexity, lr and tokens/s.
+    """Trains a `GPT` with next-token cross-entropy; logs loss, bits per byte, perplexity and lr.
 
     `payload` (tokenizer, training config, data fingerprint) is written into every checkpoint so that a
     checkpoint alone is enough to sample from or inspect the model.
@@ -105,29 +111,30 @@ class LitGPT(L.LightningModule):
         self.val_bytes_per_token = val_bytes_per_token
         self.payload = payload or {}
         self.seed = seed
-        self._last_batch_time: float | None = None
         self._last_loss: torch.Tensor | None = None
+        self.compile_loss = False
+        """torch.compile the loss (forward and backward) when training starts; set before `Trainer.fit`."""
+        self._loss_fn = next_token_loss
         self._grad_norm: torch.Tensor | None = None  # of the step being taken, for the guard and clipping
         self._micro = (-1, 0)  # (global step, micro-batch index within it) of the batch being trained
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
+    def setup(self, stage: str) -> None:
+        # Compiled here, in the process that trains (a spawned worker too: a compiled function does not pickle).
+        # The function is compiled, not the model, so the weights keep their names in checkpoints.
+        if self.compile_loss:
+            self._loss_fn = torch.compile(next_token_loss)
+
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and next-token targets
-        logits = self.model(x)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return self._loss_fn(self.model, batch)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        now = time.perf_counter()
-        if self._last_batch_time is not None:
-            tokens = batch.size(0) * (batch.size(1) - 1) * self.trainer.world_size
-            self.log("tokens_per_s", tokens / (now - self._last_batch_time), prog_bar=True)
-        self._last_batch_time = now
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -152,9 +159,6 @@ class LitGPT(L.LightningModule):
                 "step %d: val loss %.4f nats/token = %.4f nats/byte = %.4f bits/byte (training text: %.4f)",
                 self.global_step, loss, loss / self.val_bytes_per_token, bpb, train_loss,
             )  # fmt: skip
-
-    def on_validation_start(self) -> None:
-        self._last_batch_time = None  # validation time is not training throughput
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim

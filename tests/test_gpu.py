@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minigpt import checkpoint
-from minigpt.lit import LitGPT
+from minigpt.lit import LitGPT, next_token_loss
 from minigpt.sample import make_generators, sample_tokens
 from tests.conftest import tiny_config
 from tests.test_lit import train
@@ -35,6 +35,27 @@ def test_adamw_is_fused_on_cuda():
     module = LitGPT(tiny_config().to_dict(), {}).cuda()
     module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
     assert module.configure_optimizers()["optimizer"].defaults["fused"]
+
+
+def test_the_compiled_loss_and_its_gradients_match_eager_on_cuda(tiny_model):
+    model = tiny_model.cuda()
+    batch = torch.randint(0, 257, (4, 33), device="cuda")
+    compiled = torch.compile(next_token_loss)(model, batch)
+    (grad,) = torch.autograd.grad(compiled, model.lm_head.weight)
+    eager = next_token_loss(model, batch)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, torch.autograd.grad(eager, model.lm_head.weight)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_gpu_training_is_compiled_by_default_and_logs_mfu(tmp_path, caplog):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    with caplog.at_level("INFO", logger="minigpt.progress"):
+        assert train(tmp_path, "run", "--trainer.accelerator", "gpu", "--trainer.devices", "1") == 0
+    assert counters["stats"]["unique_graphs"] >= 2  # training and evaluation
+    lines = [r.getMessage() for r in caplog.records if " tokens/s" in r.getMessage()]
+    assert lines and all(" | MFU " in line for line in lines), lines
 
 
 def test_gpu_training_writes_a_checkpoint_that_samples_on_cpu(tmp_path):

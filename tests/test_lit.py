@@ -9,7 +9,7 @@ import torch
 from minigpt import checkpoint
 from minigpt.cli import run
 from minigpt.cli.train import main
-from minigpt.lit import LitGPT, lr_factor
+from minigpt.lit import LitGPT, lr_factor, next_token_loss
 from tests.conftest import tiny_config
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400))
@@ -88,7 +88,7 @@ def test_validation_metrics_are_consistent(trained_run):
     # The bytes tokenizer on ASCII text: one token per byte, plus one <|endoftext|> per document.
     assert events.Scalars("val/bpb")[-1].value == pytest.approx(loss / math.log(2), rel=0.02)
     assert events.Scalars("val/ppl")[-1].value == pytest.approx(math.exp(loss), rel=1e-4)
-    for tag in ("train/loss", "tokens_per_s", "lr"):
+    for tag in ("train/loss", "perf/tokens_per_s", "lr"):
         assert tag in events.Tags()["scalars"], tag
 
 
@@ -186,7 +186,7 @@ def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm):
     reference = copy.deepcopy(module.model)
     batch = torch.randint(0, 257, (4, 17))
     for model in (module.model, reference):
-        (module._loss.__func__(type("M", (), {"model": model})(), batch) * 100).backward()
+        (next_token_loss(model, batch) * 100).backward()
     module._grad_norm = torch.nn.utils.get_total_norm([p.grad for p in module.model.parameters()])
     module.configure_gradient_clipping(None, 0.5, algorithm)
     if algorithm == "value":
@@ -287,3 +287,18 @@ def test_validation_loss_does_not_depend_on_the_evaluation_batch(tmp_path):
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
         losses.append(trainer.validate(module, dataloaders=DataLoader(windows, batch_size=batch), verbose=False)[0]["val/loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_like_an_eager_one_and_saves_the_same_weight_names(tmp_path):
+    from torch._dynamo.utils import counters
+
+    assert train(tmp_path, "eager", "--compile", "false") == 0
+    assert not counters["stats"]["unique_graphs"]
+    assert train(tmp_path, "compiled", "--compile", "true") == 0
+    assert counters["stats"]["unique_graphs"] >= 2  # training and evaluation
+    eager = torch.load(tmp_path / "eager" / "last.ckpt", weights_only=True)["state_dict"]
+    compiled = torch.load(tmp_path / "compiled" / "last.ckpt", weights_only=True)["state_dict"]
+    assert compiled.keys() == eager.keys()
+    for name, weight in eager.items():
+        torch.testing.assert_close(compiled[name], weight, atol=2e-5, rtol=1e-4, msg=name)

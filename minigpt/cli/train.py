@@ -89,25 +89,33 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--data", type=str, help="corpus: a file, folder, glob, hf:NAME or builtin")
     parser.add_argument("--tokenizer", type=str, help="bytes | bpe:<vocab_size> | gpt2 | cl100k_base")
-    parser.add_argument("--resume", type=str, default=None, help="continue a run (its folder or last.ckpt)")
+    parser.add_argument("--resume", type=str, default=None, help="continue a run (folder or last.ckpt)")
     parser.add_argument(
         "--init", type=Optional[str], default=None,
         help="start from pretrained weights: a checkpoint or run folder, a GPT-2 folder, or hf:REPO_ID",
     )  # fmt: skip
-    parser.add_argument("--out_dir", type=str, default=None, help="run folder; unset: runs/<config name>[-N]")
-    parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and the window order")
+    parser.add_argument("--out_dir", type=str, default=None, help="run folder (unset: runs/<config>[-N])")
+    parser.add_argument("--seed", type=int, default=1337, help="seeds weights, dropout and window order")
     parser.add_argument("--batch_size", type=int, help="windows per training batch (per device)")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="share of --data held out for validation")
     parser.add_argument(
         "--val_data", type=Optional[str], default=None,
-        help="a separate validation corpus (a --data spec)",
+        help="a validation corpus (a --data spec)",
     )  # fmt: skip
     parser.add_argument("--val_windows", type=int, help="fixed validation windows evaluated each time")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--cache_dir", type=str, default=None, help="shard cache (default: $MINIGPT_CACHE or ~/.cache/minigpt)")
+    parser.add_argument("--cache_dir", type=str, default=None, help="shard cache (unset: $MINIGPT_CACHE or ~/.cache/minigpt)")
     parser.add_argument(
         "--target_loss", type=Optional[float], default=None,
-        help="stop once a validation loss (nats/token) is at most this",
+        help="stop at this val loss (nats/token)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", type=Optional[bool], default=None,
+        help="torch.compile the training step (unset: on CUDA GPUs only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=Optional[int], default=None,
+        help="CPU threads per process",
     )  # fmt: skip
     parser.add_argument("--samples", type=int, help="samples printed when training ends")
     parser.add_argument("--sample_tokens", type=int, help="length of each printed sample")
@@ -231,6 +239,7 @@ def _validate(cfg: Namespace) -> None:
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
         (0 <= cfg.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {cfg.samples}"),
         (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
+        (cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}"),
         (cfg.target_loss is None or (math.isfinite(cfg.target_loss) and cfg.target_loss > 0),
          f"--target_loss must be a positive number of nats/token, got {cfg.target_loss}"),
         (cfg.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {cfg.model.n_layer}"),
@@ -363,6 +372,17 @@ def pick_precision(requested: str | None, accelerator: str | None) -> str:
     return "bf16-mixed" if uses_cuda(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def set_arithmetic(cfg: Namespace) -> None:
+    """--threads, and TF32 for float32 matrix products on CUDA GPUs (10 mantissa bits, as bf16 autocast has 7;
+    float32 weights and sums stay float32)."""
+    import torch
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if uses_cuda(cfg.trainer.accelerator):
+        torch.set_float32_matmul_precision("high")
+
+
 def main(argv: Sequence[str]) -> None:
     if "--list_configs" in canonical_options(argv):
         print(list_configs())
@@ -402,6 +422,7 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool, given: set[st
     import lightning as L
 
     quiet_lightning()
+    set_arithmetic(cfg)
     from minigpt.data import TokenDataModule
 
     with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
@@ -534,8 +555,7 @@ def build_trainer(
         callbacks.append(TargetLoss(cfg.target_loss))
     every = trainer_args.get("log_every_n_steps") or 50
     callbacks.append(RunRecord(root, train_config, every))
-    if not trainer_args["enable_progress_bar"]:
-        callbacks.append(ProgressLines(every))
+    callbacks.append(ProgressLines(every, lines=not trainer_args["enable_progress_bar"]))
     preloaded = (cfg.resume, resumed) if resumed is not None else None
     try:
         return L.Trainer(
@@ -576,6 +596,7 @@ def fit(
     module = LitGPT(
         model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload, cfg.seed
     )
+    module.compile_loss = cfg.compile if cfg.compile is not None else uses_cuda(cfg.trainer.accelerator)
     if start is not None:
         module.model.load_state_dict(cropped_weights(start.model.state_dict(), cfg.model.block_size))
         log.info("starting from the weights of %s", cfg.init)
