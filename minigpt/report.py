@@ -2,8 +2,9 @@
 
 `write_report` writes, into one folder: overview.png and layer_*.png (see `minigpt.heatmaps`), attention.html
 (one self-contained page built from the ``report_page.html`` template shipped with the package), attention.npz
-(the raw weights) and heads.json (per-head statistics). Every command that draws attention maps calls it;
-the training callback calls `analyse` and draws the same overview.
+(the raw weights), heads.json (per-head statistics) and, after an ablation, importance.png. The commands that
+draw attention maps call ``write_report(out_dir, analyse(model, enc, ids, ...))``; the training callback calls
+`analyse` and draws the same overview.
 """
 
 from __future__ import annotations
@@ -103,33 +104,13 @@ def analyse(
     return Analysis(maps, token_strings(enc, maps.ids), png, page, aggregates, stats, importance)
 
 
-def write_report(
-    out_dir: Path,
-    model: GPT,
-    enc: tiktoken.Encoding,
-    ids: Sequence[int],
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    aggregate: str | None = None,
-    per_head: bool = False,
-    top: int = 3,
-    ablate_on: Windows | None = None,
-) -> Analysis:
-    """Analyse `ids` (see `analyse`) and write the report's files into `out_dir`; return the analysis.
+def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, top: int = 3) -> list[Path]:
+    """Write the files of `analysis` into `out_dir` (created if needed); return their paths.
 
-    `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind;
-    `ablate_on` adds every head's importance (heads.json, importance.png and the page).
-    Everything is computed first and the files are written beside `out_dir`'s own before replacing them, so a
-    run that fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was.
+    `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind.
+    The files are written into a temporary folder inside `out_dir` and then moved over its own, so a run that
+    fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was.
     """
-    analysis = analyse(model, enc, ids, layers=layers, heads=heads, aggregate=aggregate, ablate_on=ablate_on)
-    write_files(out_dir, analysis, per_head=per_head, top=top)
-    return analysis
-
-
-def write_files(out_dir: Path, analysis: Analysis, *, per_head: bool = False, top: int = 3) -> list[Path]:
-    """Write `analysis` into `out_dir` (created if needed) through a temporary folder inside it; return the paths."""
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 ``minigpt attention --ckpt RUN/last.ckpt --prompt "..." --out DIR`` (or ``python -m minigpt.cli.attention``)
 
-The options and their translation into one `minigpt.report.write_report` call (`report_attention`) also
+The options and their translation into `minigpt.report` calls (`report_attention`) also
 serve ``minigpt generate --attention DIR``; matplotlib is imported only when maps are actually written, so
 sampling stays fast to start.
 """
@@ -128,10 +128,10 @@ def report_attention(
     if args.ablate and ablate_on is None:
         ablate_on = ablation.text_windows(ids, loaded.model.config.block_size, text_name)
     # check_out_dir ran before sampling, but the folder can change meanwhile, or the disk fill up.
-    analysis = report.write_report(
-        args.attention_dir, loaded.model, loaded.tokenizer, ids, layers=layers, heads=heads,
-        aggregate=args.aggregate, per_head=args.per_head, top=args.top_heads, ablate_on=ablate_on,
-    )  # fmt: skip
+    analysis = report.analyse(
+        loaded.model, loaded.tokenizer, ids, layers=layers, heads=heads, aggregate=args.aggregate, ablate_on=ablate_on
+    )
+    report.write_report(args.attention_dir, analysis, per_head=args.per_head, top=args.top_heads)
     logger.info("wrote the attention maps of %d tokens to %s", len(analysis.tokens), args.attention_dir)
     print_top_heads(analysis.stats, args.top_heads)
     if analysis.importance is not None:
