@@ -48,11 +48,17 @@ def time_to_quality(data: Path, target: float, extra: list[str]) -> None:
                    "--target_loss", str(target), "--cache_dir", f"{tmp}/cache", "--out_dir", f"{tmp}/run",
                    "--samples", "0", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp) as child:
+            lines = []
+            for line in child.stdout:  # echoed as they come, so a run cut short still shows how far it got
+                lines.append(line)
+                progress = re.match(r"step (\d+)/", line)
+                if "val loss" in line or (progress and int(progress[1]) % 250 == 0):
+                    print("   ", line.rstrip(), flush=True)
         seconds = time.perf_counter() - start
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise SystemExit(f"train failed (exit {done.returncode}):\n{output[-3000:]}")
+    output = "".join(lines)
+    if child.returncode != 0:
+        raise SystemExit(f"train failed (exit {child.returncode}):\n{output[-3000:]}")
     vals = re.findall(r"step (\d+): val loss ([0-9.]+)", output)
     speed = re.findall(r"\| ([0-9,]+) tokens/s(?: \| MFU ([0-9.]+)%)?", output)
     step, loss = vals[-1] if vals else ("?", "?")
