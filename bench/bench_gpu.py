@@ -44,7 +44,7 @@ TINY_CHAR = ["--model.block_size", "32", "--model.n_layer", "1", "--model.n_head
 def time_to_quality(data: Path, target: float, extra: list[str]) -> None:
     """(a): run the train command and report its wall time, the last validation and the speed it logged."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "minigpt", "train", "--config", "shakespeare_char", "--data", str(data),
+        command = [sys.executable, "-m", "minigpt", "train", "--config", "shakespeare_char", "--data", str(data.resolve()),
                    "--target_loss", str(target), "--cache_dir", f"{tmp}/cache", "--out_dir", f"{tmp}/run",
                    "--samples", "0", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
         start = time.perf_counter()
