@@ -8,7 +8,7 @@
     the device's dense bf16 peak (minigpt.flops).
 
 Without a CUDA GPU both run a tiny shape for a few steps, so that the script cannot rot; their figures then
-mean nothing. Usage: python bench/bench_gpu.py [--data tinyshakespeare.txt] [--target 1.47] [--steps 50]
+mean nothing. Usage: python bench/bench_gpu.py [--data tinyshakespeare.txt] [--target 1.47] [--steps 50] [-- TRAIN OPTIONS]
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ TINY_CHAR = ["--model.block_size", "32", "--model.n_layer", "1", "--model.n_head
 
 
 def time_to_quality(data: Path, target: float, extra: list[str]) -> None:
-    """(a): run the train command and report its wall time, the last validation and the speed it logged."""
+    """(a): run the train command and report its wall time, the last validation and the speed it logged; the
+    lines echoed on the way carry the seconds since the command started (a timeline of where time goes)."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "minigpt", "train", "--config", "shakespeare_char", "--data", str(data.resolve()),
                    "--target_loss", str(target), "--cache_dir", f"{tmp}/cache", "--out_dir", f"{tmp}/run",
@@ -53,8 +54,8 @@ def time_to_quality(data: Path, target: float, extra: list[str]) -> None:
             for line in child.stdout:  # echoed as they come, so a run cut short still shows how far it got
                 lines.append(line)
                 progress = re.match(r"step (\d+)/", line)
-                if "val loss" in line or (progress and int(progress[1]) % 250 == 0):
-                    print("   ", line.rstrip(), flush=True)
+                if "val loss" in line or "parameters" in line or (progress and int(progress[1]) % 250 == 0):
+                    print(f"  {time.perf_counter() - start:6.1f} s  {line.rstrip()}", flush=True)
         seconds = time.perf_counter() - start
     output = "".join(lines)
     if child.returncode != 0:
@@ -97,7 +98,7 @@ def gpt2_throughput(batch_size: int, steps: int, warmup: int) -> None:
     loader = DataLoader(SameBatch(batch), batch_size=None, pin_memory=GPU)
     trainer.fit(module, train_dataloaders=loader)
     tokens_per_s = (steps - warmup) * batch_size * config.block_size / timer.seconds
-    peak = peak_flops(module.device, str(trainer.precision))
+    peak = peak_flops(torch.device("cuda" if GPU else "cpu"), str(trainer.precision))  # fit ends with it on the CPU
     mfu = f"MFU {tokens_per_s * flops_per_token(config, config.block_size) / peak:.1%}" if peak else "MFU n/a"
     name = torch.cuda.get_device_name() if GPU else "CPU (tiny shape)"
     print(f"(b) {config.num_parameters() / 1e6:.0f}M parameters, batch {batch_size} x {config.block_size}, "
@@ -113,11 +114,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50 if GPU else 6, help="(b) steps, the warm-up ones included")
     parser.add_argument("--warmup", type=int, default=20 if GPU else 2, help="(b) steps not timed (compilation)")
     parser.add_argument("--only", choices=("a", "b"), help="run one part")
+    parser.add_argument("train_options", nargs="*", help="(a) more train options, after --, e.g. -- --compile false")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     if args.only != "b":
-        time_to_quality(args.data, args.target if GPU else 100.0, [] if GPU else ["--trainer.accelerator", "cpu", *TINY_CHAR])
+        tiny = [] if GPU else ["--trainer.accelerator", "cpu", *TINY_CHAR]
+        time_to_quality(args.data, args.target if GPU else 100.0, tiny + args.train_options)
     if args.only != "a":
         gpt2_throughput(args.batch_size, args.steps, args.warmup)
 
