@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -45,11 +46,22 @@ def _tensorboard_writers(trainer: L.Trainer, model: torch.nn.Module) -> list:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
+VIEW_EVERY_S = 30.0
+"""Views (samples, attention) cost a second or two each; a short run validates every few seconds."""
+
+
 class RankZeroView(L.Callback):
-    """A callback that runs the whole model in global rank 0 alone to show what it learns; under a strategy
-    that shards the model, where that would hang the run, it says once that it is off."""
+    """A callback that runs the whole model in global rank 0 alone to show what it learns: at the first
+    validation, then at validations at least `every_s` seconds after the last view, and at the end of
+    training if the last validation was skipped, so the final model is always shown. Under a strategy that
+    shards the model, where that would hang the run, it says once that it is off."""
 
     shows = "views of the model"
+
+    def __init__(self, every_s: float = VIEW_EVERY_S) -> None:
+        self.every_s = every_s
+        self._shown_at: float | None = None  # time.monotonic() after the last view
+        self._owed = False  # a validation's view was skipped and none has been shown since
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and not whole_model_here(trainer):
@@ -58,19 +70,42 @@ class RankZeroView(L.Callback):
                 self.shows, type(trainer.strategy).__name__,
             )  # fmt: skip
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._owed = self._shown_at is not None and time.monotonic() - self._shown_at < self.every_s
+        if not self._owed:
+            self._show(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._owed:
+            self._owed = False
+            self._show(trainer, pl_module)
+
+    def _show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.show(trainer, pl_module)
+        self._shown_at = time.monotonic()
+
+    def show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the view of the model as it is now."""
+        raise NotImplementedError
+
 
 class AttentionLogger(RankZeroView):
-    """At each validation end, log the attention of `probe_text` to TensorBoard: the overview grid of
-    `layers` (default: all) as an image, and every head's statistics as scalars ``attention/{kind}/L{l}H{h}``
-    (kinds: previous_token, first_token, induction, entropy; see `minigpt.attention.head_stats`), so that one
-    can watch heads form over training.
+    """At validations (see `RankZeroView`), log the attention of `probe_text` to TensorBoard: the overview
+    grid of `layers` (default: all) as an image, and every head's statistics as scalars
+    ``attention/{kind}/L{l}H{h}`` (kinds: previous_token, first_token, induction, entropy; see
+    `minigpt.attention.head_stats`), so that one can watch heads form over training.
 
     Needs a `TensorBoardLogger` among the trainer's loggers and does nothing without one; rank zero only.
     """
 
     shows = "attention maps"
 
-    def __init__(self, tokenizer: tiktoken.Encoding, probe_text: str, layers: list[int] | None = None) -> None:
+    def __init__(
+        self, tokenizer: tiktoken.Encoding, probe_text: str, layers: list[int] | None = None, every_s: float = VIEW_EVERY_S
+    ) -> None:
+        super().__init__(every_s)
         self.ids = tok.encode(tokenizer, probe_text)
         if not self.ids:
             raise ValueError("AttentionLogger needs a non-empty probe_text")
@@ -78,7 +113,7 @@ class AttentionLogger(RankZeroView):
         self.layers = layers
 
     @rank_zero_only
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writers = _tensorboard_writers(trainer, pl_module.model)
         if not writers:
             return
@@ -96,15 +131,19 @@ class AttentionLogger(RankZeroView):
 
 
 class SampleLogger(RankZeroView):
-    """At each validation, log a few completions as text to TensorBoard, to watch the model learn to write."""
+    """At validations (see `RankZeroView`), log a few completions as text to TensorBoard, to watch the model
+    learn to write."""
 
     shows = "samples"
 
-    def __init__(self, tokenizer: tiktoken.Encoding, count: int = 2, tokens: int = 128, seed: int = 0) -> None:
+    def __init__(
+        self, tokenizer: tiktoken.Encoding, count: int = 2, tokens: int = 128, seed: int = 0, every_s: float = VIEW_EVERY_S
+    ) -> None:
+        super().__init__(every_s)
         self.tokenizer, self.count, self.tokens, self.seed = tokenizer, count, tokens, seed
 
     @rank_zero_only
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writers = _tensorboard_writers(trainer, pl_module.model)
         if not writers:
             return
