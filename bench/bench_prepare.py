@@ -25,7 +25,7 @@ start = time.perf_counter()
 prepared = prepare(sys.argv[1], sys.argv[2], Path(sys.argv[3]), progress=False)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"seconds": seconds, "peak": peak, "tokens": prepared.meta["train_tokens"] + prepared.meta["val_tokens"]}))
+print(json.dumps({"seconds": seconds, "peak": peak, "tokens": prepared.meta.train.tokens + prepared.meta.val.tokens}))
 """
 
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installi
 
 from minigpt import checkpoint, tokenizer  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.sample import make_generators, sample_tokens  # noqa: E402
+from minigpt.payload import MODEL_PREFIX, checkpoint_payload  # noqa: E402
+from minigpt.sample import SamplingSettings, make_generators, sample_tokens  # noqa: E402
 
 
 def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool) -> float:
@@ -29,9 +30,8 @@ def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool) -> float:
     device = next(model.parameters()).device
     idx = torch.zeros(1, 1, dtype=torch.long, device=device)
     # eot_id -1 never matches, so every run generates exactly new_tokens tokens.
-    steps = sample_tokens(
-        model, idx, max_new_tokens=new_tokens, eot_id=-1, generators=make_generators(0, 1, device), use_cache=use_cache
-    )
+    settings = SamplingSettings(max_new_tokens=new_tokens)
+    steps = sample_tokens(model, idx, settings, eot_id=-1, generators=make_generators(0, 1, device), use_cache=use_cache)
     start = time.perf_counter()
     count = sum(1 for _ in steps)
     return count / (time.perf_counter() - start)
@@ -39,8 +39,8 @@ def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool) -> float:
 
 def write_checkpoint(model: GPT, path: Path) -> None:
     """A self-contained checkpoint (bytes tokenizer) that generate.py can load."""
-    payload = checkpoint.make_payload(model.config, tokenizer.byte_tokenizer(), {}, {})
-    state = {checkpoint.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    payload = checkpoint_payload(model.config, tokenizer.byte_tokenizer(), {})
+    state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
 
 

@@ -1,8 +1,8 @@
 """Self-contained checkpoints: weights plus everything needed to use them (no Lightning import here).
 
 A checkpoint is a Lightning checkpoint dict with two extra keys: ``"minigpt"``, holding plain data (model
-config, tokenizer ranks/pattern/specials, training config, data fingerprint), and ``"sha256"``, a digest
-of everything else in the file. Every read:
+config, tokenizer ranks/pattern/specials, training config, shard meta: see `minigpt.payload`), and
+``"sha256"``, a digest of everything else in the file. Every read:
 
 - unpickles with ``weights_only=True`` (tensors and plain data only; no code in a file ever runs),
 - verifies the digest (a flipped byte in weights, optimizer state or payload is reported as corruption;
@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,12 @@ import torch
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
+from minigpt.payload import MODEL_PREFIX
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_KEY = "minigpt"
 CHECKSUM_KEY = "sha256"
-MODEL_PREFIX = "model."  # the LightningModule keeps the GPT as `self.model`
 TEMP_GLOB = ".*.ckpt.*.tmp"  # what `atomic_save` leaves behind only when killed mid-write
 
 
@@ -46,18 +46,6 @@ class Loaded:
 
     model: GPT
     tokenizer: tiktoken.Encoding
-
-
-def make_payload(
-    config: GPTConfig, enc: tiktoken.Encoding, train_config: dict[str, Any], data: dict[str, Any]
-) -> dict[str, Any]:
-    """The plain-data record stored beside the weights in every checkpoint."""
-    return {
-        "model_config": config.to_dict(),
-        "tokenizer": tok.to_dict(enc),
-        "train_config": train_config,
-        "data": data,
-    }
 
 
 # ---- integrity ------------------------------------------------------------------------------------
@@ -249,7 +237,7 @@ def _check_consistent(config: GPTConfig, payload: dict[str, Any], hparams: Any) 
     for source, other in records.items():
         if not isinstance(other, dict):
             continue
-        for key, value in config.to_dict().items():
+        for key, value in asdict(config).items():
             if key in other and other[key] != value:
                 raise ValueError(f"model_config says {key}={value!r} but its {source} says {other[key]!r}")
 

@@ -7,7 +7,6 @@ needs the number of batches already consumed, which Lightning restores as the gl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from minigpt.errors import MiniGPTError
-from minigpt.prepare import Prepared, prepare
+from minigpt.prepare import prepare
+from minigpt.shards import Prepared, ShardMeta
 
 
 def open_shard(folder: Path, split: str, dtype: str) -> np.memmap:
@@ -114,8 +114,8 @@ class TokenDataModule(L.LightningDataModule):
         encoding: tiktoken.Encoding | None = None,
     ) -> None:
         super().__init__()
-        self.spec = dict(data=data, tokenizer=tokenizer, val_fraction=val_fraction, cache_dir=cache_dir, val_data=val_data)
-        self.progress = progress
+        self.data, self.tokenizer, self.val_data = data, tokenizer, val_data
+        self.val_fraction, self.cache_dir, self.progress = val_fraction, cache_dir, progress
         self.encoding = encoding  # a pretrained or resumed model's, used as it is (else built from `tokenizer`)
         self.block_size, self.batch_size = block_size, batch_size
         self.val_windows, self.seed, self.num_workers = val_windows, seed, num_workers
@@ -124,20 +124,19 @@ class TokenDataModule(L.LightningDataModule):
     def prepare(self) -> Prepared:
         """Tokenize the corpus (or reuse the cached shards) and check it is long enough to train on."""
         if self.prepared is None:
-            s = self.spec
-            cache = Path(s["cache_dir"]) if s["cache_dir"] else None
+            cache = Path(self.cache_dir) if self.cache_dir else None
             self.prepared = prepare(
-                s["data"], s["tokenizer"], cache, s["val_fraction"], self.progress, s["val_data"], self.encoding
+                self.data, self.tokenizer, cache, self.val_fraction, self.progress, self.val_data, self.encoding
             )
             self._check_lengths(self.prepared.meta)
         return self.prepared
 
-    def _check_lengths(self, meta: dict[str, Any]) -> None:
+    def _check_lengths(self, meta: ShardMeta) -> None:
         need = self.block_size + 1
         for split in ("train", "val"):
-            if meta[f"{split}_tokens"] < need:
+            if meta.split(split).tokens < need:
                 raise MiniGPTError(
-                    f"the {split} split of '{meta['source']}' has {meta[f'{split}_tokens']} tokens, fewer than one "
+                    f"the {split} split of '{meta.source}' has {meta.split(split).tokens} tokens, fewer than one "
                     f"window of {need}: use more text or a smaller --model.block_size"
                 )
 
@@ -152,17 +151,17 @@ class TokenDataModule(L.LightningDataModule):
         # Batches already consumed by a resumed run; Lightning restores global_step before asking for data.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
         p = self.prepare()
-        stream = RandomWindows(p.dir, p.meta["dtype"], self.block_size, self.batch_size, self._rank_seed(), start)
+        stream = RandomWindows(p.dir, p.meta.dtype, self.block_size, self.batch_size, self._rank_seed(), start)
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> list[DataLoader]:
         """The validation windows, then as many fixed windows of the training text: the gap between the two
         losses shows how much the model memorises its training text."""
         p = self.prepare()
-        batch = eval_batch_size(self.batch_size, self.block_size, p.meta["vocab_size"])
+        batch = eval_batch_size(self.batch_size, self.block_size, p.meta.vocab_size)
         return [
             DataLoader(
-                FixedWindows(p.dir, p.meta["dtype"], self.block_size, self.val_windows, split),
+                FixedWindows(p.dir, p.meta.dtype, self.block_size, self.val_windows, split),
                 batch_size=batch, num_workers=self.num_workers,
             )  # fmt: skip
             for split in ("val", "train")

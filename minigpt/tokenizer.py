@@ -1,4 +1,5 @@
-"""Tokenizers: every one is a `tiktoken.Encoding`, built from a spec string and serialisable to plain data.
+"""Tokenizers: every one is a `tiktoken.Encoding`, built from a spec string and serialisable to plain data
+(`to_dict`, inside checkpoints) or to a JSON file (`save`, beside token shards).
 
 Specs:
 - ``bytes``: the 256 byte values plus ``<|endoftext|>``; works on any text, offline.
@@ -11,9 +12,11 @@ token; the special token only ever comes from `eot_id`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import tiktoken
@@ -150,6 +153,20 @@ def from_dict(data: Any) -> tiktoken.Encoding:
         )
     except ValueError as err:  # the split pattern does not compile
         raise ValueError(f"tokenizer pattern is not a valid regular expression ({err})") from None
+
+
+def save(enc: tiktoken.Encoding, path: Path) -> None:
+    """Write `enc` to `path` as JSON: the `to_dict` record with each token's bytes in base64."""
+    record = to_dict(enc)
+    record["ranks"] = [base64.b64encode(token).decode("ascii") for token in record["ranks"]]
+    path.write_text(json.dumps(record))
+
+
+def load(path: Path) -> tiktoken.Encoding:
+    """The tokenizer `save` wrote to `path`; OSError, or ValueError/KeyError/TypeError for a damaged file."""
+    record = json.loads(path.read_text())
+    record["ranks"] = [base64.b64decode(token) for token in record["ranks"]]
+    return from_dict(record)
 
 
 def _check_record(data: Any) -> None:

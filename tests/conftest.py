@@ -9,6 +9,7 @@ import torch
 
 from minigpt import checkpoint, tokenizer
 from minigpt.model import GPT, GPTConfig
+from minigpt.payload import MODEL_PREFIX, checkpoint_payload
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -41,7 +42,7 @@ def tiny_model() -> GPT:
 def tiny_checkpoint(tmp_path: Path, tiny_model: GPT) -> Path:
     """A minimal self-contained checkpoint (random weights, bytes tokenizer) written without Lightning."""
     path = tmp_path / "tiny.ckpt"
-    payload = checkpoint.make_payload(tiny_model.config, tokenizer.byte_tokenizer(), {}, {})
-    state = {checkpoint.MODEL_PREFIX + k: v for k, v in tiny_model.state_dict().items()}
+    payload = checkpoint_payload(tiny_model.config, tokenizer.byte_tokenizer(), {})
+    state = {MODEL_PREFIX + k: v for k, v in tiny_model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
     return path

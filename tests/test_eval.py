@@ -19,6 +19,7 @@ from minigpt.cli.eval import main
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import corpus_tokens, score, windows
 from minigpt.model import GPT
+from minigpt.payload import MODEL_PREFIX, checkpoint_payload
 from minigpt.prepare import prepare
 
 LINE = re.compile(
@@ -82,8 +83,8 @@ def random_ids(n: int, seed: int = 0) -> torch.Tensor:
 
 def small_checkpoint(path: Path, model: GPT, train_config: dict) -> Path:
     """A checkpoint like the `tiny_checkpoint` fixture, with a training config of our choosing."""
-    payload = checkpoint.make_payload(model.config, tokenizer.byte_tokenizer(), train_config, {})
-    state = {checkpoint.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    payload = checkpoint_payload(model.config, tokenizer.byte_tokenizer(), train_config)
+    state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
     return path
 
@@ -181,9 +182,9 @@ def test_split_tokens_are_the_shards_that_training_wrote(tmp_path: Path, documen
 
     for split in ("train", "val"):
         tokens = corpus_tokens(str(folder), enc, split, 0.25, tmp_path / "cache")
-        shard = np.fromfile(prepared.dir / f"{split}.bin", dtype=prepared.meta["dtype"])
+        shard = np.fromfile(prepared.dir / f"{split}.bin", dtype=prepared.meta.dtype)
         assert tokens.ids.tolist() == shard.tolist()
-        assert tokens.n_bytes == prepared.meta[f"{split}_bytes"]
+        assert tokens.n_bytes == prepared.meta.split(split).n_bytes
 
 
 def test_all_is_every_document_after_an_end_of_text(tmp_path: Path) -> None:

@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 
 from minigpt import prepare as prep
+from minigpt import shardcache, shards
 from minigpt import tokenizer as tok
 from minigpt.corpus import open_corpus
 from minigpt.errors import MiniGPTError
-from minigpt.prepare import Prepared, prepare
+from minigpt.prepare import prepare
+from minigpt.shards import Prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +49,7 @@ def write_docs(folder: Path, texts: list[str]) -> Path:
 
 
 def shard(prepared: Prepared, split: str) -> list[int]:
-    return np.memmap(prepared.dir / f"{split}.bin", dtype=prepared.meta["dtype"], mode="r").tolist()
+    return np.memmap(prepared.dir / f"{split}.bin", dtype=prepared.meta.dtype, mode="r").tolist()
 
 
 def expected_ids(prepared: Prepared, texts: list[str]) -> list[int]:
@@ -64,7 +66,7 @@ def test_every_tenth_document_goes_to_validation_with_eot_before_each(tmp_path: 
 
     assert shard(prepared, "train") == expected_ids(prepared, docs[:9] + docs[10:])
     assert shard(prepared, "val") == expected_ids(prepared, [docs[9]])
-    assert prepared.meta["documents"] == 12
+    assert prepared.meta.documents == 12
 
 
 def test_a_single_document_splits_at_the_last_tenth_of_its_characters(tmp_path: Path) -> None:
@@ -93,9 +95,9 @@ def test_byte_counts_are_the_utf8_bytes_of_each_split(tmp_path: Path) -> None:
 
     meta = prepare(str(data), "bytes", tmp_path / "cache").meta
 
-    assert meta["train_bytes"] == len("".join(docs[:9]).encode("utf-8"))
-    assert meta["val_bytes"] == len(docs[9].encode("utf-8"))
-    assert meta["train_tokens"] == meta["train_bytes"] + 9  # byte tokens plus one EOT per document
+    assert meta.train.n_bytes == len("".join(docs[:9]).encode("utf-8"))
+    assert meta.val.n_bytes == len(docs[9].encode("utf-8"))
+    assert meta.train.tokens == meta.train.n_bytes + 9  # byte tokens plus one EOT per document
 
 
 def test_literal_endoftext_in_a_document_is_ordinary_text(tmp_path: Path) -> None:
@@ -112,19 +114,19 @@ def test_meta_records_source_tokenizer_and_sizes(tmp_path: Path) -> None:
 
     prepared = prepare(str(data), "bytes", tmp_path / "cache")
 
-    assert prepared.meta["source"] == str(data)
-    assert prepared.meta["tokenizer"] == "bytes"
-    assert prepared.meta["vocab_size"] == prepared.tokenizer.n_vocab == 257
-    assert prepared.meta["dtype"] == "uint16"
-    assert prepared.meta["val_tokens"] == len(shard(prepared, "val"))
-    assert prepared.meta["fingerprint"] and not prepared.reused
+    assert prepared.meta.source == str(data)
+    assert prepared.meta.tokenizer == "bytes"
+    assert prepared.meta.vocab_size == prepared.tokenizer.n_vocab == 257
+    assert prepared.meta.dtype == "uint16"
+    assert prepared.meta.val.tokens == len(shard(prepared, "val"))
+    assert prepared.meta.fingerprint and not prepared.reused
 
 
 def test_shard_dtype_is_uint16_while_every_id_fits() -> None:
-    assert prep.shard_dtype(257) == "uint16"
-    assert prep.shard_dtype(65536) == "uint16"
-    assert prep.shard_dtype(65537) == "uint32"
-    assert prep.shard_dtype(100277) == "uint32"  # cl100k_base
+    assert shards.shard_dtype(257) == "uint16"
+    assert shards.shard_dtype(65536) == "uint16"
+    assert shards.shard_dtype(65537) == "uint32"
+    assert shards.shard_dtype(100277) == "uint32"  # cl100k_base
 
 
 def test_the_same_corpus_twice_reuses_the_cache_without_training(
@@ -163,7 +165,7 @@ def test_bpe_trains_on_the_training_split_only_and_round_trips(tmp_path: Path) -
     prepared = prepare(str(data), "bpe:300", tmp_path / "cache")
 
     enc = prepared.tokenizer
-    assert enc.n_vocab == prepared.meta["vocab_size"] == 300
+    assert enc.n_vocab == prepared.meta.vocab_size == 300
     assert not any(b"qz" in token or b"zq" in token for token in enc._mergeable_ranks)
     assert enc.decode(shard(prepared, "train")) == "".join(tok.EOT + doc for doc in docs[:9] + docs[10:])
     assert enc.decode(shard(prepared, "val")) == tok.EOT + docs[9]
@@ -234,7 +236,7 @@ def test_val_fraction_out_of_range_is_a_user_error(tmp_path: Path) -> None:
 
 def test_load_rejects_a_folder_that_was_never_prepared(tmp_path: Path) -> None:
     with pytest.raises(MiniGPTError, match="not a prepared shard folder"):
-        prep.load(tmp_path)
+        shards.load(tmp_path)
 
 
 def flip_first_byte(path: Path) -> None:
@@ -259,11 +261,11 @@ DAMAGES = {
     "meta.json not JSON": lambda d: (d / "meta.json").write_text("{"),
     "meta.json token count as text": lambda d: set_meta(d, "train_tokens", "many"),
     "meta.json without checksums": lambda d: set_meta(d, "val_sha256", None),
-    "tokenizer.json not JSON": lambda d: (d / prep.TOKENIZER_FILE).write_text("{"),
-    "tokenizer.json of another vocabulary": lambda d: prep._save_tokenizer(
-        tok.build_tokenizer("bpe:260", ["abcabcabd " * 20]), d / prep.TOKENIZER_FILE
+    "tokenizer.json not JSON": lambda d: (d / shards.TOKENIZER_FILE).write_text("{"),
+    "tokenizer.json of another vocabulary": lambda d: tok.save(
+        tok.build_tokenizer("bpe:260", ["abcabcabd " * 20]), d / shards.TOKENIZER_FILE
     ),
-    "missing tokenizer.json": lambda d: (d / prep.TOKENIZER_FILE).unlink(),
+    "missing tokenizer.json": lambda d: (d / shards.TOKENIZER_FILE).unlink(),
     "a file instead of the folder": lambda d: (shutil.rmtree(d), d.write_text("not a folder")),
 }
 
@@ -274,15 +276,15 @@ def test_a_damaged_cache_folder_is_rebuilt_with_one_warning(
 ) -> None:
     data = write_docs(tmp_path / "data", [sentence(i) * 5 for i in range(12)])
     first = prepare(str(data), "bytes", tmp_path / "cache")
-    shards = {split: shard(first, split) for split in prep.SPLITS}
-    assert len(shards["train"]) * 2 > 300  # so that truncating to 300 bytes cuts the shard
+    before = {split: shard(first, split) for split in shards.SPLITS}
+    assert len(before["train"]) * 2 > 300  # so that truncating to 300 bytes cuts the shard
 
     damage(first.dir)
     with caplog.at_level(logging.INFO, logger="minigpt.prepare"):
         second = prepare(str(data), "bytes", tmp_path / "cache")
 
     assert not second.reused and second.dir == first.dir and second.meta == first.meta
-    assert {split: shard(second, split) for split in prep.SPLITS} == shards
+    assert {split: shard(second, split) for split in shards.SPLITS} == before
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and f"{first.dir} are damaged" in warnings[0].getMessage()
     assert prepare(str(data), "bytes", tmp_path / "cache").reused
@@ -294,14 +296,14 @@ def test_meta_records_a_checksum_of_each_shard(tmp_path: Path) -> None:
 
     prepared = prepare(str(data), "bytes", tmp_path / "cache")
 
-    for split in prep.SPLITS:
+    for split in shards.SPLITS:
         content = (prepared.dir / f"{split}.bin").read_bytes()
-        assert prepared.meta[f"{split}_sha256"] == hashlib.sha256(content).hexdigest()
+        assert prepared.meta.split(split).sha256 == hashlib.sha256(content).hexdigest()
 
 
 def target_of(data: Path, cache: Path) -> Path:
     fingerprint = open_corpus(str(data), cache).fingerprint()
-    return cache / prep._cache_key(fingerprint, "bytes", 0.1)
+    return cache / shardcache.cache_key(fingerprint, "bytes", 0.1)
 
 
 def test_a_valid_folder_another_process_finished_first_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,7 +339,7 @@ def test_a_bad_folder_that_appears_while_building_is_replaced(tmp_path: Path, mo
     monkeypatch.setattr(prep, "_write_shards", race)
     built = prepare(str(data), "bytes", tmp_path / "cache")
 
-    assert built.dir == target and prep.load(target).meta == built.meta
+    assert built.dir == target and shards.load(target).meta == built.meta
     assert [path.name for path in (tmp_path / "cache").iterdir()] == [target.name]
 
 
@@ -371,9 +373,9 @@ def test_the_sweep_keeps_temporary_folders_of_live_processes_and_other_hosts(tmp
     cache = tmp_path / "cache"
     cache.mkdir()
     pid = dead_pid()
-    own_live = prep._owned_sibling(cache / "0123456789abcdef")
-    own_dead = cache / f".0123456789abcdef.{prep._host()}.{pid}.0badc0de.tmp"
-    other_host = cache / f".0123456789abcdef.{prep._host()}-elsewhere.{pid}.0badc0de.tmp"
+    own_live = shardcache.owned_sibling(cache / "0123456789abcdef")
+    own_dead = cache / f".0123456789abcdef.{shardcache.host()}.{pid}.0badc0de.tmp"
+    other_host = cache / f".0123456789abcdef.{shardcache.host()}-elsewhere.{pid}.0badc0de.tmp"
     unknown = cache / ".0123456789abcdef.x1y2z3w4.tmp"  # no owner in the name: never swept
     for folder in (own_live, own_dead, other_host, unknown):
         folder.mkdir()
@@ -476,11 +478,11 @@ def test_a_separate_validation_corpus_makes_all_of_each_one_split(tmp_path: Path
     both = prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt"))
     eot = tok.eot_id(both.tokenizer)
     for split, text in (("train", train_text), ("val", val_text)):
-        ids = np.fromfile(both.dir / f"{split}.bin", dtype=both.meta["dtype"]).tolist()
-        assert ids == [eot, *text.encode()] and both.meta[f"{split}_bytes"] == len(text.encode())
-    assert both.meta["val_source"] == str(tmp_path / "val.txt") and both.meta["val_fraction"] == 0.0
+        ids = np.fromfile(both.dir / f"{split}.bin", dtype=both.meta.dtype).tolist()
+        assert ids == [eot, *text.encode()] and both.meta.split(split).n_bytes == len(text.encode())
+    assert both.meta.val_source == str(tmp_path / "val.txt") and both.meta.val_fraction == 0.0
     alone = prepare(str(tmp_path / "train.txt"), "bytes", cache)  # the usual split of the same corpus: its own folder
-    assert alone.dir != both.dir and alone.meta["train_tokens"] < both.meta["train_tokens"]
+    assert alone.dir != both.dir and alone.meta.train.tokens < both.meta.train.tokens
     assert prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt")).reused
     (tmp_path / "val.txt").write_text(val_text + "one more line\n")  # the validation text is part of the key
     assert not prepare(str(tmp_path / "train.txt"), "bytes", cache, val_spec=str(tmp_path / "val.txt")).reused
@@ -517,6 +519,6 @@ def test_byte_shards_are_written_without_tokenizing_and_equal_the_tokenizers_ids
     texts = ["Ünïcödé, Привет, xin chào, 你好 🙂\n" * 50, "tabs\tand  spaces\r\n" * 40]
     write_docs(tmp_path / "data", texts)
     prepared = prepare(str(tmp_path / "data"), "bytes", tmp_path / "cache", val_fraction=0.5)
-    shards = [np.fromfile(prepared.dir / f"{split}.bin", dtype=prepared.meta["dtype"]).tolist() for split in ("train", "val")]
+    ids = [np.fromfile(prepared.dir / f"{split}.bin", dtype=prepared.meta.dtype).tolist() for split in ("train", "val")]
     expected = [tok.encode(enc, piece) for _, piece in prep.split_documents(open_corpus(str(tmp_path / "data")).documents(), 0.5)]
-    assert sum(shards, []) == [i for ids in expected for i in (tok.eot_id(enc), *ids)]
+    assert sum(ids, []) == [i for ids in expected for i in (tok.eot_id(enc), *ids)]

@@ -496,7 +496,8 @@ def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Pa
     """The user's view of `err` (see `explained_stops`), or None when it is a bug to show as it is."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from minigpt.lit import Diverged, LastCheckpoint
+    from minigpt.checkpointing import LastCheckpoint
+    from minigpt.lit import Diverged
 
     if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting, found once fit started
         return MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}")
@@ -535,7 +536,7 @@ def build_trainer(
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
-    from minigpt.lit import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
+    from minigpt.checkpointing import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
     from minigpt.progress import ProgressLines
     from minigpt.runcard import RunRecord, TensorBoard
 
@@ -589,13 +590,12 @@ def fit(
 ) -> None:  # fmt: skip
     """Build the LightningModule for `cfg` and the prepared data (with `start`'s weights, if given), and train it."""
     from minigpt.lit import LitGPT
+    from minigpt.payload import checkpoint_payload
 
     meta = prepared.meta
     model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
-    payload = checkpoint.make_payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta)
-    module = LitGPT(
-        model_config, asdict(OptimConfig(**vars(cfg.optim))), meta["val_bytes"] / meta["val_tokens"], payload, cfg.seed
-    )
+    payload = checkpoint_payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta)
+    module = LitGPT(model_config, asdict(OptimConfig(**vars(cfg.optim))), meta.val.bytes_per_token, payload, cfg.seed)
     module.compile_loss = cfg.compile if cfg.compile is not None else uses_cuda(cfg.trainer.accelerator)
     if start is not None:
         module.model.load_state_dict(cropped_weights(start.model.state_dict(), cfg.model.block_size))
@@ -646,19 +646,19 @@ def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
     """A fixed piece of validation text whose attention maps are logged at every validation."""
     from minigpt.data import open_shard
 
-    val = open_shard(prepared.dir, "val", prepared.meta["dtype"])[: min(tokens, block_size) + 1].tolist()
+    val = open_shard(prepared.dir, "val", prepared.meta.dtype)[: min(tokens, block_size) + 1].tolist()
     return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
 
 
 def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> list[str]:
     """Print `count` completions from the run's best checkpoint, the way `minigpt generate` would; return them."""
-    from minigpt.sample import generate
+    from minigpt.sample import SamplingSettings, generate
 
     if count < 1:
         return []
     path = best_checkpoint(run_dir)
     loaded = checkpoint.load(path)
-    texts = generate(loaded.model, loaded.tokenizer, "", max_new_tokens=tokens, num_samples=count, seed=seed)
+    texts = generate(loaded.model, loaded.tokenizer, "", SamplingSettings(max_new_tokens=tokens, num_samples=count, seed=seed))
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{text}")
     print(f"--- sample more with: minigpt generate --ckpt {path} --prompt '...'")
@@ -671,7 +671,7 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 def write_model_card(run_dir: Path, cfg: Namespace, prepared: Prepared, trainer: L.Trainer, seconds: float, samples: list[str]) -> None:
     """The run folder's README.md (see `minigpt.runcard.model_card`): this run's facts and its best validation."""
-    from minigpt.lit import BestCheckpoint
+    from minigpt.checkpointing import BestCheckpoint
     from minigpt.progress import duration
     from minigpt.runcard import model_card
 
@@ -680,11 +680,11 @@ def write_model_card(run_dir: Path, cfg: Namespace, prepared: Prepared, trainer:
     meta, model = prepared.meta, cfg.model
     facts = {
         "name": run_dir.name, "folder": run_dir, "data": cfg.data, "tokenizer": cfg.tokenizer,
-        "vocab_size": prepared.tokenizer.n_vocab, "train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"],
+        "vocab_size": prepared.tokenizer.n_vocab, "train_tokens": meta.train.tokens, "val_tokens": meta.val.tokens,
         "params": GPTConfig(**vars(model), vocab_size=prepared.tokenizer.n_vocab).num_parameters(),
         "n_layer": model.n_layer, "n_head": model.n_head, "n_embd": model.n_embd, "block_size": model.block_size,
         "steps": trainer.global_step, "batch_size": cfg.batch_size, "devices": trainer.world_size,
-        "val_loss": val_loss, "val_bpb": val_loss / (meta["val_bytes"] / meta["val_tokens"]) / math.log(2),
+        "val_loss": val_loss, "val_bpb": val_loss / meta.val.bytes_per_token / math.log(2),
         "wall_time": duration(seconds),
     }  # fmt: skip
     (run_dir / "README.md").write_text(model_card(facts, samples))
