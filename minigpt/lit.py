@@ -92,7 +92,7 @@ def next_token_loss(model: GPT, batch: torch.Tensor) -> torch.Tensor:
 class LitGPT(L.LightningModule):
     """Trains a `GPT` with next-token cross-entropy; logs loss, bits per byte, perplexity and lr.
 
-    `payload` (tokenizer, training config, data fingerprint) is written into every checkpoint so that a
+    `payload` (`minigpt.payload.checkpoint_payload`) is written into every checkpoint so that a
     checkpoint alone is enough to sample from or inspect the model.
     """
 
@@ -106,6 +106,7 @@ class LitGPT(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["payload"])  # plain dicts and floats: loads with weights_only=True
+        # The attribute `minigpt.payload.MODEL_ATTR` names: checkpoints hold this GPT's weights as "model.<name>".
         self.model = GPT(GPTConfig(**model_config))
         self.optim = OptimConfig(**optim_config)
         self.val_bytes_per_token = val_bytes_per_token
