@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.lit import whole_model_here
-from minigpt.sample import generate
+from minigpt.sample import SamplingSettings, generate
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +131,20 @@ class AttentionLogger(RankZeroView):
 
 
 class SampleLogger(RankZeroView):
-    """At validations (see `RankZeroView`), log a few completions as text to TensorBoard, to watch the model
-    learn to write."""
+    """At validations (see `RankZeroView`), log a few completions of the empty prompt as text to TensorBoard,
+    to watch the model learn to write; drawn with `settings` (default: two of 128 tokens, seed 0, so that each
+    validation's samples start from the same random numbers)."""
 
     shows = "samples"
 
     def __init__(
-        self, tokenizer: tiktoken.Encoding, count: int = 2, tokens: int = 128, seed: int = 0, every_s: float = VIEW_EVERY_S
+        self,
+        tokenizer: tiktoken.Encoding,
+        settings: SamplingSettings = SamplingSettings(max_new_tokens=128, num_samples=2, seed=0),
+        every_s: float = VIEW_EVERY_S,
     ) -> None:
         super().__init__(every_s)
-        self.tokenizer, self.count, self.tokens, self.seed = tokenizer, count, tokens, seed
+        self.tokenizer, self.settings = tokenizer, settings
 
     @rank_zero_only
     def show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -151,7 +155,7 @@ class SampleLogger(RankZeroView):
         was_training = model.training
         model.eval()
         try:
-            texts = generate(model, self.tokenizer, "", max_new_tokens=self.tokens, num_samples=self.count, seed=self.seed)
+            texts = generate(model, self.tokenizer, "", self.settings)
         except MiniGPTError as err:  # finite but enormous weights can still overflow the logits
             log.warning("step %d: no samples logged: %s", trainer.global_step, err)
             return

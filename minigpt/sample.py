@@ -2,6 +2,7 @@
 
 The core, `sample_tokens`, works on token ids only; `stream` is the thin text layer on top of it
 (tokenizer, stop strings, UTF-8-safe streaming) and `generate` collects its pieces into whole completions.
+All three take one `SamplingSettings`, checked once when it is made.
 
 "The no-cache path" means: the logits for the next token are ``model(seq[:, -block_size:])[:, -1]``.
 The KV cache reproduces exactly that. While the sequence fits the window, positions never move, so the
@@ -20,7 +21,7 @@ import logging
 import math
 import secrets
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import tiktoken
 import torch
@@ -97,6 +98,50 @@ def make_generators(seed: int | None, n: int, device: str | torch.device = "cpu"
     return generators
 
 
+# ---- the settings: one checked object for every layer --------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to complete a prompt. Made once and checked then: an out-of-range value raises `MiniGPTError`
+    naming it. `sample_tokens` reads the token controls; the text layer also reads the rest."""
+
+    max_new_tokens: int = 200
+    """Most tokens per sample (>= 1)."""
+    temperature: float = 0.8
+    """Softmax temperature (>= 0); 0 = greedy (argmax)."""
+    top_k: int | None = None
+    """Sample only from the k most likely tokens (>= 1); None = all."""
+    top_p: float | None = None
+    """Nucleus sampling: the smallest set of tokens whose probability mass reaches p, in (0, 1]; None = all."""
+    repetition_penalty: float = 1.0
+    """Make tokens already in the prompt or completion less likely (>= 1; 1 = off)."""
+    stop: tuple[str, ...] = ()
+    """End a sample's text before the first of these strings (text layer only)."""
+    num_samples: int = 1
+    """Samples drawn together in one batch (text layer only: `sample_tokens` draws the rows of its `idx`)."""
+    seed: int | None = None
+    """Sample i is reproducible from (seed, i) alone; None = a random seed (text layer only: `sample_tokens`
+    draws with the generators it is given)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))  # a list (argparse's) becomes immutable like the rest
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise MiniGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k <= 0:
+            raise MiniGPTError(f"top_k must be a positive integer, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise MiniGPTError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty >= 1):
+            raise MiniGPTError(f"repetition_penalty must be a finite number >= 1 (1 = off), got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            raise MiniGPTError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise MiniGPTError(f"num_samples must be at least 1, got {self.num_samples}")
+        if any(not s for s in self.stop):
+            raise MiniGPTError("stop strings must not be empty")
+
+
 # ---- the core: ids in, ids out -----------------------------------------------------------------
 
 
@@ -115,20 +160,17 @@ def next_logits(model: GPT, seq: Tensor, cache: KVCache | None) -> Tensor:
 def sample_tokens(
     model: GPT,
     idx: Tensor,
+    settings: SamplingSettings,
     *,
-    max_new_tokens: int,
     eot_id: int,
     generators: Sequence[torch.Generator],
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
     use_cache: bool = True,
 ) -> Iterator[Tensor]:
-    """Yield the next ids (B,) of every row of `idx` (B, T), one step at a time, all rows in one forward pass.
+    """Yield the next ids (B,) of every row of `idx` (B, T), one step at a time, all rows in one forward pass,
+    row i drawing with `generators[i]` under the token controls of `settings`.
 
     A row that has produced `eot_id` is finished: it yields `eot_id` from then on. Stops after
-    `max_new_tokens` steps or when every row is finished; the consumer may also stop early.
+    `settings.max_new_tokens` steps or when every row is finished; the consumer may also stop early.
     """
     B = idx.size(0)
     held = model.config.block_size + 1
@@ -137,12 +179,12 @@ def sample_tokens(
     seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=idx.device)
     seen.scatter_(1, idx, True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-    for _ in range(max_new_tokens):
+    for _ in range(settings.max_new_tokens):
         logits = next_logits(model, seq, cache)
         if not torch.isfinite(logits).all():  # else multinomial fails deep inside torch, or argmax picks junk
             raise MiniGPTError("the model's output is not finite (NaN or inf): its weights are broken; use another checkpoint")
-        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        ids = sample_next(logits, generators, temperature, top_k, top_p)
+        logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+        ids = sample_next(logits, generators, settings.temperature, settings.top_k, settings.top_p)
         ids = ids.masked_fill(finished, eot_id)
         finished |= ids == eot_id
         seen.scatter_(1, ids[:, None], True)
@@ -153,33 +195,6 @@ def sample_tokens(
 
 
 # ---- the text layer: prompt in, text pieces out ---------------------------------------------------
-
-
-def check_settings(
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    repetition_penalty: float,
-    stop: Sequence[str],
-    num_samples: int,
-) -> None:
-    """Raise `MiniGPTError` naming the first out-of-range sampling setting."""
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise MiniGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise MiniGPTError(f"top_k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise MiniGPTError(f"top_p must be in (0, 1], got {top_p}")
-    if not (math.isfinite(repetition_penalty) and repetition_penalty >= 1):
-        raise MiniGPTError(f"repetition_penalty must be a finite number >= 1 (1 = off), got {repetition_penalty}")
-    if max_new_tokens < 1:
-        raise MiniGPTError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if num_samples < 1:
-        raise MiniGPTError(f"num_samples must be at least 1, got {num_samples}")
-    if any(not s for s in stop):
-        raise MiniGPTError("stop strings must not be empty")
 
 
 def prompt_ids(enc: tiktoken.Encoding, prompt: str, block_size: int) -> list[int]:
@@ -217,48 +232,31 @@ class _TextStream:
         return self.held + self.decoder.decode(b"", final=True)
 
 
-def generate(model: GPT, enc: tiktoken.Encoding, prompt: str, *, num_samples: int = 1, **settings: Any) -> list[str]:
-    """The finished completion of each of `num_samples` samples; `settings` are those of `stream`."""
-    texts = [""] * num_samples
-    for i, piece in stream(model, enc, prompt, num_samples=num_samples, **settings):
+def generate(
+    model: GPT, enc: tiktoken.Encoding, prompt: str, settings: SamplingSettings = SamplingSettings()
+) -> list[str]:
+    """The finished completion of each of the `settings.num_samples` samples of `stream`."""
+    texts = [""] * settings.num_samples
+    for i, piece in stream(model, enc, prompt, settings):
         texts[i] += piece
     return texts
 
 
 def stream(
-    model: GPT,
-    enc: tiktoken.Encoding,
-    prompt: str,
-    *,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    stop: Sequence[str] = (),
-    num_samples: int = 1,
-    seed: int | None = None,
+    model: GPT, enc: tiktoken.Encoding, prompt: str, settings: SamplingSettings = SamplingSettings()
 ) -> Iterator[tuple[int, str]]:
-    """Complete `prompt` `num_samples` times in one batch: (sample index, text piece) pairs, as soon as
-    the text is safe to show.
+    """Complete `prompt` `settings.num_samples` times in one batch: (sample index, text piece) pairs, as soon
+    as the text is safe to show.
 
-    Settings are checked at once (`MiniGPTError`); generation runs as the pieces are pulled. Sample i is
-    reproducible from (seed, i) alone. A sample ends at ``<|endoftext|>``, at a stop string (neither is
-    shown) or after `max_new_tokens` tokens.
+    Generation runs as the pieces are pulled. Sample i is reproducible from (seed, i) alone. A sample ends
+    at ``<|endoftext|>``, at a stop string (neither is shown) or after `settings.max_new_tokens` tokens.
     """
-    check_settings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        repetition_penalty=repetition_penalty, stop=stop, num_samples=num_samples,
-    )  # fmt: skip
     device = next(model.parameters()).device
     ids = prompt_ids(enc, prompt, model.config.block_size)
-    idx = torch.tensor([ids] * num_samples, device=device)  # (num_samples, T)
-    steps = sample_tokens(
-        model, idx, max_new_tokens=max_new_tokens, eot_id=tok.eot_id(enc),
-        generators=make_generators(seed, num_samples, device), temperature=temperature, top_k=top_k, top_p=top_p,
-        repetition_penalty=repetition_penalty,
-    )  # fmt: skip
-    return _text_pieces(steps, enc, [_TextStream(stop) for _ in range(num_samples)])
+    idx = torch.tensor([ids] * settings.num_samples, device=device)  # (num_samples, T)
+    generators = make_generators(settings.seed, settings.num_samples, device)
+    steps = sample_tokens(model, idx, settings, eot_id=tok.eot_id(enc), generators=generators)
+    return _text_pieces(steps, enc, [_TextStream(settings.stop) for _ in range(settings.num_samples)])
 
 
 def _text_pieces(

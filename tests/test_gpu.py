@@ -5,7 +5,7 @@ import torch
 
 from minigpt import checkpoint
 from minigpt.lit import LitGPT, next_token_loss
-from minigpt.sample import make_generators, sample_tokens
+from minigpt.sample import SamplingSettings, make_generators, sample_tokens
 from tests.conftest import tiny_config
 from tests.test_lit import train
 
@@ -63,8 +63,8 @@ def test_gpu_training_writes_a_checkpoint_that_samples_on_cpu(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"] and ckpt["global_step"] == 6
     loaded = checkpoint.load(tmp_path / "run" / "last.ckpt", device="cpu")
-    steps = sample_tokens(loaded.model, torch.zeros(1, 1, dtype=torch.long), max_new_tokens=5, eot_id=-1,
-                          generators=make_generators(1, 1))  # fmt: skip
+    steps = sample_tokens(loaded.model, torch.zeros(1, 1, dtype=torch.long), SamplingSettings(max_new_tokens=5),
+                          eot_id=-1, generators=make_generators(1, 1))  # fmt: skip
     assert len(list(steps)) == 5
 
 

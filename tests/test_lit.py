@@ -71,11 +71,12 @@ def test_checkpoint_loads_with_weights_only_and_is_self_contained(trained_run):
 
 
 def test_checkpoint_samples_deterministically(trained_run):
-    from minigpt.sample import generate
+    from minigpt.sample import SamplingSettings, generate
 
     loaded = checkpoint.load(trained_run / "best.ckpt")
-    first = list(generate(loaded.model, loaded.tokenizer, "line", max_new_tokens=20, seed=7))
-    again = list(generate(loaded.model, loaded.tokenizer, "line", max_new_tokens=20, seed=7))
+    settings = SamplingSettings(max_new_tokens=20, seed=7)
+    first = list(generate(loaded.model, loaded.tokenizer, "line", settings))
+    again = list(generate(loaded.model, loaded.tokenizer, "line", settings))
     assert first == again and "".join(first)
 
 

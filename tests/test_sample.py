@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from minigpt import sample, tokenizer
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
+from minigpt.sample import SamplingSettings
 
 ENC = tokenizer.byte_tokenizer()
 EOT = tokenizer.eot_id(ENC)
@@ -63,7 +64,8 @@ def test_sampling_loop_logits_equal_no_cache_at_every_step(window_model: GPT, mo
     prompt = torch.tensor([[1, 2, 3, 4, 5]])
     ids = collect_ids(
         sample.sample_tokens(
-            window_model, prompt, max_new_tokens=40, eot_id=-1, generators=sample.make_generators(0, 1), temperature=1.0
+            window_model, prompt, SamplingSettings(max_new_tokens=40, temperature=1.0), eot_id=-1,
+            generators=sample.make_generators(0, 1),
         )
     )
     assert len(seen_logits) == 40
@@ -77,8 +79,8 @@ def test_sampling_loop_logits_equal_no_cache_at_every_step(window_model: GPT, mo
 def test_cache_and_no_cache_sample_the_same_tokens(window_model: GPT) -> None:
     def run(use_cache: bool) -> torch.Tensor:
         steps = sample.sample_tokens(
-            window_model, torch.tensor([[7, 8, 9]] * 2), max_new_tokens=40, eot_id=-1,
-            generators=sample.make_generators(3, 2), temperature=1.0, use_cache=use_cache,
+            window_model, torch.tensor([[7, 8, 9]] * 2), SamplingSettings(max_new_tokens=40, temperature=1.0), eot_id=-1,
+            generators=sample.make_generators(3, 2), use_cache=use_cache,
         )  # fmt: skip
         return collect_ids(steps)
 
@@ -106,7 +108,8 @@ def test_long_generation_holds_at_most_one_window_and_samples_as_with_the_whole_
     prompt = torch.tensor([[1, 2, 3, 4, 5]] * 2)
     ids = collect_ids(
         sample.sample_tokens(
-            window_model, prompt, max_new_tokens=steps, eot_id=-1, generators=sample.make_generators(2, 2), **controls
+            window_model, prompt, SamplingSettings(max_new_tokens=steps, **controls), eot_id=-1,
+            generators=sample.make_generators(2, 2),
         )
     )
     assert max(held_lengths) == block_size + 1
@@ -138,7 +141,8 @@ def test_temperature_zero_is_argmax() -> None:
 def test_greedy_generation_follows_the_argmax_of_the_model(window_model: GPT) -> None:
     seq = torch.tensor([[10, 20, 30]])
     steps = sample.sample_tokens(
-        window_model, seq, max_new_tokens=20, eot_id=-1, generators=sample.make_generators(0, 1), temperature=0
+        window_model, seq, SamplingSettings(max_new_tokens=20, temperature=0), eot_id=-1,
+        generators=sample.make_generators(0, 1),
     )
     ids = collect_ids(steps)
     with torch.inference_mode():
@@ -219,8 +223,8 @@ def test_repetition_penalty_lowers_seen_logits_and_their_probability() -> None:
 def test_strong_repetition_penalty_avoids_prompt_and_generated_tokens(window_model: GPT) -> None:
     prompt = torch.tensor([[65, 66, 67, 68]])
     steps = sample.sample_tokens(
-        window_model, prompt, max_new_tokens=12, eot_id=-1, generators=sample.make_generators(0, 1),
-        temperature=0, repetition_penalty=1e6,
+        window_model, prompt, SamplingSettings(max_new_tokens=12, temperature=0, repetition_penalty=1e6), eot_id=-1,
+        generators=sample.make_generators(0, 1),
     )  # fmt: skip
     ids = collect_ids(steps)[0].tolist()
     assert len(set(ids)) == len(ids)
@@ -237,7 +241,8 @@ def test_a_row_that_emits_eot_is_finished_and_generation_ends_when_all_are(windo
     def run(idx: torch.Tensor) -> list[list[int]]:
         generators = sample.make_generators(0, len(idx))
         steps = sample.sample_tokens(
-            window_model, idx, max_new_tokens=10, eot_id=first_choices[0], generators=generators, temperature=0
+            window_model, idx, SamplingSettings(max_new_tokens=10, temperature=0), eot_id=first_choices[0],
+            generators=generators,
         )
         return collect_ids(steps).tolist()
 
@@ -255,9 +260,17 @@ def test_a_row_that_emits_eot_is_finished_and_generation_ends_when_all_are(windo
         dict(num_samples=0), dict(stop=[""]),
     ],
 )  # fmt: skip
-def test_out_of_range_settings_are_user_errors(tiny_model: GPT, bad: dict) -> None:
+def test_out_of_range_settings_are_user_errors(bad: dict) -> None:
     with pytest.raises(MiniGPTError):
-        sample.stream(tiny_model, ENC, "hi", **bad)
+        SamplingSettings(**bad)
+
+
+def test_settings_are_frozen_and_hold_stop_strings_as_a_tuple() -> None:
+    settings = SamplingSettings(stop=["\n\n", "END"])  # a list, as argparse gives it
+    assert settings.stop == ("\n\n", "END")
+    assert hash(settings) == hash(SamplingSettings(stop=("\n\n", "END")))
+    with pytest.raises(AttributeError):
+        settings.temperature = 0  # type: ignore[misc]
 
 
 # ---- prompts -------------------------------------------------------------------------------------
@@ -278,7 +291,7 @@ def test_long_prompt_keeps_its_last_block_size_tokens_with_a_warning(caplog) -> 
 
 
 def completions(model: GPT, prompt: str = "ab", **kwargs) -> list[str]:
-    return sample.generate(model, ENC, prompt, **kwargs)
+    return sample.generate(model, ENC, prompt, SamplingSettings(**kwargs))
 
 
 def test_same_seed_same_batch_and_other_seed_other_batch(tiny_model: GPT) -> None:
@@ -293,16 +306,14 @@ def test_batched_samples_equal_samples_drawn_one_by_one(window_model: GPT) -> No
     controls = dict(temperature=1.3, top_k=40, top_p=0.95, repetition_penalty=1.2)
     generators = sample.make_generators(11, 3)
     prompt = torch.tensor([[72, 105, 33]])
+    settings = SamplingSettings(max_new_tokens=40, **controls)
     batched = collect_ids(
-        sample.sample_tokens(
-            window_model, prompt.repeat(3, 1), max_new_tokens=40, eot_id=EOT, generators=generators, **controls
-        )
+        sample.sample_tokens(window_model, prompt.repeat(3, 1), settings, eot_id=EOT, generators=generators)
     )
     for i in range(3):
         alone = collect_ids(
             sample.sample_tokens(
-                window_model, prompt, max_new_tokens=40, eot_id=EOT, generators=[sample.make_generators(11, 3)[i]],
-                **controls,
+                window_model, prompt, settings, eot_id=EOT, generators=[sample.make_generators(11, 3)[i]]
             )
         )[0]  # fmt: skip
         assert torch.equal(batched[i, : alone.numel()], alone)
@@ -343,8 +354,8 @@ def test_stop_string_across_tokens_is_never_shown() -> None:
 def fake_tokens(ids: list[int]):
     """A stand-in for sample_tokens that emits the given ids, one per step, for one row."""
 
-    def steps(*args, **kwargs):
-        for token in ids[: kwargs["max_new_tokens"]]:
+    def steps(model, idx, settings, **kwargs):
+        for token in ids[: settings.max_new_tokens]:
             yield torch.tensor([token])
 
     return steps
@@ -353,7 +364,7 @@ def fake_tokens(ids: list[int]):
 def test_streaming_never_splits_a_multibyte_character(tiny_model: GPT, monkeypatch) -> None:
     text = "héllo wörld ✓ 🌍 ok"
     monkeypatch.setattr(sample, "sample_tokens", fake_tokens(list(text.encode())))
-    pieces = [p for _, p in sample.stream(tiny_model, ENC, "x", max_new_tokens=100)]
+    pieces = [p for _, p in sample.stream(tiny_model, ENC, "x", SamplingSettings(max_new_tokens=100))]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
     assert "🌍" in pieces  # the emoji's four byte tokens came out as one piece
@@ -373,5 +384,6 @@ def test_a_model_with_non_finite_output_is_a_user_error_not_a_torch_crash(tiny_m
     with torch.no_grad():
         tiny_model.lm_head.weight.mul_(1e38)  # finite weights, infinite logits
     idx = torch.zeros(1, 1, dtype=torch.long)
+    settings = SamplingSettings(max_new_tokens=3)
     with pytest.raises(MiniGPTError, match="not finite"):
-        list(sample.sample_tokens(tiny_model, idx, max_new_tokens=3, eot_id=-1, generators=sample.make_generators(0, 1)))
+        list(sample.sample_tokens(tiny_model, idx, settings, eot_id=-1, generators=sample.make_generators(0, 1)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ from minigpt.cli.common import (
     writing_stdout,
 )
 from minigpt.errors import MiniGPTError
-from minigpt.sample import check_settings, stream
+from minigpt.sample import SamplingSettings, stream
 
 DIVIDER = "-" * 20
 PROMPT_MARKER = "> "  # shown on a terminal before each prompt
@@ -96,12 +97,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> None:
     """Parse `argv`, load the checkpoint, and print the completions (of each prompt, with --interactive)."""
     args = parse_args(argv)
-    settings = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, stop=args.stop, num_samples=args.num_samples,
-    )  # fmt: skip
     # Every check before the slow part: loading the checkpoint.
-    check_settings(**settings)
+    settings = sampling_settings(args)
     check_stdout_open()
     if args.interactive:
         check_interactive(args)
@@ -114,7 +111,7 @@ def main(argv: Sequence[str]) -> None:
     loaded = sources.load(args.ckpt, device)
     if args.attention_dir:
         selected_layers_and_heads(args, loaded.model.config)
-    sample = functools.partial(stream, loaded.model, loaded.tokenizer, seed=args.seed, **settings)
+    sample = functools.partial(stream, loaded.model, loaded.tokenizer, settings=settings)
     if prompt is None:  # --interactive: the prompts come now that the model is loaded
         with writing_stdout(), autocast(device):
             answer_each_prompt(sys.stdin, sample)
@@ -122,14 +119,20 @@ def main(argv: Sequence[str]) -> None:
     completions = [""]
     with writing_stdout(), autocast(device):
         completions = print_completions(
-            prompt, sample(prompt), args.num_samples, keep=bool(args.attention_dir) and args.attention_completion,
-            most_tokens=args.max_new_tokens,
+            prompt, sample(prompt), settings.num_samples, keep=bool(args.attention_dir) and args.attention_completion,
+            most_tokens=settings.max_new_tokens,
         )
     if args.attention_dir:
         analysed = prompt + completions[0] if args.attention_completion else prompt
         name = "the prompt and its completion" if args.attention_completion else "the prompt"
         with writing_stdout():
             report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed), text_name=name)
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    """The sampling options of `args`, which bear the names of `SamplingSettings`' fields, as one checked
+    object (`MiniGPTError` names the first out-of-range one)."""
+    return SamplingSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SamplingSettings)})
 
 
 def check_interactive(args: argparse.Namespace) -> None:
