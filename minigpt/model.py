@@ -7,7 +7,7 @@ matrices transposed (its Conv1D layers), which `minigpt.hf` handles.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +59,6 @@ class GPTConfig:
         norm = d + bias * d
         block = 2 * norm + (3 * d * d + bias * 3 * d) + (d * d + bias * d) + (4 * d * d + bias * 4 * d) + (4 * d * d + bias * d)
         return (self.vocab_size + self.block_size) * d + self.n_layer * block + norm
-
-    def to_dict(self) -> dict[str, int | float | bool | str]:
-        return asdict(self)
 
 
 class KVCache:

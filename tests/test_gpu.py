@@ -1,5 +1,7 @@
 """CUDA checks: run with `pytest -m gpu` on a machine with a GPU; skipped everywhere else."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def test_bf16_autocast_logits_stay_close_to_fp32(tiny_model):
 
 
 def test_adamw_is_fused_on_cuda():
-    module = LitGPT(tiny_config().to_dict(), {}).cuda()
+    module = LitGPT(asdict(tiny_config()), {}).cuda()
     module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
     assert module.configure_optimizers()["optimizer"].defaults["fused"]
 

@@ -1,6 +1,7 @@
 import math
 import os
 import signal
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_weight_decay_applies_to_matrices_only():
-    module = LitGPT(tiny_config().to_dict(), {})
+    module = LitGPT(asdict(tiny_config()), {})
     module.trainer = type("T", (), {"estimated_stepping_batches": 10})()  # what configure_optimizers reads
     groups = module.configure_optimizers()["optimizer"].param_groups
     decayed = {id(p) for p in groups[0]["params"]}
@@ -133,7 +134,7 @@ def test_last_checkpoint_holds_the_final_step_even_between_validations(tmp_path)
 
 
 def test_resuming_on_changed_data_warns_and_keeps_this_runs_payload(caplog):
-    module = LitGPT(tiny_config().to_dict(), {}, payload={"data": {"fingerprint": "new"}})
+    module = LitGPT(asdict(tiny_config()), {}, payload={"data": {"fingerprint": "new"}})
     with caplog.at_level("WARNING", logger="minigpt.lit"):
         module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: {"data": {"fingerprint": "old"}}})
     assert "corpus changed" in caplog.text
@@ -183,7 +184,7 @@ def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm):
     import copy
 
     torch.manual_seed(0)
-    module = LitGPT(tiny_config().to_dict(), {})
+    module = LitGPT(asdict(tiny_config()), {})
     reference = copy.deepcopy(module.model)
     batch = torch.randint(0, 257, (4, 17))
     for model in (module.model, reference):
@@ -249,7 +250,7 @@ def test_the_logged_step_axis_has_no_gap_or_duplicate_across_a_signal_and_resume
 
 def test_fused_adamw_updates_equal_the_per_tensor_loop():
     """The optimizer is fused on CPU too; its updates must be the ones the foreach implementation makes."""
-    module = LitGPT(tiny_config().to_dict(), {})
+    module = LitGPT(asdict(tiny_config()), {})
     module.trainer = type("T", (), {"estimated_stepping_batches": 10})()
     optimizer = module.configure_optimizers()["optimizer"]
     assert optimizer.defaults["fused"]
@@ -282,7 +283,7 @@ def test_validation_loss_does_not_depend_on_the_evaluation_batch(tmp_path):
     rng.integers(0, 257, 5000).astype(np.uint16).tofile(tmp_path / "val.bin")
     windows = FixedWindows(tmp_path, "uint16", 32, 100)  # 100 windows: batches of 12 leave a short last one
     torch.manual_seed(0)
-    module = LitGPT(tiny_config().to_dict(), {})
+    module = LitGPT(asdict(tiny_config()), {})
     losses = []
     for batch in (12, 256):
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")

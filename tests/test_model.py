@@ -1,4 +1,5 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def test_gelu_tanh_is_gpt2s_activation_and_old_configs_keep_exact_gelu():
     gpt2_gelu_new = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     tanh_mlp = GPT(tiny_config(activation="gelu_tanh")).transformer.h[0].mlp
     torch.testing.assert_close(tanh_mlp.gelu(x), gpt2_gelu_new)
-    assert GPTConfig(**{k: v for k, v in tiny_config().to_dict().items() if k != "activation"}).activation == "gelu"
+    assert GPTConfig(**{k: v for k, v in asdict(tiny_config()).items() if k != "activation"}).activation == "gelu"
     assert not torch.allclose(GPT(tiny_config()).transformer.h[0].mlp.gelu(x), gpt2_gelu_new)
     with pytest.raises(ValueError, match="activation must be one of gelu, gelu_tanh"):
         tiny_config(activation="relu")
