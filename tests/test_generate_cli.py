@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minigpt.cli import attention, run
-from minigpt.cli.generate import DIVIDER, build_parser, main, parse_args, print_completions
+from minigpt.cli.generate import DIVIDER, build_parser, main, parse_args, print_completions, sampling_settings
+from minigpt.sample import SamplingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -319,6 +320,16 @@ def test_options_are_declared_with_underscores_and_their_dashed_spelling_parses_
     assert parse_args(dashed) == parsed
     defaults = parse_args(["--ckpt", "c"])
     assert all(getattr(parsed, a.dest) != getattr(defaults, a.dest) for a in actions if "_" in "".join(a.option_strings))
+
+
+def test_sampling_options_make_one_settings_object_with_the_library_defaults() -> None:
+    assert sampling_settings(parse_args(["--ckpt", "c"])) == SamplingSettings()
+    argv = ["--ckpt", "c", "--max_new_tokens", "7", "--temperature", "0", "--top_k", "5", "--top_p", "0.5",
+            "--repetition_penalty", "1.5", "--stop", "a", "--stop", "b", "--num_samples", "3", "--seed", "9"]  # fmt: skip
+    expected = SamplingSettings(
+        max_new_tokens=7, temperature=0, top_k=5, top_p=0.5, repetition_penalty=1.5, stop=("a", "b"), num_samples=3, seed=9
+    )
+    assert sampling_settings(parse_args(argv)) == expected
 
 
 def test_usage_errors_name_the_underscore_spelling_and_the_minigpt_command(tmp_path: Path, capsys) -> None:

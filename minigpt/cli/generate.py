@@ -40,7 +40,8 @@ CONTINUATION_MARKER = "... "  # and before each further line of a prompt whose l
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The generate command's options; other features add theirs to the returned parser."""
+    """The generate command's options; other features add theirs to the returned parser. The sampling options
+    are named like `SamplingSettings`' fields and default to its defaults."""
     p = OneLineParser(
         prog="minigpt generate",
         description="Sample text from a minigpt checkpoint: prints the prompt and its completion "
@@ -54,22 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     source.add_argument("--prompt_file", help="read the prompt from this UTF-8 text file")
     p.add_argument(
-        "--max_new_tokens", type=int, default=200, help="most tokens to generate per sample (>= 1; default %(default)s)"
-    )
+        "--max_new_tokens", type=int, default=SamplingSettings.max_new_tokens,
+        help="most tokens to generate per sample (>= 1; default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
-        "--temperature", type=float, default=0.8, help="softmax temperature (>= 0; default %(default)s); 0 = greedy"
-    )
+        "--temperature", type=float, default=SamplingSettings.temperature,
+        help="softmax temperature (>= 0; default %(default)s); 0 = greedy",
+    )  # fmt: skip
     p.add_argument("--top_k", type=int, help="sample only from the k most likely tokens (>= 1; default: all)")
     p.add_argument("--top_p", type=float, help="nucleus sampling: the smallest set with this much mass, in (0, 1]")
     p.add_argument(
-        "--repetition_penalty", type=float, default=1.0,
+        "--repetition_penalty", type=float, default=SamplingSettings.repetition_penalty,
         help="make tokens already in the prompt or completion less likely (>= 1; default %(default)s = off)",
     )  # fmt: skip
     p.add_argument(
         "--stop", action="append", default=[], metavar="TEXT",
         help="stop a sample when its text contains TEXT (not printed); repeatable. <|endoftext|> always stops",
     )  # fmt: skip
-    p.add_argument("--num_samples", type=int, default=1, help="samples drawn together in one batch (>= 1; default 1)")
+    p.add_argument(
+        "--num_samples", type=int, default=SamplingSettings.num_samples,
+        help="samples drawn together in one batch (>= 1; default %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--seed", type=int,
         help="the same seed gives the same samples (default: a random seed); with --interactive every prompt is "
