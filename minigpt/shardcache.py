@@ -1,4 +1,4 @@
-"""The shard cache: one folder per (corpus, tokenizer, split) key, built aside and published atomically.
+"""The cache folder (`default_cache_dir`), and the shard cache in it: one folder per (corpus, tokenizer, split) key, built aside and published atomically.
 
 A folder ``<cache_dir>/<key>`` is built under a temporary sibling ``.<key>.<host>.<pid>.<random>.tmp`` and renamed
 when complete, so an interrupted run never leaves an entry that looks valid. When two processes build the same
@@ -21,13 +21,30 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from minigpt.corpus import cache_dir_error
+from minigpt.errors import MiniGPTError
 from minigpt.shards import FORMAT_VERSION, Prepared, Unusable, verified
 
 logger = logging.getLogger(__name__)
 
 # ``.<key>.<host>.<pid>.<random>.tmp``: the host part has no dots (see `_host`), so the name splits unambiguously.
 _TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]{1,9})\.[0-9a-f]{8}\.tmp")
+
+
+def default_cache_dir() -> Path:
+    """Where downloads and prepared shards live: ``$MINIGPT_CACHE``, else ``~/.cache/minigpt``."""
+    return Path(os.environ.get("MINIGPT_CACHE") or Path.home() / ".cache" / "minigpt").expanduser()
+
+
+def cache_dir_error(folder: Path, exc: OSError) -> MiniGPTError:
+    """The one-line error for a cache folder that cannot be created or written to."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = "it or a folder above it is a file"
+    else:
+        reason = exc.strerror or type(exc).__name__
+    return MiniGPTError(
+        f"cannot write to the cache folder {folder} ({reason}): pass --cache_dir (or set MINIGPT_CACHE) "
+        "to a writable folder"
+    )
 
 
 def cache_key(fingerprint: str, tokenizer_spec: str, val_fraction: float) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import corpus
+from minigpt import builtin_corpora, hfcorpus, shardcache
 from minigpt.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 
@@ -155,14 +155,14 @@ def test_shakespeare_is_downloaded_once_then_reused(tmp_path: Path, monkeypatch:
     first = list(open_corpus("shakespeare", tmp_path).documents())
     second = list(open_corpus("shakespeare", tmp_path).documents())
 
-    assert calls == [corpus.SHAKESPEARE_URL]
+    assert calls == [builtin_corpora.SHAKESPEARE_URL]
     assert first == second == ["First Citizen:\nBefore we proceed any further, hear me speak.\n"]
 
 
 def test_default_cache_dir_follows_minigpt_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "elsewhere"))
 
-    assert corpus.default_cache_dir() == tmp_path / "elsewhere"
+    assert shardcache.default_cache_dir() == tmp_path / "elsewhere"
 
 
 @pytest.mark.usefixtures("offline_hf")
@@ -225,7 +225,7 @@ def test_hf_unknown_option_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_hf_spec_parts_are_parsed() -> None:
-    name, config, options = corpus._parse_hf_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT?split=train&limit=5")
+    name, config, options = hfcorpus.parse_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT?split=train&limit=5")
 
     assert (name, config, options) == ("HuggingFaceFW/fineweb-edu", "sample-10BT", {"split": "train", "limit": "5"})
 
