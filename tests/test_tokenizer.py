@@ -1,3 +1,6 @@
+import base64
+import json
+
 import pytest
 import tiktoken
 
@@ -83,3 +86,16 @@ def test_the_digest_names_the_ids_not_the_name():
     enc = tok.byte_tokenizer()
     renamed = tiktoken.Encoding("other", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks, special_tokens=enc._special_tokens)
     assert tok.digest(renamed) == tok.digest(enc) != tok.digest(tok.build_tokenizer("bpe:260", ["abc abd abe " * 40]))
+
+
+def test_a_saved_tokenizer_file_loads_as_the_same_tokenizer(enc, tmp_path):
+    tok.save(enc, tmp_path / "tokenizer.json")
+    rebuilt = tok.load(tmp_path / "tokenizer.json")
+    assert tok.digest(rebuilt) == tok.digest(enc) and rebuilt.name == enc.name
+
+
+def test_a_tokenizer_file_is_json_with_base64_tokens(enc, tmp_path):
+    """The format shard folders have held since before `save` existed, so their caches stay valid."""
+    tok.save(enc, tmp_path / "tokenizer.json")
+    record = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert [base64.b64decode(token) for token in record["ranks"]] == tok.to_dict(enc)["ranks"]
