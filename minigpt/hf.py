@@ -1,4 +1,4 @@
-"""The Hugging Face GPT-2 format, both ways: read pretrained GPT-2 weights into minigpt, export a checkpoint.
+"""The Hugging Face GPT-2 format, read: pretrained GPT-2 weights into minigpt (`minigpt.hf_export` writes it).
 
 A GPT-2 folder holds ``config.json`` (model_type gpt2), ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``) and tokenizer files. Sources are a local folder or ``hf:REPO_ID[@REVISION]``,
@@ -16,10 +16,7 @@ Runtime code needs only torch, safetensors, huggingface_hub and json; transforme
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +24,10 @@ from typing import Any
 import tiktoken
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from minigpt import checkpoint, hf_tokenizer
-from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
 
@@ -55,7 +51,7 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # older files save the causal mask buffers
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
-_LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which minigpt's LayerNorms use
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which minigpt's LayerNorms use
 
 
 @dataclass
@@ -67,9 +63,6 @@ class Pretrained:
     state_dict: dict[str, Tensor]
     """Keys of `minigpt.model.GPT` (no ``model.`` prefix), ``lm_head.weight`` the same tensor as ``wte``."""
     tokenizer: tiktoken.Encoding
-
-
-# ---- reading -----------------------------------------------------------------------------------------
 
 
 def is_pretrained_source(source: str) -> bool:
@@ -165,7 +158,7 @@ def config_from_hf(raw: dict[str, Any], source: str) -> GPTConfig:
     unsupported = {
         "activation_function": activation not in _ACTIVATIONS,
         "n_inner": raw.get("n_inner") not in (None, 4 * n_embd),
-        "layer_norm_epsilon": raw.get("layer_norm_epsilon", _LAYER_NORM_EPS) != _LAYER_NORM_EPS,
+        "layer_norm_epsilon": raw.get("layer_norm_epsilon", LAYER_NORM_EPS) != LAYER_NORM_EPS,
         "scale_attn_weights": raw.get("scale_attn_weights", True) is not True,
         "scale_attn_by_inverse_layer_idx": raw.get("scale_attn_by_inverse_layer_idx", False) is not False,
         "reorder_and_upcast_attn": raw.get("reorder_and_upcast_attn", False) is not False,
@@ -250,112 +243,3 @@ def state_from_hf(weights: dict[str, Tensor], config: GPTConfig, source: str) ->
         )
     state["lm_head.weight"] = wte
     return state
-
-
-# ---- export ------------------------------------------------------------------------------------------
-
-
-def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> None:
-    """Write a Hugging Face GPT-2 folder (config, safetensors, tokenizer, generation config, model card) for a
-    loaded model or a checkpoint file / run folder, that ``transformers.AutoModelForCausalLM`` loads.
-
-    The folder appears complete or not at all; an existing non-empty `out` is refused.
-    """
-    loaded = source if isinstance(source, checkpoint.Loaded) else checkpoint.load(source)
-    config = loaded.model.config
-    if not config.bias:
-        raise MiniGPTError("GPT-2's format has biases in every Linear and LayerNorm: train with --model.bias true to export")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MiniGPTError(f"{out} already exists and is not an empty folder: pass a new folder to export into")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.mkdir()
-        _write_folder(loaded, tmp, out.name)
-        os.replace(tmp, out)  # replaces an empty `out` too
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_folder(loaded: checkpoint.Loaded, folder: Path, name: str) -> None:
-    config, enc = loaded.model.config, loaded.tokenizer
-    eot = tok.eot_id(enc)
-    state = state_to_hf(loaded.model.state_dict())
-    dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
-    _write_json(folder / "config.json", config_to_hf(config, eot, dtype))
-    _write_json(folder / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})  # transformers needs the format
-    hf_tokenizer.save(enc, folder)
-    (folder / "README.md").write_text(model_card(config, enc, name), encoding="utf-8")
-
-
-def state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """GPT2LMHeadModel's safetensors keys for a minigpt state dict: Conv1D weights transposed back, the tied
-    head left out (transformers ties it to ``wte`` on load; safetensors refuses shared tensors anyway)."""
-    hf = {}
-    for key, value in state.items():
-        if key == "lm_head.weight":
-            continue
-        value = value.detach().cpu()
-        if key.endswith(CONV1D) and key.startswith("transformer.h."):
-            value = value.t()
-        hf[key] = value.contiguous()
-    return hf
-
-
-def config_to_hf(config: GPTConfig, eot: int, dtype: str = "float32") -> dict[str, Any]:
-    """A GPT2Config dict for `config`; `eot` (``<|endoftext|>``) is GPT-2's bos and eos."""
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.block_size,
-        "n_ctx": config.block_size,  # read by older transformers
-        "n_embd": config.n_embd,
-        "n_layer": config.n_layer,
-        "n_head": config.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new" if config.activation == "gelu_tanh" else "gelu",
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": _LAYER_NORM_EPS,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "use_cache": True,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "tie_word_embeddings": True,
-        "dtype": dtype,
-    }
-
-
-def model_card(config: GPTConfig, enc: tiktoken.Encoding, name: str) -> str:
-    """A short README.md for the exported folder: what the model is and how to load it."""
-    params = config.num_parameters()
-    return f"""---
-library_name: transformers
-tags: [gpt2, minigpt]
----
-
-# {name}
-
-A GPT-2-shaped language model trained with minigpt: {config.n_layer} layers,
-{config.n_head} heads, width {config.n_embd}, a context of {config.block_size} tokens, {params:,} parameters,
-and the `{enc.name}` tokenizer ({enc.n_vocab} tokens; `<|endoftext|>` separates documents).
-
-```python
-from transformers import pipeline
-generate = pipeline("text-generation", model="{name}")
-print(generate("Once upon a time", max_new_tokens=50)[0]["generated_text"])
-```
-
-`AutoModelForCausalLM.from_pretrained("{name}")` and `AutoTokenizer.from_pretrained("{name}")` load it too.
-"""
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ import huggingface_hub
 import pytest
 import torch
 
-from minigpt import checkpoint, hf, hf_tokenizer, tokenizer
+from minigpt import checkpoint, hf, hf_export, hf_tokenizer, tokenizer
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
 from tests.conftest import tiny_config
@@ -233,7 +233,7 @@ def test_a_hub_model_in_the_cache_is_read_offline(offline_cache: Path, hf_folder
 @pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
 def test_exported_model_gives_equal_logits_in_transformers(tmp_path: Path, activation: str):
     loaded = minigpt_model(activation)
-    hf.export(loaded, tmp_path / "out")
+    hf_export.export(loaded, tmp_path / "out")
     reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = random_ids(32)
     with torch.no_grad():
@@ -244,21 +244,21 @@ def test_exported_model_gives_equal_logits_in_transformers(tmp_path: Path, activ
 def test_exported_tokenizer_gives_minigpts_ids(tmp_path: Path):
     enc = tokenizer.build_tokenizer("bpe:300", [TEXT * 20, "the quick brown fox jumps over the lazy dog " * 20])
     torch.manual_seed(0)
-    hf.export(checkpoint.Loaded(GPT(tiny_config(vocab_size=enc.n_vocab)).eval(), enc), tmp_path / "out")
+    hf_export.export(checkpoint.Loaded(GPT(tiny_config(vocab_size=enc.n_vocab)).eval(), enc), tmp_path / "out")
     auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert auto(TEXT)["input_ids"] == tokenizer.encode(enc, TEXT)
     assert auto.decode(tokenizer.encode(enc, TEXT)) == TEXT
 
 
 def test_exported_folder_runs_in_a_text_generation_pipeline(tmp_path: Path):
-    hf.export(minigpt_model(), tmp_path / "out")
+    hf_export.export(minigpt_model(), tmp_path / "out")
     generate = transformers.pipeline("text-generation", model=str(tmp_path / "out"))
     result = generate("Hello", max_new_tokens=5, do_sample=False)
     assert result[0]["generated_text"].startswith("Hello")
 
 
 def test_export_then_read_round_trips(tmp_path: Path, tiny_checkpoint: Path):
-    hf.export(tiny_checkpoint, tmp_path / "out")
+    hf_export.export(tiny_checkpoint, tmp_path / "out")
     original = checkpoint.load(tiny_checkpoint)
     pretrained = hf.read_pretrained(str(tmp_path / "out"))
     assert pretrained.config == original.model.config
@@ -273,7 +273,7 @@ def test_export_then_read_round_trips(tmp_path: Path, tiny_checkpoint: Path):
 def test_export_without_biases_is_refused(tmp_path: Path):
     loaded = checkpoint.Loaded(GPT(tiny_config(bias=False)), ENC)
     with pytest.raises(MiniGPTError, match="train with --model.bias true to export"):
-        hf.export(loaded, tmp_path / "out")
+        hf_export.export(loaded, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -281,5 +281,5 @@ def test_export_into_a_non_empty_folder_is_refused(tmp_path: Path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(MiniGPTError, match="not an empty folder"):
-        hf.export(minigpt_model(), tmp_path / "out")
+        hf_export.export(minigpt_model(), tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]

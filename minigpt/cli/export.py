@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt import hf
+from minigpt import hf_export
 from minigpt.cli import run
 from minigpt.cli.common import OneLineParser, canonical_options
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> None:
     """Parse `argv` and export the checkpoint."""
     args = build_parser().parse_args(canonical_options(argv))
-    hf.export(args.ckpt, args.out)
+    hf_export.export(args.ckpt, args.out)
     print(f"wrote {args.out}: load it with transformers.AutoModelForCausalLM.from_pretrained('{args.out}')")
 
 
