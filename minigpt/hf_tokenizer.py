@@ -10,7 +10,7 @@ adjacent pair whose concatenation has the lowest id and first looks the whole pi
 Hugging Face merges the listed pair that comes first in ``merges``, and looks the piece up first only when
 ``ignore_merges`` is set. So every merge's result must be in the vocabulary, ids must grow with the merge
 order, and each merge must be the last step of tiktoken's own BPE on its result's bytes. Their regex
-engines differ too (fancy-regex vs Oniguruma), so split patterns are rewritten on the way (`_rewrite`).
+engines differ too (fancy-regex vs Oniguruma), so split patterns are rewritten on the way (`minigpt.regex_dialects`).
 
 Special tokens: a Hugging Face tokenizer matches them even in ordinary text, while minigpt's `encode` never
 does, so a literal ``<|endoftext|>`` in a text gets different ids on the two sides.
@@ -19,13 +19,13 @@ does, so a literal ``<|endoftext|>`` in a text gets different ids on the two sid
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import tiktoken
 
 from minigpt.errors import MiniGPTError
+from minigpt.regex_dialects import from_oniguruma, to_oniguruma
 from minigpt.tokenizer import EOT, GPT2_PATTERN
 
 
@@ -39,12 +39,6 @@ def _byte_chars() -> list[str]:
 
 _BYTE_CHARS = _byte_chars()
 _CHAR_BYTES = {char: b for b, char in enumerate(_BYTE_CHARS)}
-
-_INTERVAL = re.compile(r"\{\d+(?:,\d*)?\}")
-# fancy-regex (tiktoken) reads `$`/`^` as ends of the text and `X{n,m}+` as possessive; Oniguruma in its
-# Ruby syntax (tokenizers) reads them as ends of a line and as `(X{n,m})+`.
-_TO_ONIG = {"$": r"\z", "^": r"\A"}, "(?>{})"
-_FROM_ONIG = {"$": r"(?:(?=\n)|\z)", "^": r"(?:(?<=\n)|\A)"}, "(?:{})+"
 
 
 def load(folder: Path) -> tiktoken.Encoding:
@@ -81,7 +75,7 @@ def _tokenizer_json(enc: tiktoken.Encoding) -> dict[str, Any]:
     ranks: dict[bytes, int] = enc._mergeable_ranks  # tiktoken has no public accessor for its ranks
     specials = sorted(enc._special_tokens.items(), key=lambda item: item[1])
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-    split = {"type": "Split", "pattern": {"Regex": _rewrite(enc._pat_str, *_TO_ONIG)}, "behavior": "Isolated"}
+    split = {"type": "Split", "pattern": {"Regex": to_oniguruma(enc._pat_str)}, "behavior": "Isolated"}
     return {
         "version": "1.0",
         "truncation": None,
@@ -212,7 +206,7 @@ def _pattern(path: Path, pre: dict[str, Any] | None) -> str:
         or byte_level.get("use_regex", True)
     ):
         raise MiniGPTError(f"{path} splits text in a way tiktoken cannot: only an Isolated regex Split, then ByteLevel")
-    return _rewrite(split["pattern"]["Regex"], *_FROM_ONIG)
+    return from_oniguruma(split["pattern"]["Regex"])
 
 
 def _encoding(
@@ -280,60 +274,6 @@ def _check_merges(path: Path, ranks: dict[bytes, int], merges: list[tuple[str, .
             raise MiniGPTError(f"{path}: tiktoken would build {_text(token)!r} from {built_by}, not by merge {merge!r}")
         if token not in built and (len(parts) == 2 or not shortcut):
             raise MiniGPTError(f"{path}: no merge makes the token {_text(token)!r}, yet tiktoken would")
-
-
-def _rewrite(pattern: str, anchors: dict[str, str], interval_plus: str) -> str:
-    """`pattern` with each `^`/`$` outside a class replaced from `anchors`, and each `X{n,m}+` (an atom then an
-    interval then `+`) written as `interval_plus.format("X{n,m}")`: what one regex engine means, for the other."""
-    out: list[str] = []  # one entry per atom, so that an interval can take the atom before it
-    groups: list[int] = []  # where in `out` each open group starts
-    i = 0
-    while i < len(pattern):
-        char, end = pattern[i], i + 1
-        if char == "\\":
-            brace = pattern[i + 1 : i + 3] in ("p{", "P{", "x{")
-            end = (pattern.find("}", i) + 1 or len(pattern)) if brace else i + 2
-            out.append(pattern[i:end])
-        elif char == "[":
-            end = _class_end(pattern, i)
-            out.append(pattern[i:end])
-        elif char == "(":
-            groups.append(len(out))
-            out.append(char)
-        elif char == ")" and groups:
-            start = groups.pop()
-            out[start:] = ["".join(out[start:]) + char]
-        elif char == "{" and out and (interval := _INTERVAL.match(pattern, i)):
-            end = interval.end()
-            if pattern.startswith("+", end):
-                out[-1], end = interval_plus.format(out[-1] + interval.group()), end + 1
-            else:
-                out[-1] += interval.group()
-        else:
-            out.append(anchors.get(char, char))
-        i = end
-    return "".join(out)
-
-
-def _class_end(pattern: str, start: int) -> int:
-    """The index just past the character class opening at `start` (classes may nest; `]` first is literal)."""
-    depth, i = 0, start
-    while i < len(pattern):
-        if pattern[i] == "\\":
-            i += 2
-            continue
-        if pattern[i] == "[":
-            depth += 1
-            i += 1
-            i += pattern.startswith("^", i)
-            i += pattern.startswith("]", i)
-            continue
-        if pattern[i] == "]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return len(pattern)  # unterminated: the regex engine reports it
 
 
 def _text(token: bytes) -> str:

@@ -1,0 +1,78 @@
+"""Split patterns between two regex dialects: fancy-regex (tiktoken's) and Oniguruma in its Ruby syntax
+(Hugging Face tokenizers'), which read the same text differently.
+
+fancy-regex reads `$`/`^` as ends of the text and `X{n,m}+` as possessive; Oniguruma reads them as ends of a line
+and as `(X{n,m})+`. Each direction rewrites those, so a pattern keeps its meaning in the other engine.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INTERVAL = re.compile(r"\{\d+(?:,\d*)?\}")
+_TO_ONIG = {"$": r"\z", "^": r"\A"}, "(?>{})"
+_FROM_ONIG = {"$": r"(?:(?=\n)|\z)", "^": r"(?:(?<=\n)|\A)"}, "(?:{})+"
+
+
+def to_oniguruma(pattern: str) -> str:
+    """What fancy-regex `pattern` means, written for Oniguruma."""
+    return _rewrite(pattern, *_TO_ONIG)
+
+
+def from_oniguruma(pattern: str) -> str:
+    """What Oniguruma `pattern` means, written for fancy-regex."""
+    return _rewrite(pattern, *_FROM_ONIG)
+
+
+def _rewrite(pattern: str, anchors: dict[str, str], interval_plus: str) -> str:
+    """`pattern` with each `^`/`$` outside a class replaced from `anchors`, and each `X{n,m}+` (an atom then an
+    interval then `+`) written as `interval_plus.format("X{n,m}")`: what one regex engine means, for the other."""
+    out: list[str] = []  # one entry per atom, so that an interval can take the atom before it
+    groups: list[int] = []  # where in `out` each open group starts
+    i = 0
+    while i < len(pattern):
+        char, end = pattern[i], i + 1
+        if char == "\\":
+            brace = pattern[i + 1 : i + 3] in ("p{", "P{", "x{")
+            end = (pattern.find("}", i) + 1 or len(pattern)) if brace else i + 2
+            out.append(pattern[i:end])
+        elif char == "[":
+            end = _class_end(pattern, i)
+            out.append(pattern[i:end])
+        elif char == "(":
+            groups.append(len(out))
+            out.append(char)
+        elif char == ")" and groups:
+            start = groups.pop()
+            out[start:] = ["".join(out[start:]) + char]
+        elif char == "{" and out and (interval := _INTERVAL.match(pattern, i)):
+            end = interval.end()
+            if pattern.startswith("+", end):
+                out[-1], end = interval_plus.format(out[-1] + interval.group()), end + 1
+            else:
+                out[-1] += interval.group()
+        else:
+            out.append(anchors.get(char, char))
+        i = end
+    return "".join(out)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index just past the character class opening at `start` (classes may nest; `]` first is literal)."""
+    depth, i = 0, start
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        if pattern[i] == "[":
+            depth += 1
+            i += 1
+            i += pattern.startswith("^", i)
+            i += pattern.startswith("]", i)
+            continue
+        if pattern[i] == "]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return len(pattern)  # unterminated: the regex engine reports it
