@@ -190,7 +190,7 @@ def test_shakespeare_cpu_recipe_reaches_nanogpt_loss(tmp_path):
 def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
     import torch
 
-    from minigpt.cli.train import pick_precision
+    from minigpt.machine import pick_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)

@@ -26,6 +26,7 @@ from minigpt.cli import USER_ERROR_EXIT, run
 from minigpt.cli.common import canonical_options
 from minigpt.errors import Interrupted, MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
+from minigpt.machine import MAX_WORKERS, check_devices, check_fits_in_memory
 from minigpt.model import GPTConfig
 from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION
 from minigpt.rundir import InUse, RunFolder, holds_run
@@ -224,9 +225,6 @@ def _resume_path(path: str) -> Path:
 
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
-MAX_WORKERS = 4 * (os.cpu_count() or 1)  # data workers, or CPU training processes: thousands would exhaust the machine
-
-
 def _validate(cfg: Namespace) -> None:
     """Every value checked before anything is written: ranges here, the model's and optimizer's own checks."""
     interval = cfg.trainer.val_check_interval
@@ -260,68 +258,10 @@ def _validate(cfg: Namespace) -> None:
             config(**vars(cfg[group]))
         except ValueError as err:
             raise MiniGPTError(f"--{group}.{err}") from None
-    check_devices(cfg.trainer)
-    check_fits_in_memory(cfg, vocab_size=257)  # the smallest vocabulary; again with the real one once it is known
-
-
-def check_devices(trainer: Namespace) -> None:
-    """Refuse, before anything is prepared or written, device requests this machine cannot meet, saying what
-    would work; Lightning checks the rest of the --trainer options when the Trainer is built."""
-    import torch
-
-    accelerator, strategy = str(trainer.accelerator), str(trainer.strategy)
-    gpus = torch.cuda.device_count()
-    on_cpu = accelerator == "cpu" or (accelerator in ("auto", "None") and not gpus)
-    if strategy.startswith("fsdp") and on_cpu:
-        where = "--trainer.accelerator cpu was chosen" if accelerator == "cpu" else "this machine has no CUDA GPU"
-        raise MiniGPTError(
-            f"--trainer.strategy {strategy} shards the model across CUDA GPUs, and {where}: on CPUs use "
-            "--trainer.strategy ddp"
-        )
-    if accelerator in ("gpu", "cuda") and not gpus:
-        raise MiniGPTError(f"--trainer.accelerator {accelerator} needs a CUDA GPU and this machine has none: use --trainer.accelerator cpu")
-    try:
-        asked = int(trainer.devices)
-    except (TypeError, ValueError):
-        return  # "auto", a list or "0,1": Lightning resolves and checks them
-    if on_cpu and asked > MAX_WORKERS:  # CPU processes may share cores, but each holds a whole model and batch
-        raise MiniGPTError(
-            f"--trainer.devices {asked} would start {asked} training processes on {os.cpu_count()} CPU cores: "
-            f"use at most {MAX_WORKERS}"
-        )
-    if uses_cuda(accelerator) and asked > gpus:
-        raise MiniGPTError(f"--trainer.devices {asked} asks for more GPUs than the {gpus} this machine has: use at most {gpus}")
-
-
-def uses_cuda(accelerator: object) -> bool:
-    """True when `--trainer.accelerator` (auto, gpu, cuda or unset) puts training on a CUDA GPU this machine has."""
-    import torch
-
-    return str(accelerator) in ("auto", "gpu", "cuda", "None") and torch.cuda.is_available()
-
-
-def check_fits_in_memory(cfg: Namespace, vocab_size: int) -> None:
-    """Refuse a model and batch that clearly cannot train in this machine's memory, before allocating any of it.
-
-    The estimate: 16 bytes per parameter (fp32 weights, gradients and AdamW's two moments) plus fp32
-    activations of about 16 * n_embd * n_layer + 2 * vocab_size numbers per token of the batch.
-    """
-    import torch
-
-    model = cfg.model
-    params = GPTConfig(**vars(model), vocab_size=vocab_size).num_parameters()
-    tokens = cfg.batch_size * model.block_size
-    need = 16 * params + 4 * tokens * (16 * model.n_embd * model.n_layer + 2 * vocab_size)
-    if uses_cuda(cfg.trainer.accelerator):
-        have, where = torch.cuda.get_device_properties(0).total_memory, "GPU"
-    else:
-        have, where = _available_memory(), "machine"
-    if need > have:
-        raise MiniGPTError(
-            f"{params / 1e6:,.1f}M parameters and {tokens:,} tokens per batch need about {need / 2**30:,.0f} GiB to "
-            f"train, more than the {have / 2**30:,.0f} GiB free on this {where}: use a smaller --model.n_embd, "
-            "--model.n_layer, --model.block_size or --batch_size"
-        )
+    trainer = cfg.trainer
+    check_devices(trainer.accelerator, trainer.strategy, trainer.devices)
+    # The smallest vocabulary; checked again with the real one once it is known.
+    check_fits_in_memory(GPTConfig(**vars(cfg.model), vocab_size=257), cfg.batch_size, trainer.accelerator)
 
 
 def claim_run_folder(cfg: Namespace) -> RunFolder:
@@ -363,26 +303,6 @@ def resolved_config(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
     return yaml.safe_load(parser.dump(clean, skip_validation=True))
 
 
-def pick_precision(requested: str | None, accelerator: str | None) -> str:
-    """bf16 mixed precision on GPUs that support it, full fp32 elsewhere, unless the user chose."""
-    import torch
-
-    if requested is not None:
-        return str(requested)
-    return "bf16-mixed" if uses_cuda(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def set_arithmetic(cfg: Namespace) -> None:
-    """--threads, and TF32 for float32 matrix products on CUDA GPUs (10 mantissa bits, as bf16 autocast has 7;
-    float32 weights and sums stay float32)."""
-    import torch
-
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if uses_cuda(cfg.trainer.accelerator):
-        torch.set_float32_matmul_precision("high")
-
-
 def main(argv: Sequence[str]) -> None:
     if "--list_configs" in canonical_options(argv):
         print(list_configs())
@@ -421,8 +341,10 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool, given: set[st
     # Heavy imports only once the arguments are known to be good.
     import lightning as L
 
+    from minigpt.machine import set_arithmetic
+
     quiet_lightning()
-    set_arithmetic(cfg)
+    set_arithmetic(cfg.threads, cfg.trainer.accelerator)
     from minigpt.data import TokenDataModule
 
     with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
@@ -434,7 +356,8 @@ def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool, given: set[st
             encoding=encoding,
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
-        check_fits_in_memory(cfg, prepared.tokenizer.n_vocab)
+        model = GPTConfig(**vars(cfg.model), vocab_size=prepared.tokenizer.n_vocab)
+        check_fits_in_memory(model, cfg.batch_size, cfg.trainer.accelerator)
         train_config = resolved_config(parser, cfg)
         trainer = build_trainer(cfg, run_dir, prepared, resumed, train_config)  # Lightning checks its options
         if rank_zero:
@@ -515,15 +438,6 @@ def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Pa
     )
 
 
-def _available_memory() -> int:
-    """Bytes of memory free for a new job (Linux's MemAvailable), else the machine's total."""
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def build_trainer(
     cfg: Namespace, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None, train_config: dict[str, Any]
 ) -> L.Trainer:
@@ -537,6 +451,7 @@ def build_trainer(
 
     from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
     from minigpt.checkpointing import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
+    from minigpt.machine import pick_precision
     from minigpt.progress import ProgressLines
     from minigpt.runcard import RunRecord, TensorBoard
 
@@ -590,6 +505,7 @@ def fit(
 ) -> None:  # fmt: skip
     """Build the LightningModule for `cfg` and the prepared data (with `start`'s weights, if given), and train it."""
     from minigpt.lit import LitGPT
+    from minigpt.machine import uses_cuda
     from minigpt.payload import checkpoint_payload
 
     meta = prepared.meta
