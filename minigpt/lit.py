@@ -114,6 +114,7 @@ class LitGPT(L.LightningModule):
         """torch.compile the loss (forward and backward) when training starts; set before `Trainer.fit`."""
         self._loss_fn = next_token_loss
         self._grad_norm: torch.Tensor | None = None  # of the step being taken, for the guard and clipping
+        self._first_bad: torch.Tensor | None = None  # see `_guard_on_device`
         self._micro = (-1, 0)  # (global step, micro-batch index within it) of the batch being trained
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -203,15 +204,49 @@ class LitGPT(L.LightningModule):
             norm = squares.sqrt()
         self._grad_norm = norm
         self.log("train/grad_norm", norm)
+        step = torch.stack([torch.tensor(self.global_step + 1.0, device=norm.device), bad_loss, norm, self._last_loss])
+        if self._guard_on_device(optimizer):
+            # Reading the verdict here would make the CPU wait for each step's backward pass, and leave the GPU
+            # idle while the next step is queued. The fused kernel skips a step whose `found_inf` is set, on the
+            # GPU; the first such step is reported at the next log step or validation (`report_divergence`).
+            bad = torch.maximum(bad_loss, (~torch.isfinite(norm)).float())
+            optimizer.found_inf = bad
+            first = self._first_bad if self._first_bad is not None else torch.zeros_like(step)
+            self._first_bad = torch.where((first[0] > 0) | (bad == 0), first, step)
+            return
         # A float16 GradScaler skips steps with inf gradients on purpose; there only the loss tells.
         if bad_loss or not (self._grad_scaler() or torch.isfinite(norm)):
-            if not bad_loss:
-                what = f"gradient norm is {float(norm)}"
-            elif torch.isfinite(self._last_loss):
-                what = "loss is not finite in another process"
-            else:
-                what = f"loss is {float(self._last_loss)}"
-            raise Diverged(f"training diverged at step {self.global_step + 1}: the {what}")
+            self._diverged(step)
+
+    def _guard_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
+        """True where the divergence guard decides on the device: CUDA, fused AdamW, no GradScaler."""
+        return self.device.type == "cuda" and bool(optimizer.defaults.get("fused")) and not self._grad_scaler()
+
+    def report_divergence(self) -> None:
+        """Raise Diverged for the first step the device-side guard skipped, if there was one."""
+        if self._first_bad is not None and self._first_bad[0] > 0:
+            self._diverged(self._first_bad)
+
+    def on_train_batch_end(self, outputs: Any, batch: torch.Tensor, batch_idx: int) -> None:
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.report_divergence()
+
+    def on_validation_start(self) -> None:
+        self.report_divergence()  # before the validation's checkpoint is saved
+
+    def on_train_end(self) -> None:
+        self.report_divergence()
+
+    def _diverged(self, step: torch.Tensor) -> None:
+        """Raise Diverged for `step` = [step, loss is bad in some process, gradient norm, this process's loss]."""
+        number, bad_loss, norm, loss = step.tolist()
+        if not bad_loss:
+            what = f"gradient norm is {norm}"
+        elif math.isfinite(loss):
+            what = "loss is not finite in another process"
+        else:
+            what = f"loss is {loss}"
+        raise Diverged(f"training diverged at step {int(number)}: the {what}")
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,

@@ -94,3 +94,17 @@ def test_fsdp_on_two_gpus_writes_one_self_contained_checkpoint_and_never_hangs(t
     assert text.count("samples are not logged under FSDPStrategy") == 1
     assert_one_run(tmp_path / "run", text.replace("samples are not logged", "").replace("attention maps are not logged", ""))
     assert checkpoint.load(tmp_path / "run" / "last.ckpt").model.config.n_layer == 2
+
+
+def test_on_cuda_a_non_finite_step_is_skipped_on_the_device_and_reported(tmp_path, monkeypatch, capsys):
+    guard = LitGPT.on_before_optimizer_step
+
+    def inf_gradients(self, optimizer):
+        assert self._guard_on_device(optimizer)  # no wait for the GPU at each step
+        if self.global_step == 1:
+            next(self.model.parameters()).grad.fill_(float("inf"))
+        return guard(self, optimizer)
+
+    monkeypatch.setattr(LitGPT, "on_before_optimizer_step", inf_gradients)
+    assert train(tmp_path, "run", "--trainer.accelerator", "gpu", "--trainer.devices", "1") == 2
+    assert "diverged at step 2: the gradient norm is inf" in capsys.readouterr().err

@@ -304,3 +304,25 @@ def test_a_compiled_run_trains_like_an_eager_one_and_saves_the_same_weight_names
     assert compiled.keys() == eager.keys()
     for name, weight in eager.items():
         torch.testing.assert_close(compiled[name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_the_device_side_guard_skips_a_bad_step_and_reports_it_at_the_next_log_step(tmp_path, monkeypatch, capsys):
+    """On a GPU the guard never waits for the device: fused AdamW skips the bad step (found_inf) and the
+    verdict is read later. Forced on here, on the CPU, whose fused AdamW honours found_inf too."""
+
+    def inf_gradients(self, optimizer):
+        if self.global_step == 1:
+            next(self.model.parameters()).grad.fill_(float("inf"))
+        return guard(self, optimizer)
+
+    def report(self):
+        finite.append(all(torch.isfinite(p).all() for p in self.model.parameters()))
+        return original_report(self)
+
+    guard, original_report, finite = LitGPT.on_before_optimizer_step, LitGPT.report_divergence, []
+    monkeypatch.setattr(LitGPT, "on_before_optimizer_step", inf_gradients)
+    monkeypatch.setattr(LitGPT, "report_divergence", report)
+    monkeypatch.setattr(LitGPT, "_guard_on_device", lambda self, optimizer: True)
+    assert train(tmp_path, "run", "--trainer.log_every_n_steps", "3") == 2
+    assert "diverged at step 2: the gradient norm is inf" in capsys.readouterr().err
+    assert finite == [True, True]  # read before the sanity check, then at step 3: the weights untouched by step 2
