@@ -107,8 +107,8 @@ def prepare(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
             )
         meta = ShardMeta(
-            data_spec, fingerprint, tokenizer_spec, val_fraction, enc.n_vocab, dtype, documents, **written,
-            val_source=val_spec,
+            source=data_spec, fingerprint=fingerprint, tokenizer=tokenizer_spec, val_fraction=val_fraction,
+            vocab_size=enc.n_vocab, dtype=dtype, documents=documents, **written, val_source=val_spec,
         )  # fmt: skip
         shards.write(tmp, meta)
         logger.info("wrote %d training and %d validation tokens", meta.train.tokens, meta.val.tokens)
@@ -192,7 +192,9 @@ def _write_shards(
                 digests[split].update(array)
                 array.tofile(files[split])
                 counts[f"{split}_tokens"] += len(array)
-    stats = {split: SplitStats(counts[f"{split}_tokens"], counts[f"{split}_bytes"], digests[split].hexdigest()) for split in SPLITS}
+    stats = {
+        split: SplitStats(counts[f"{split}_tokens"], counts[f"{split}_bytes"], digests[split].hexdigest()) for split in SPLITS
+    }
     return counts["documents"], stats
 
 

@@ -1,4 +1,5 @@
-"""The cache folder (`default_cache_dir`), and the shard cache in it: one folder per (corpus, tokenizer, split) key, built aside and published atomically.
+"""The cache folder (`default_cache_dir`), and the shard folders in it: one per (corpus, tokenizer, split) key,
+built aside and published atomically.
 
 A folder ``<cache_dir>/<key>`` is built under a temporary sibling ``.<key>.<host>.<pid>.<random>.tmp`` and renamed
 when complete, so an interrupted run never leaves an entry that looks valid. When two processes build the same
@@ -48,7 +49,8 @@ def cache_dir_error(folder: Path, exc: OSError) -> MiniGPTError:
 
 
 def cache_key(fingerprint: str, tokenizer_spec: str, val_fraction: float) -> str:
-    """The folder name of the shards of a corpus `fingerprint` tokenized with `tokenizer_spec` and split by `val_fraction`."""
+    """The folder name of the shards of the corpus `fingerprint`, tokenized with `tokenizer_spec`, split by
+    `val_fraction`."""
     key = json.dumps([FORMAT_VERSION, fingerprint, tokenizer_spec, val_fraction])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 

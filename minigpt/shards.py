@@ -107,24 +107,28 @@ class ShardMeta:
             raise ValueError(f"has an unknown dtype {data['dtype']!r}")
         if data["format_version"] != FORMAT_VERSION:
             raise ValueError(f"has format version {data['format_version']}, not {FORMAT_VERSION}")
+        splits = {
+            name: SplitStats(data[f"{name}_tokens"], data[f"{name}_bytes"], data[f"{name}_sha256"]) for name in SPLITS
+        }
         val_source = data.get("val_source")
-        splits = {name: SplitStats(*(data[f"{name}_{field}"] for field in ("tokens", "bytes", "sha256"))) for name in SPLITS}
         return cls(
-            data["source"], data["fingerprint"], data["tokenizer"], data["val_fraction"], data["vocab_size"],
-            data["dtype"], data["documents"], **splits,
-            val_source=val_source if isinstance(val_source, str) else None, format_version=data["format_version"],
+            **{key: data[key] for key in _FIELD_TYPES}, **splits,
+            val_source=val_source if isinstance(val_source, str) else None,
         )  # fmt: skip
 
 
-_JSON_TYPES = {
+_FIELD_TYPES = {
     "source": str,
     "fingerprint": str,
     "tokenizer": str,
+    "val_fraction": float,
     "vocab_size": int,
     "dtype": str,
-    "val_fraction": float,
-    "format_version": int,
     "documents": int,
+    "format_version": int,
+}
+_JSON_TYPES = {
+    **_FIELD_TYPES,
     **{f"{split}_{field}": int for split in SPLITS for field in ("tokens", "bytes")},
     **{f"{split}_sha256": str for split in SPLITS},
 }
@@ -176,14 +180,14 @@ def verified(folder: Path, expected: dict[str, Any] | None = None) -> Prepared:
             size = path.stat().st_size
             if size != stats.tokens * itemsize:
                 raise Unusable(f"{path.name} has {size} bytes, not {stats.tokens} tokens of {itemsize} bytes")
-            if file_sha256(path) != stats.sha256:
+            if _file_sha256(path) != stats.sha256:
                 raise Unusable(f"{path.name} does not match its checksum")
         except OSError as exc:
-            raise Unusable(f"{path.name}: {describe(exc)}") from None
+            raise Unusable(f"{path.name}: {_describe(exc)}") from None
     try:
         enc = tok.load(folder / TOKENIZER_FILE)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, or a damaged record of any shape
-        raise Unusable(f"{TOKENIZER_FILE} does not load: {describe(exc)}") from None
+        raise Unusable(f"{TOKENIZER_FILE} does not load: {_describe(exc)}") from None
     if enc.n_vocab != meta.vocab_size:
         raise Unusable(f"{TOKENIZER_FILE} has {enc.n_vocab} tokens, {META_FILE} says {meta.vocab_size}")
     return Prepared(folder, meta, enc)
@@ -193,19 +197,19 @@ def _read_meta(path: Path) -> ShardMeta:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # missing, unreadable, not UTF-8 or not JSON
-        raise Unusable(f"{path.name}: {describe(exc)}") from None
+        raise Unusable(f"{path.name}: {_describe(exc)}") from None
     try:
         return ShardMeta.from_json(data)
     except ValueError as problem:
         raise Unusable(f"{path.name} {problem}") from None
 
 
-def describe(exc: Exception) -> str:
+def _describe(exc: Exception) -> str:
     """An OS error's own words, else the exception's type and message."""
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
 
 
-def file_sha256(path: Path) -> str:
+def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_HASH_CHUNK):
