@@ -8,6 +8,10 @@ class MiniGPTError(Exception):
     """
 
 
+USER_ERROR_EXIT = 2
+"""The exit code of a `MiniGPTError`."""
+
+
 class Interrupted(Exception):
     """A command stopped by Ctrl-C or SIGTERM after saving its state; the message says how to continue."""
 

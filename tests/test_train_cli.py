@@ -202,7 +202,7 @@ def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
 
 
 def test_default_run_folder_moves_past_finished_and_busy_runs(tmp_path, monkeypatch):
-    from minigpt.cli.train import claim_run_folder
+    from minigpt.training import claim_run_folder
 
     monkeypatch.chdir(tmp_path)
     _, cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])

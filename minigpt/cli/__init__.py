@@ -8,9 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from minigpt import launch, signals
-from minigpt.errors import Interrupted, MiniGPTError, ReportedByRankZero
-
-USER_ERROR_EXIT = 2
+from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
 
 
 def configure_logging(label: str | None) -> None:

@@ -1,54 +1,29 @@
-"""`train.py`: YAML config + dotted overrides -> prepared shards -> Lightning fit -> checkpoints -> samples."""
+"""`minigpt train`: a YAML config + dotted overrides, parsed and checked, then `minigpt.training.train`."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import itertools
 import math
-import logging
-import os
-import sys
-import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
-from minigpt import checkpoint, launch, signals
-from minigpt import tokenizer as tok
-from minigpt.cli import USER_ERROR_EXIT, run
+from minigpt import checkpoint, launch
+from minigpt.cli import USER_ERROR_EXIT, configure_logging, run
 from minigpt.cli.common import canonical_options
-from minigpt.errors import Interrupted, MiniGPTError, ReportedByRankZero
+from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
 from minigpt.machine import MAX_WORKERS, check_devices, check_fits_in_memory
 from minigpt.model import GPTConfig
 from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION
-from minigpt.rundir import InUse, RunFolder, holds_run
-
-if TYPE_CHECKING:  # the real imports wait until after argument checks: they pull in Lightning
-    import lightning as L
-
-    from minigpt.data import TokenDataModule
-    from minigpt.prepare import Prepared
-
-log = logging.getLogger("minigpt.train")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The bundled configs (package data); `default.yaml` holds every default a plain run uses."""
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
-# Lightning warnings that say nothing actionable for a minigpt run.
-QUIET_WARNINGS = [
-    r"Checkpoint directory .* exists and is not empty",  # config.yaml is written there first, on purpose
-    r".*LeafSpec.*",
-    r"The '(train|val)_dataloader' does not have many workers",
-    r".*IterableDataset.*has `__len__` defined.*",
-]
 # Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
 TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing", "enable_autolog_hparams"}
 COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows every one, with Lightning's own words
@@ -264,37 +239,6 @@ def _validate(cfg: Namespace) -> None:
     check_fits_in_memory(GPTConfig(**vars(cfg.model), vocab_size=257), cfg.batch_size, trainer.accelerator)
 
 
-def claim_run_folder(cfg: Namespace) -> RunFolder:
-    """The run folder, locked: the resumed run's, the one asked for (if it holds no run yet), or a fresh
-    runs/<config name>[-N]. A folder that holds a run, or that another process is using, is never reused."""
-    if cfg.resume:
-        return RunFolder(Path(cfg.resume).parent.resolve()).acquire()
-    if cfg.out_dir:
-        folder = RunFolder(Path(cfg.out_dir)).acquire()
-        if holds_run(folder.path):
-            folder.release()
-            raise MiniGPTError(
-                f"{folder.path} already holds a trained run; continue it with --resume {folder.path} "
-                "or choose another --out_dir"
-            )
-        folder.clear_leftovers()
-        return folder
-    name = Path(str(cfg.config[-1])).stem if cfg.get("config") else "default"
-    for n in itertools.count(1):
-        path = Path("runs") / (name if n == 1 else f"{name}-{n}")
-        if holds_run(path):
-            continue
-        try:
-            folder = RunFolder(path).acquire()
-        except InUse:
-            continue
-        if not holds_run(folder.path):  # no run appeared between the check and the lock
-            folder.clear_leftovers()
-            return folder
-        folder.release()
-    raise AssertionError("unreachable")
-
-
 def resolved_config(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
     """The full resolved config as plain data (what goes into config.yaml and every checkpoint)."""
     clean = cfg.clone()
@@ -314,8 +258,16 @@ def main(argv: Sequence[str]) -> None:
         if rank_zero:
             raise
         raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
+    from minigpt.finetune import pretrained_start
+    from minigpt.training import train  # the data side and the Trainer: only once the arguments are known good
+
     try:
-        train(parser, cfg, rank_zero, given_options(argv))
+        given = given_options(argv)
+        if "init" in given and cfg.resume:
+            raise MiniGPTError("--init starts a new run and --resume continues one: use one of them")
+        # --init fixes the model's shape and tokenizer, so the config is resolved once it is loaded.
+        start = pretrained_start(cfg, given) if cfg.init and not cfg.resume else None
+        train(cfg, resolved_config(parser, cfg), rank_zero=rank_zero, setup_process=configure_process, start=start)
     except BaseException:
         launch.wait_for_rank_zero()
         raise
@@ -326,284 +278,13 @@ def given_options(argv: Sequence[str]) -> set[str]:
     return {arg[2:].split("=", 1)[0] for arg in canonical_options(argv) if arg.startswith("--")}
 
 
-def train(parser: ArgumentParser, cfg: Namespace, rank_zero: bool, given: set[str] = frozenset()) -> None:
-    """Train as `cfg` says. Every process of a distributed run calls this; global rank 0 alone claims the run
-    folder, writes the config and prints, and the others learn the folder from it (see `minigpt.launch`).
-    `given` names the options on the command line, which a pretrained start (--init) must not contradict."""
-    started = time.monotonic()
-    # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
-    resumed = checkpoint.read(cfg.resume) if cfg.resume else None
-    if "init" in given and cfg.resume:
-        raise MiniGPTError("--init starts a new run and --resume continues one: use one of them")
-    start = pretrained_start(cfg, given) if cfg.init and not cfg.resume else None
-    # The data is tokenized with the model's own tokenizer when there is one (a pretrained or resumed model).
-    encoding = start.tokenizer if start else tok.from_dict(resumed[checkpoint.PAYLOAD_KEY]["tokenizer"]) if resumed else None
-    # Heavy imports only once the arguments are known to be good.
-    import lightning as L
-
-    from minigpt.machine import set_arithmetic
-
-    quiet_lightning()
-    set_arithmetic(cfg.threads, cfg.trainer.accelerator)
-    from minigpt.data import TokenDataModule
-
-    with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
-        run_dir = folder.path.resolve() if rank_zero else shared_run_folder(cfg)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        data = TokenDataModule(
-            cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
-            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir, progress=rank_zero, val_data=cfg.val_data,
-            encoding=encoding,
-        )  # fmt: skip
-        prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
-        model = GPTConfig(**vars(cfg.model), vocab_size=prepared.tokenizer.n_vocab)
-        check_fits_in_memory(model, cfg.batch_size, cfg.trainer.accelerator)
-        train_config = resolved_config(parser, cfg)
-        trainer = build_trainer(cfg, run_dir, prepared, resumed, train_config)  # Lightning checks its options
-        if rank_zero:
-            if not cfg.resume:
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
-            launch.share_run_folder(run_dir)
-        with explained_stops(cfg, trainer, run_dir, rank_zero):
-            with signals.deferred(escalate=not launch.external()):
-                fit(cfg, trainer, data, prepared, train_config, start)
-            if signals.received() is not None:  # it arrived during the last validation; the final save is made
-                raise KeyboardInterrupt
-    if rank_zero:
-        samples = print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
-        write_model_card(run_dir, cfg, prepared, trainer, time.monotonic() - started, samples)
-
-
-def quiet_lightning() -> None:
-    """Hide the Lightning warnings in `QUIET_WARNINGS` and its advertisements ("💡 Tip: try ..."), and send its
-    messages through the command's own logging (one copy, its format, its level per rank). Every process of
-    a run calls it (see `ProcessSetup`)."""
-    for noise in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=noise)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # each may have a console handler of its own
-        logging.getLogger(name).handlers.clear()
-        logging.getLogger(name).propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
-
-
-def _not_an_advert(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(("💡", "TPU available", "HPU available"))
-
-
-def shared_run_folder(cfg: Namespace) -> Path | None:
-    """The run folder as a process other than global rank 0 knows it: from rank 0 itself when Lightning's
-    launcher started this process, else from --resume or --out_dir. None when only rank 0 knows it: such a
-    process never writes to the folder, and Lightning shares rank 0's paths once training starts."""
-    path = launch.shared_run_folder() or (Path(cfg.resume).parent if cfg.resume else cfg.out_dir)
-    return Path(path).resolve() if path else None
-
-
-@contextmanager
-def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path | None, rank_zero: bool) -> Iterator[None]:
-    """Turn the ways training can stop early into what the user reads: a signal into `Interrupted` (saying
-    what is saved and how to continue), a divergence or a setting Lightning rejects into a `MiniGPTError`.
-    All processes of a distributed run stop alike for these reasons, so only global rank 0 explains."""
-    try:
-        yield
-    except BaseException as err:
-        explained = _explain(err, cfg, trainer, run_dir)
-        if explained is None:
-            raise
-        if not rank_zero:
-            code = signals.exit_code(explained.signum) if isinstance(explained, Interrupted) else USER_ERROR_EXIT
-            raise ReportedByRankZero(code) from None
-        raise explained from None
-
-
-def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Path | None) -> Exception | None:
-    """The user's view of `err` (see `explained_stops`), or None when it is a bug to show as it is."""
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from minigpt.checkpointing import LastCheckpoint
-    from minigpt.lit import Diverged
-
-    if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting, found once fit started
-        return MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}")
-    if isinstance(err, Diverged):
-        kept = f"the last good checkpoint is kept in {run_dir}" if run_dir and holds_run(run_dir) else "nothing was saved"
-        return MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again")
-    signum = err.signum if isinstance(err, Interrupted) else signals.received()  # the signal may be another rank's
-    if signum is None:
-        return None
-    if not (run_dir and holds_run(run_dir)):
-        return Interrupted(signum, "training stopped before its first checkpoint; nothing was saved")
-    saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
-    return Interrupted(
-        signum, f"training stopped; step {saved} is saved: continue with minigpt train --resume {run_dir}"
-    )
-
-
-def build_trainer(
-    cfg: Namespace, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None, train_config: dict[str, Any]
-) -> L.Trainer:
-    """The Trainer for `cfg`, writing checkpoints and logs to `run_dir` (and `train_config` into TensorBoard's
-    hparams); a `--trainer.*` value that Lightning rejects is a one-line error here, before anything is written.
-
-    `run_dir` is None in a process that does not know the folder (see `shared_run_folder`): its paths then
-    point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
-    import lightning as L
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
-    from minigpt.checkpointing import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
-    from minigpt.machine import pick_precision
-    from minigpt.progress import ProgressLines
-    from minigpt.runcard import RunRecord, TensorBoard
-
-    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if k not in TRAINER_SKIP}
-    trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
-    if trainer_args.get("enable_progress_bar") is None:  # a bar on a terminal; in a log file, plain lines
-        trainer_args["enable_progress_bar"] = sys.stderr.isatty()
-    root = run_dir or Path(os.devnull)
-    callbacks = [
-        ProcessSetup(configure_process),
-        BestCheckpoint(str(root)),
-        LastCheckpoint(str(root / "last.ckpt")),
-        SampleLogger(prepared.tokenizer),
-        AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
-    ]
-    if cfg.target_loss is not None:
-        callbacks.append(TargetLoss(cfg.target_loss))
-    every = trainer_args.get("log_every_n_steps") or 50
-    callbacks.append(RunRecord(root, train_config, every))
-    callbacks.append(ProgressLines(every, lines=not trainer_args["enable_progress_bar"]))
-    preloaded = (cfg.resume, resumed) if resumed is not None else None
-    try:
-        return L.Trainer(
-            **trainer_args,
-            default_root_dir=root,
-            logger=TensorBoard(save_dir=root, name="tb", version="", default_hp_metric=False),
-            enable_autolog_hparams=False,  # RunRecord logs the whole config, with the final metrics
-            callbacks=callbacks,
-            plugins=[SafeCheckpointIO(preloaded)],
-        )
-    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
-        raise MiniGPTError(f"a --trainer option is not usable here: {_one_line(err)}") from None
-
-
 def configure_process(label: str | None) -> None:
     """What a worker process that ddp_spawn starts (without running this command) needs from it; `label` as in
     `minigpt.launch.process_label`."""
-    from minigpt.cli import configure_logging
+    from minigpt.training import quiet_lightning
 
     configure_logging(label)
     quiet_lightning()
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
-
-
-def fit(
-    cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any],
-    start: checkpoint.Loaded | None = None,
-) -> None:  # fmt: skip
-    """Build the LightningModule for `cfg` and the prepared data (with `start`'s weights, if given), and train it."""
-    from minigpt.lit import LitGPT
-    from minigpt.machine import uses_cuda
-    from minigpt.payload import checkpoint_payload
-
-    meta = prepared.meta
-    model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
-    payload = checkpoint_payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta)
-    module = LitGPT(model_config, asdict(OptimConfig(**vars(cfg.optim))), meta.val.bytes_per_token, payload, cfg.seed)
-    module.compile_loss = cfg.compile if cfg.compile is not None else uses_cuda(cfg.trainer.accelerator)
-    if start is not None:
-        module.model.load_state_dict(cropped_weights(start.model.state_dict(), cfg.model.block_size))
-        log.info("starting from the weights of %s", cfg.init)
-    log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, trainer.default_root_dir)
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.resume)
-
-
-SHAPE = ("n_layer", "n_head", "n_embd", "bias", "activation")  # what a pretrained start fixes
-
-
-def pretrained_start(cfg: Namespace, given: set[str]) -> checkpoint.Loaded:
-    """Load --init's model and make `cfg` take its shape and tokenizer, refusing options that contradict them.
-    The context (--model.block_size) may be shorter than the source's: its position table is cropped."""
-    from minigpt import sources
-
-    start = sources.load(cfg.init)
-    source = start.model.config
-    for field in SHAPE:
-        ours, theirs = getattr(cfg.model, field), getattr(source, field)
-        if f"model.{field}" in given and ours != theirs:
-            raise MiniGPTError(
-                f"--model.{field} {ours} contradicts --init {cfg.init}, whose model has {field} {theirs}: "
-                "leave it out (the shape comes from --init)"
-            )
-        setattr(cfg.model, field, theirs)
-    if cfg.model.block_size > source.block_size and "model.block_size" not in given:
-        cfg.model.block_size = source.block_size  # a default or a config's context: the source's, if shorter
-    if cfg.model.block_size > source.block_size:
-        raise MiniGPTError(
-            f"--model.block_size {cfg.model.block_size} is longer than the {source.block_size} positions of "
-            f"--init {cfg.init}: use at most {source.block_size}"
-        )
-    if "tokenizer" in given:
-        raise MiniGPTError(f"--tokenizer does not combine with --init: the tokenizer of {cfg.init} comes with it")
-    # Names the encoding in config.yaml and in the shard cache's key; the digest keeps another model saved at
-    # the same path later (with another tokenizer) from reusing these shards.
-    cfg.tokenizer = f"from:{cfg.init}#{tok.digest(start.tokenizer)}"
-    return start
-
-
-def cropped_weights(state: dict[str, Any], block_size: int) -> dict[str, Any]:
-    """`state` with its position table cut to the first `block_size` positions."""
-    return {k: v[:block_size] if k == "transformer.wpe.weight" else v for k, v in state.items()}
-
-
-def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
-    """A fixed piece of validation text whose attention maps are logged at every validation."""
-    from minigpt.data import open_shard
-
-    val = open_shard(prepared.dir, "val", prepared.meta.dtype)[: min(tokens, block_size) + 1].tolist()
-    return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
-
-
-def print_samples(run_dir: Path, count: int, tokens: int, seed: int) -> list[str]:
-    """Print `count` completions from the run's best checkpoint, the way `minigpt generate` would; return them."""
-    from minigpt.sample import SamplingSettings, generate
-
-    if count < 1:
-        return []
-    path = best_checkpoint(run_dir)
-    loaded = checkpoint.load(path)
-    texts = generate(loaded.model, loaded.tokenizer, "", SamplingSettings(max_new_tokens=tokens, num_samples=count, seed=seed))
-    for i, text in enumerate(texts):
-        print(f"--- sample {i + 1} ---\n{text}")
-    print(f"--- sample more with: minigpt generate --ckpt {path} --prompt '...'")
-    return list(texts)
-
-
-def best_checkpoint(run_dir: Path) -> Path:
-    return run_dir / "best.ckpt" if (run_dir / "best.ckpt").exists() else run_dir / "last.ckpt"
-
-
-def write_model_card(run_dir: Path, cfg: Namespace, prepared: Prepared, trainer: L.Trainer, seconds: float, samples: list[str]) -> None:
-    """The run folder's README.md (see `minigpt.runcard.model_card`): this run's facts and its best validation."""
-    from minigpt.checkpointing import BestCheckpoint
-    from minigpt.progress import duration
-    from minigpt.runcard import model_card
-
-    score = next(c for c in trainer.callbacks if isinstance(c, BestCheckpoint)).best_model_score
-    val_loss = float(score) if score is not None else float("nan")
-    meta, model = prepared.meta, cfg.model
-    facts = {
-        "name": run_dir.name, "folder": run_dir, "data": cfg.data, "tokenizer": cfg.tokenizer,
-        "vocab_size": prepared.tokenizer.n_vocab, "train_tokens": meta.train.tokens, "val_tokens": meta.val.tokens,
-        "params": GPTConfig(**vars(model), vocab_size=prepared.tokenizer.n_vocab).num_parameters(),
-        "n_layer": model.n_layer, "n_head": model.n_head, "n_embd": model.n_embd, "block_size": model.block_size,
-        "steps": trainer.global_step, "batch_size": cfg.batch_size, "devices": trainer.world_size,
-        "val_loss": val_loss, "val_bpb": val_loss / meta.val.bytes_per_token / math.log(2),
-        "wall_time": duration(seconds),
-    }  # fmt: skip
-    (run_dir / "README.md").write_text(model_card(facts, samples))
 
 
 if __name__ == "__main__":
