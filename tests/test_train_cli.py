@@ -236,3 +236,14 @@ def test_target_loss_stops_at_the_first_validation_that_reaches_it(tmp_path, cap
     assert train(tmp_path, "run", "--target_loss", "100") == 0  # any loss reaches 100 nats: the first validation
     assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert user_error(capsys, ["--target_loss", "-1"]).startswith("error: --target_loss must be a positive number")
+
+
+def test_resume_starts_from_the_runs_config_and_names_its_checkpoint_file(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    config["model"]["n_layer"] = 3
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "last.ckpt").touch()
+    _, cfg = parse(["--resume", str(run_dir), "--batch_size", "3"])
+    assert (cfg.resume, cfg.model.n_layer, cfg.batch_size) == (str(run_dir / "last.ckpt"), 3, 3)

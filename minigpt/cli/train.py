@@ -134,7 +134,8 @@ def config_path(value: str) -> str:
 
 
 def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
-    """Parse argv over the bundled defaults; --resume starts from the run's own config."""
+    """Parse argv over the bundled defaults; --resume starts from the run's own config, and from then on
+    names the checkpoint file it resolves to."""
     argv = canonical_options(argv)
     for flag, full in (("-h", False), ("--help", False), ("--help_all", True)):
         if flag in argv:
@@ -142,18 +143,20 @@ def parse(argv: Sequence[str]) -> tuple[ArgumentParser, Namespace]:
             raise SystemExit(0)
     argv = _with_config_paths(argv)
     parser = build_parser()
-    base: list[str] = []
-    resume = _option_value(argv, "--resume")
-    if resume is not None:
-        base = ["--config", _resumed_config(_resume_path(resume).parent / "config.yaml")]
+    cfg = _parse_args(parser, argv)
+    if cfg.resume:  # the same options again, over the resumed run's own config
+        resume = _resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
+        cfg = _parse_args(parser, ["--config", _resumed_config(resume.parent / "config.yaml"), *argv])
+        cfg.resume = str(resume)
+    _validate(cfg)
+    return parser, cfg
+
+
+def _parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
     try:
-        cfg = parser.parse_args(base + argv)
+        return parser.parse_args(argv)
     except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
         raise MiniGPTError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
-    _validate(cfg)
-    if cfg.resume:
-        cfg.resume = str(_resume_path(cfg.resume))  # resolved once: the file every later step uses
-    return parser, cfg
 
 
 def _resumed_config(path: Path) -> str:
@@ -180,15 +183,6 @@ def _with_config_paths(argv: list[str]) -> list[str]:
     return out
 
 
-def _option_value(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def _resume_path(path: str) -> Path:
     p = checkpoint.resolve(path)
     if not p.is_file():
@@ -200,6 +194,8 @@ def _resume_path(path: str) -> Path:
 
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
+
+
 def _validate(cfg: Namespace) -> None:
     """Every value checked before anything is written: ranges here, the model's and optimizer's own checks."""
     interval = cfg.trainer.val_check_interval
