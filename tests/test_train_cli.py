@@ -128,6 +128,7 @@ def test_unknown_tokenizer_is_a_one_line_error(tmp_path, capsys, corpus):
         (["--model.n_head", "3"], "divisible"),
         (["--trainer.max_stepz", "3"], "max_stepz"),
         (["--batch_size", "0"], "batch_size"),
+        (["--val_fraction", "0.9"], "val_fraction 0.9 is out of range: use a fraction from 1e-06 to 0.5"),
         (["--resume", "nowhere/last.ckpt"], "cannot resume"),
     ],
 )

@@ -19,7 +19,6 @@ from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
 from minigpt.machine import MAX_WORKERS, check_devices, check_fits_in_memory
 from minigpt.model import GPTConfig
-from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The bundled configs (package data); `default.yaml` holds every default a plain run uses."""
@@ -197,12 +196,11 @@ MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that wou
 
 
 def _validate(cfg: Namespace) -> None:
-    """Every value checked before anything is written: ranges here, the model's and optimizer's own checks."""
+    """Every value checked before anything is written: ranges here, the model's and optimizer's own checks.
+    --val_fraction is the data's to check (`minigpt.prepare`), with the data."""
     interval = cfg.trainer.val_check_interval
     checks = [
         (cfg.batch_size >= 1, f"--batch_size must be at least 1, got {cfg.batch_size}"),
-        (MIN_VAL_FRACTION <= cfg.val_fraction <= MAX_VAL_FRACTION,
-         f"--val_fraction must be from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}, got {cfg.val_fraction}"),
         (cfg.val_windows >= 1, f"--val_windows must be at least 1, got {cfg.val_windows}"),
         (0 <= cfg.num_workers <= MAX_WORKERS, f"--num_workers must be from 0 to {MAX_WORKERS}, got {cfg.num_workers}"),
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
