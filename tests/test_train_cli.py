@@ -90,6 +90,22 @@ def user_error(capsys, args: list[str]) -> str:
     return err
 
 
+def test_a_bug_while_parsing_is_a_traceback_and_exit_1_not_a_user_error():
+    """Only jsonargparse's ArgumentError means bad input; anything else raised while parsing is a bug."""
+    code = (
+        "import sys, jsonargparse\n"
+        "def broken(self, *args, **kwargs):\n"
+        "    raise AttributeError('a bug inside parsing')\n"
+        "jsonargparse.ArgumentParser.parse_args = broken\n"
+        "from minigpt.cli import run\n"
+        "from minigpt.cli.train import main\n"
+        "sys.exit(run(main, ['--batch_size', '2']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr
+    assert "AttributeError: a bug inside parsing" in done.stderr and "error:" not in done.stderr
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
