@@ -73,7 +73,7 @@ class LastCheckpoint(L.Callback):
         if trainer.world_size > 1:  # all processes stop at the same step, whichever of them got the signal
             signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op="max"))
         if signum:
-            raise Interrupted(signum, "")  # train.py words the message
+            raise Interrupted(signum, "")  # minigpt.training words the message
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
         self.saved_step = trainer.global_step
