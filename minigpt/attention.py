@@ -131,24 +131,39 @@ def first_token_score(weights: Tensor) -> Tensor:
     return weights[..., 1:, 0].mean(dim=-1)
 
 
+def induction_distances(n: int, rows: int = INDUCTION_BATCH) -> list[int]:
+    """The repeat distance of each detector row: from n (two halves) down to about n/2, so that a head that
+    always looks a fixed distance back matches at most one row, while an induction head matches them all."""
+    return [max(2, round(n * (1 - b / (2 * rows)))) for b in range(rows)]
+
+
 def induction_score(model: GPT, length: int | None = None, seed: int = 0) -> Tensor:
     """(n_layer, n_head) mean weight that a head puts on the token after the previous occurrence of the
-    current token, on random sequences of `length` distinct tokens repeated twice (second half only).
+    current token, on 2·`length` random tokens that repeat with a period d (row b of the batch uses the
+    b-th of `induction_distances`), over the queries that have a previous occurrence.
     """
     config = model.config
     n = length or min(INDUCTION_LENGTH, config.block_size // 2, config.vocab_size)
     if not 2 <= n <= min(config.block_size // 2, config.vocab_size):
         raise ValueError(f"induction length {n} does not fit block_size {config.block_size}")
     generator = torch.Generator().manual_seed(seed)
-    # Distinct tokens per half, so each token of the second half has exactly one previous occurrence.
-    half = torch.rand(INDUCTION_BATCH, config.vocab_size, generator=generator).argsort(dim=-1)[:, :n]
-    idx = torch.cat([half, half], dim=1).to(next(model.parameters()).device)  # (B, 2n)
+    distances = induction_distances(n)
+    # Each row cycles through d distinct tokens, so each token after the first d has exactly one previous
+    # occurrence in any window of d, d positions back.
+    rows = [
+        torch.rand(config.vocab_size, generator=generator).argsort()[:d].repeat(2 * n // d + 1)[: 2 * n]
+        for d in distances
+    ]
+    idx = torch.stack(rows).to(next(model.parameters()).device)  # (B, 2n)
     with _inference(model):
         _, weights = model.forward_with_attention(idx)  # (L, B, H, 2n, 2n)
-    # Query i ≥ n repeats the token at i−n; the token after that one sits at i−n+1: diagonal offset 1−n,
-    # whose first entry (query n−1) still lies in the first half.
-    scores = weights.float().diagonal(offset=1 - n, dim1=-2, dim2=-1)[..., 1:]  # (L, B, H, n)
-    return scores.mean(dim=-1).mean(dim=1).cpu()
+    # Query i ≥ d repeats the token at i−d; the token after that one sits at i−d+1: diagonal offset 1−d,
+    # whose first entry (query d−1) has no previous occurrence yet.
+    scores = [
+        weights[:, b].float().diagonal(offset=1 - d, dim1=-2, dim2=-1)[..., 1:].mean(dim=-1)  # (L, H)
+        for b, d in enumerate(distances)
+    ]
+    return torch.stack(scores).mean(dim=0).cpu()  # rows weigh alike
 
 
 def head_stats(model: GPT, weights: Tensor, seed: int = 0) -> HeadStats:

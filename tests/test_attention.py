@@ -102,7 +102,7 @@ def positional_head_model(shift: int, block_size: int = 8) -> GPT:
     Positions are embedded as orthogonal ±1 rows of a Hadamard matrix (mean 0, variance 1, so ln_1 leaves
     them unchanged) and tokens not at all; W_q maps position p's vector onto that of p − shift.
     """
-    n_embd = 16
+    n_embd = max(16, 2 * block_size)  # a power of two above block_size, for the Hadamard rows
     model = GPT(GPTConfig(vocab_size=257, block_size=block_size, n_layer=1, n_head=1, n_embd=n_embd)).eval()
     positions = _hadamard(n_embd)[1 : block_size + 1]  # (block_size, C), row 0 (all ones) left out
     w_q = torch.zeros(n_embd, n_embd)
@@ -122,11 +122,17 @@ def test_previous_token_score_is_one_for_a_head_built_to_look_back_one_token() -
     assert attention.first_token_score(weights)[0, 0] == pytest.approx(1 / 7, abs=1e-3)
 
 
-def test_induction_score_reads_the_token_after_the_previous_occurrence() -> None:
-    """With halves of n = 4 tokens, the induction target of query i is i − 3: a head that attends there scores 1."""
-    model = positional_head_model(shift=3)
-    assert attention.induction_score(model, length=4)[0, 0] > 0.999
-    assert attention.induction_score(positional_head_model(shift=1), length=4)[0, 0] < 0.01
+def test_induction_score_reads_the_token_after_the_previous_occurrence_at_every_distance() -> None:
+    """Row b repeats with period d_b, so its induction target for query i is i − d_b + 1. A head that always
+    looks d − 1 back hits it in the one row of period d: a quarter of the score a real induction head gets
+    (tests/test_induction.py trains one). Fixed-distance heads once scored as induction heads."""
+    n = 8
+    distances = attention.induction_distances(n)
+    assert len(set(distances)) == len(distances) == attention.INDUCTION_BATCH
+    for d in distances:
+        score = attention.induction_score(positional_head_model(shift=d - 1, block_size=2 * n), length=n)[0, 0]
+        assert score == pytest.approx(1 / len(distances), abs=0.03), d  # early queries spread a little
+    assert attention.induction_score(positional_head_model(shift=1, block_size=2 * n), length=n)[0, 0] < 0.01
 
 
 def test_entropy_of_uniform_causal_rows_is_the_mean_log_of_the_row_length() -> None:

@@ -126,8 +126,10 @@ def test_trained_model_predicts_the_repeated_half(trained: GPT) -> None:
 
 
 def test_uniform_baseline_is_far_below_the_thresholds(baseline: attention.HeadStats) -> None:
-    """Uniform attention scores mean(1/(i+1)) over the second half's queries i (≈ 0.056), whatever the head."""
-    expected = torch.tensor([1 / (i + 1) for i in range(HALF, 2 * HALF)]).mean()
+    """Uniform attention scores, in each detector row of period d, mean(1/(i+1)) over the queries i ≥ d that
+    repeat a token; the rows are averaged (≈ 0.07 here), whatever the head."""
+    distances = attention.induction_distances(HALF)
+    expected = torch.tensor([sum(1 / (i + 1) for i in range(d, 2 * HALF)) / (2 * HALF - d) for d in distances]).mean()
     torch.testing.assert_close(baseline.induction, expected.expand(2, 2), atol=1e-5, rtol=0)
     assert baseline.induction.max() < INDUCTION_HEAD / 5
     assert baseline.previous_token.max() < PREVIOUS_TOKEN_HEAD / 2
