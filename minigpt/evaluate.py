@@ -29,7 +29,7 @@ from minigpt import tokenizer as tok
 from minigpt.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
-from minigpt.prepare import MAX_VAL_FRACTION, MIN_VAL_FRACTION, split_documents
+from minigpt.prepare import check_val_fraction, split_documents
 
 SPLITS = ("all", "train", "val")
 
@@ -75,11 +75,7 @@ def corpus_tokens(
     if split == "all":
         texts = list(documents)
     else:
-        if not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
-            raise MiniGPTError(
-                f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to "
-                f"{MAX_VAL_FRACTION:g}, the one the model was trained with"
-            )
+        check_val_fraction(val_fraction)
         # prepare's own labelling, so the splits are the ones training used.
         texts = [text for label, text in split_documents(documents, val_fraction) if label == split]
     eot = tok.eot_id(enc)

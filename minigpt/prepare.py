@@ -51,6 +51,15 @@ _SAFE_CUT = re.compile(r"\S\n(?=\S)")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def check_val_fraction(value: float, name: str = "val_fraction") -> None:
+    """The one rule for a held-out share of a corpus, for training and evaluation alike: a one-line error
+    naming `name` unless it is a fraction from MIN_VAL_FRACTION to MAX_VAL_FRACTION."""
+    if not MIN_VAL_FRACTION <= value <= MAX_VAL_FRACTION:
+        raise MiniGPTError(
+            f"{name} {value} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}"
+        )
+
+
 def prepare(
     data_spec: str,
     tokenizer_spec: str,
@@ -66,10 +75,8 @@ def prepare(
     val_fraction 0 and val_source); otherwise `val_fraction` of `data_spec` is held out. A given `tokenizer`
     (a pretrained model's) is used as it is, `tokenizer_spec` then only naming it in the cache key and meta.
     `progress` False hides the progress bar (shown on terminals only), for all but one process of a run."""
-    if val_spec is None and not MIN_VAL_FRACTION <= val_fraction <= MAX_VAL_FRACTION:
-        raise MiniGPTError(
-            f"val_fraction {val_fraction} is out of range: use a fraction from {MIN_VAL_FRACTION:g} to {MAX_VAL_FRACTION:g}"
-        )
+    if val_spec is None:
+        check_val_fraction(val_fraction)
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     corpus = open_corpus(data_spec, cache_dir)
     held_out = open_corpus(val_spec, cache_dir) if val_spec is not None else None

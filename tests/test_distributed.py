@@ -205,3 +205,14 @@ def test_unusable_distributed_settings_are_one_line_errors_before_anything_is_wr
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
+def test_a_bad_value_is_reported_by_rank_0_alone_before_anything_is_prepared(tmp_path, capsys, monkeypatch, rank, lines):
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = run(main, [*TINY, "--data", str(corpus(tmp_path)), "--cache_dir", str(tmp_path / "cache"),
+                      "--val_fraction", "0.9", "--out_dir", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("--val_fraction 0.9 is out of range") == lines, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

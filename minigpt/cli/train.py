@@ -19,6 +19,7 @@ from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
 from minigpt.machine import MAX_WORKERS, check_devices, check_fits_in_memory
 from minigpt.model import GPTConfig
+from minigpt.prepare import check_val_fraction
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The bundled configs (package data); `default.yaml` holds every default a plain run uses."""
@@ -196,8 +197,8 @@ MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that wou
 
 
 def _validate(cfg: Namespace) -> None:
-    """Every value checked before anything is written: ranges here, the model's and optimizer's own checks.
-    --val_fraction is the data's to check (`minigpt.prepare`), with the data."""
+    """Every value checked before anything is written, in every process alike (only rank 0 reports): ranges
+    here, the data's, model's and optimizer's own checks."""
     interval = cfg.trainer.val_check_interval
     checks = [
         (cfg.batch_size >= 1, f"--batch_size must be at least 1, got {cfg.batch_size}"),
@@ -222,6 +223,8 @@ def _validate(cfg: Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise MiniGPTError(message)
+    if cfg.val_data is None:
+        check_val_fraction(cfg.val_fraction, "--val_fraction")
     for group, config in (("model", GPTConfig), ("optim", OptimConfig)):
         try:
             config(**vars(cfg[group]))
