@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from minigpt import checkpoint, tokenizer
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT
 from minigpt.payload import MODEL_PREFIX, checkpoint_payload
 
-REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-RUN_FILES = ["README.md", "best.ckpt", "config.yaml", "last.ckpt", "loss.png", "metrics.csv", "tb"]
-"""What a finished run folder holds."""
+from tests.helpers import REPO, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,12 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(**overrides) -> GPTConfig:
-    """A model small enough to train for a few steps in a test."""
-    fields = dict(vocab_size=257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-    return GPTConfig(**{**fields, **overrides})
 
 
 @pytest.fixture
@@ -45,4 +37,14 @@ def tiny_checkpoint(tmp_path: Path, tiny_model: GPT) -> Path:
     payload = checkpoint_payload(tiny_model.config, tokenizer.byte_tokenizer(), {})
     state = {MODEL_PREFIX + k: v for k, v in tiny_model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Path:
+    """tiny-shakespeare, the one text from outside the repo a test may use: $MINIGPT_TEST_SHAKESPEARE, else the
+    workspace's ../shared/data copy; a test that needs it is skipped where it is not."""
+    path = Path(os.environ.get("MINIGPT_TEST_SHAKESPEARE", REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    if not path.is_file():
+        pytest.skip(f"needs tinyshakespeare.txt at {path} (set MINIGPT_TEST_SHAKESPEARE)")
     return path

@@ -10,7 +10,7 @@ import torch
 
 from minigpt import attention
 from minigpt.model import GPT, CausalSelfAttention, GPTConfig
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 IDS = [72, 101, 108, 108, 111, 32, 115, 104, 105, 110, 121, 32, 115, 117, 110, 33]
 

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from minigpt import attention, tokenizer
 from minigpt.callbacks import AttentionLogger
 from minigpt.model import GPT
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 class TinyModule(L.LightningModule):

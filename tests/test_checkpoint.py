@@ -9,7 +9,7 @@ import torch
 
 from minigpt import checkpoint
 from minigpt.errors import MiniGPTError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_checkpoint_round_trips_model_and_tokenizer(tiny_checkpoint, tiny_model):

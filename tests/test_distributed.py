@@ -8,7 +8,6 @@ Every launch must leave exactly one run folder, exit 0 in every process, and pri
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -22,63 +21,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from minigpt.cli import run
 from minigpt.cli.train import main
-from tests.conftest import REPO, RUN_FILES
+from tests.helpers import DDP, EVERY, REPO, STEPS, TINY, assert_one_run, corpus, environment, output, train_command
+from tests.helpers import train_subprocess as train
 
 pytestmark = pytest.mark.e2e
-
-STEPS, EVERY = 20, 10
-TINY = [
-    "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "4",
-    "--model.n_embd", "64", "--batch_size", "8", "--val_windows", "64", "--sample_tokens", "20",
-    "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", str(EVERY), "--trainer.accelerator", "cpu",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-]  # fmt: skip
-DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
-LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MINIGPT_RUN")
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """This test's environment without any launcher's variables (pytest may itself run under one)."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES and not k.startswith("SLURM_")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def corpus(folder: Path) -> Path:
-    """A 300 KB text of random words, the same every time (tests must not depend on files outside the repo)."""
-    path = folder / "corpus.txt"
-    if not path.exists():
-        rng = random.Random(0)
-        words = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(1, 7))) for _ in range(800)]
-        path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(5000)))
-    return path
-
-
-def train_command(tmp_path: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
-    runner = [sys.executable, *launcher] if launcher else [sys.executable]
-    data = ["--data", str(corpus(tmp_path)), "--cache_dir", str(tmp_path / "cache")]
-    return [*runner, str(REPO / "train.py"), *TINY, *data, *args]
-
-
-def train(tmp_path: Path, *args: str, launcher: tuple[str, ...] = (), **env: str) -> subprocess.CompletedProcess:
-    command = train_command(tmp_path, *args, launcher=launcher)
-    return subprocess.run(command, cwd=tmp_path, env=environment(**env), capture_output=True, text=True, timeout=300)
-
-
-def output(done: subprocess.CompletedProcess) -> str:
-    return done.stdout + done.stderr
-
-
-def assert_one_run(folder: Path, text: str, steps: int = STEPS) -> None:
-    """One complete run in `folder`, no other run folder beside it, and each line a person reads once."""
-    assert sorted(p.name for p in folder.iterdir()) == RUN_FILES
-    assert not [p for p in folder.parent.rglob("config.yaml") if p.parent != folder]
-    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == steps
-    for step in range(EVERY, steps + 1, EVERY):
-        assert text.count(f"step {step}: val loss") == 1, text
-    assert text.count("--- sample 1 ---") == 1 and text.count("--- sample more with") == 1, text
-    assert "Child process" not in text  # Lightning's word for a process that exited non-zero
-    assert "sync_dist" not in text and "error" not in text.lower(), text
-
 
 def free_port() -> int:
     with socket.socket() as s:

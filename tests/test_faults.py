@@ -21,7 +21,7 @@ from minigpt import checkpoint
 from minigpt.cli import run
 from minigpt.cli.train import main
 from minigpt.rundir import LOCK_NAME, RunFolder, holds_run
-from tests.conftest import REPO, RUN_FILES
+from tests.helpers import REPO, RUN_FILES
 
 STEPS = 8
 TINY = [

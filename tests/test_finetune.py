@@ -15,7 +15,7 @@ from minigpt import checkpoint, hf_tokenizer
 from minigpt import tokenizer as tok
 from minigpt.cli import attention, export, generate, run
 from minigpt.cli.train import main as train
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 transformers = pytest.importorskip("transformers")
 

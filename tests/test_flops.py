@@ -40,7 +40,7 @@ def test_training_logs_tokens_per_second_and_mfu_where_the_peak_is_known(tmp_pat
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from minigpt import progress
-    from tests.test_lit import train
+    from tests.helpers import train_in_process as train
 
     monkeypatch.setattr(progress, "peak_flops", lambda device, precision: 1e9)
     with caplog.at_level("INFO", logger="minigpt.progress"):

@@ -8,8 +8,8 @@ import torch
 from minigpt import checkpoint
 from minigpt.lit import LitGPT, next_token_loss
 from minigpt.sample import SamplingSettings, make_generators, sample_tokens
-from tests.conftest import tiny_config
-from tests.test_lit import train
+from tests.helpers import tiny_config
+from tests.helpers import train_in_process as train
 
 pytestmark = [
     pytest.mark.gpu,
@@ -75,8 +75,8 @@ two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two C
 
 @two_gpus
 def test_ddp_on_two_gpus_makes_one_run_and_prints_once(tmp_path):
-    from tests.test_distributed import assert_one_run
-    from tests.test_distributed import train as train_command
+    from tests.helpers import assert_one_run
+    from tests.helpers import train_subprocess as train_command
 
     done = train_command(tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--out_dir", "run")
     assert done.returncode == 0, done.stderr
@@ -85,8 +85,8 @@ def test_ddp_on_two_gpus_makes_one_run_and_prints_once(tmp_path):
 
 @two_gpus
 def test_fsdp_on_two_gpus_writes_one_self_contained_checkpoint_and_never_hangs(tmp_path):
-    from tests.test_distributed import assert_one_run
-    from tests.test_distributed import train as train_command
+    from tests.helpers import assert_one_run
+    from tests.helpers import train_subprocess as train_command
 
     done = train_command(tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "2", "--trainer.strategy", "fsdp", "--out_dir", "run")
     text = done.stdout + done.stderr

@@ -16,7 +16,7 @@ import torch
 from minigpt import checkpoint, hf, hf_export, hf_tokenizer, tokenizer
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,25 +11,8 @@ from minigpt import checkpoint
 from minigpt.cli import run
 from minigpt.cli.train import main
 from minigpt.lit import LitGPT, lr_factor, next_token_loss
-from tests.conftest import tiny_config
-
-TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400))
-
-
-def train(tmp_path: Path, out: str, *extra: str) -> int:
-    """Run train.py's main in-process on a tiny model and corpus."""
-    corpus = tmp_path / "corpus.txt"
-    if not corpus.exists():
-        corpus.write_text(TEXT)
-    args = [
-        "--data", str(corpus), "--out_dir", str(tmp_path / out), "--cache_dir", str(tmp_path / "cache"),
-        "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
-        "--batch_size", "4", "--val_windows", "8", "--samples", "0", "--optim.warmup_steps", "2",
-        "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.accelerator", "cpu",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
-    ]  # fmt: skip
-    return run(main, args + list(extra))
-
+from tests.helpers import tiny_config
+from tests.helpers import train_in_process as train
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from minigpt.model import GPT, GPTConfig
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_forward_returns_logits_for_every_position(tiny_model):

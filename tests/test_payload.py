@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 from minigpt import tokenizer as tok
 from minigpt.payload import MODEL_PREFIX, checkpoint_payload
-from tests.conftest import REPO, tiny_config
-from tests.test_shards import WRITTEN_BEFORE
+from tests.helpers import REPO, tiny_config
+from tests.helpers import WRITTEN_BEFORE
 
 
 def test_every_weight_of_the_lightning_module_is_saved_under_the_model_prefix() -> None:

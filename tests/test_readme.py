@@ -12,7 +12,7 @@ import pytest
 from minigpt.cli import attention, export, generate, train
 from minigpt.cli import eval as evaluate
 from minigpt.cli.common import canonical_options
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 README = REPO / "README.md"
 PLACEHOLDER = re.compile(r"[\[<]|\.\.\.|COMMAND")  # syntax summaries such as `minigpt eval --ckpt RUN [--split val]`

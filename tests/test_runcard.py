@@ -15,8 +15,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from minigpt.cli import run
 from minigpt.cli.train import main
 from minigpt.runcard import flatten
-from tests.conftest import REPO
-from tests.test_lit import train
+from tests.helpers import REPO
+from tests.helpers import train_in_process as train
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:

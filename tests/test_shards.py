@@ -9,25 +9,9 @@ import pytest
 
 from minigpt import shards
 from minigpt.shards import ShardMeta, SplitStats
+from tests.helpers import WRITTEN_BEFORE
 
 # A meta.json as minigpt wrote it before ShardMeta existed (format 2, with a separate validation corpus).
-WRITTEN_BEFORE = {
-    "source": "data/train.txt",
-    "val_source": "data/val.txt",
-    "fingerprint": "ab12+cd34",
-    "tokenizer": "bytes",
-    "val_fraction": 0.0,
-    "vocab_size": 257,
-    "dtype": "uint16",
-    "format_version": 2,
-    "documents": 12,
-    "train_tokens": 1100,
-    "val_tokens": 210,
-    "train_bytes": 1089,
-    "val_bytes": 209,
-    "train_sha256": "1" * 64,
-    "val_sha256": "2" * 64,
-}
 
 
 def test_a_meta_json_written_before_shardmeta_reads_and_writes_back_unchanged() -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from minigpt.cli import run
 from minigpt.cli.train import main, parse
-from tests.conftest import REPO, SHAKESPEARE
+from tests.helpers import REPO
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 TINY = [
@@ -190,10 +190,9 @@ def test_train_then_generate_then_inspect_as_real_commands(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="needs ../shared/data/tinyshakespeare.txt")
-def test_shakespeare_cpu_recipe_reaches_nanogpt_loss(tmp_path):
+def test_shakespeare_cpu_recipe_reaches_nanogpt_loss(tmp_path, shakespeare):
     """The shipped recipe must reach 1.89 nats/byte, as nanoGPT's CPU recipe does (1.8857 nats/char); about a minute."""
-    args = ["--config", str(REPO / "configs" / "shakespeare_cpu.yaml"), "--data", str(SHAKESPEARE),
+    args = ["--config", str(REPO / "configs" / "shakespeare_cpu.yaml"), "--data", str(shakespeare),
             "--out_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache"), "--samples", "0",
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     assert run(main, args) == 0
@@ -235,7 +234,7 @@ def test_default_run_folder_moves_past_finished_and_busy_runs(tmp_path, monkeypa
 
 def test_a_run_written_by_an_older_version_still_resumes(tmp_path):
     """Its config.yaml may hold Trainer settings minigpt now sets itself (enable_autolog_hparams)."""
-    from tests.test_lit import train
+    from tests.helpers import train_in_process as train
 
     assert train(tmp_path, "run") == 0
     config = tmp_path / "run" / "config.yaml"
@@ -248,7 +247,7 @@ def test_a_run_written_by_an_older_version_still_resumes(tmp_path):
 def test_target_loss_stops_at_the_first_validation_that_reaches_it(tmp_path, capsys):
     import torch
 
-    from tests.test_lit import train
+    from tests.helpers import train_in_process as train
 
     assert train(tmp_path, "run", "--target_loss", "100") == 0  # any loss reaches 100 nats: the first validation
     assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"] == 3
