@@ -11,6 +11,7 @@ from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
 
 MAX_WORKERS = 4 * (os.cpu_count() or 1)  # data workers, or CPU training processes: thousands would exhaust the machine
+MAX_THREADS = MAX_WORKERS  # --threads: more threads than cores only wait for each other; thousands exhaust the machine
 
 
 def check_devices(accelerator: object, strategy: object, devices: object) -> None:

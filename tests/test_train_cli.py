@@ -146,6 +146,9 @@ def test_unknown_tokenizer_is_a_one_line_error(tmp_path, capsys, corpus):
         (["--batch_size", "0"], "batch_size"),
         (["--val_fraction", "0.9"], "val_fraction 0.9 is out of range: use a fraction from 1e-06 to 0.5"),
         (["--resume", "nowhere/last.ckpt"], "cannot resume"),
+        (["--threads", "0"], "--threads must be from 1 to"),
+        (["--threads", "100000"], "--threads must be from 1 to"),
+        (["--compile", "maybe"], "compile"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, corpus, args, message):

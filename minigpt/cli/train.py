@@ -17,7 +17,7 @@ from minigpt.cli import USER_ERROR_EXIT, configure_logging, run
 from minigpt.cli.common import canonical_options
 from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.lit import OptimConfig
-from minigpt.machine import MAX_WORKERS, check_devices, check_fits_in_memory
+from minigpt.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
 from minigpt.model import GPTConfig
 from minigpt.prepare import check_val_fraction
 
@@ -207,7 +207,7 @@ def _validate(cfg: Namespace) -> None:
         (0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}"),
         (0 <= cfg.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {cfg.samples}"),
         (cfg.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {cfg.sample_tokens}"),
-        (cfg.threads is None or cfg.threads >= 1, f"--threads must be at least 1, got {cfg.threads}"),
+        (cfg.threads is None or 1 <= cfg.threads <= MAX_THREADS, f"--threads must be from 1 to {MAX_THREADS}, got {cfg.threads}"),
         (cfg.target_loss is None or (math.isfinite(cfg.target_loss) and cfg.target_loss > 0),
          f"--target_loss must be a positive number of nats/token, got {cfg.target_loss}"),
         (cfg.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {cfg.model.n_layer}"),
