@@ -144,6 +144,8 @@ def induction_score(model: GPT, length: int | None = None, seed: int = 0) -> Ten
     """
     config = model.config
     n = length or min(INDUCTION_LENGTH, config.block_size // 2, config.vocab_size)
+    if length is None and n < 2:  # a context of 1 to 3 positions holds no repeat: nothing to measure
+        return torch.full((config.n_layer, config.n_head), float("nan"))
     if not 2 <= n <= min(config.block_size // 2, config.vocab_size):
         raise ValueError(f"induction length {n} does not fit block_size {config.block_size}")
     generator = torch.Generator().manual_seed(seed)

@@ -169,3 +169,9 @@ def test_top_heads_ranks_scores_and_skips_nan() -> None:
     scores = torch.tensor([[0.1, float("nan")], [0.9, 0.5]])
     assert attention.top_heads(scores, 2) == [(1, 0, pytest.approx(0.9)), (1, 1, pytest.approx(0.5))]
     assert attention.top_heads(scores, 1, largest=False) == [(0, 0, pytest.approx(0.1))]
+
+
+def test_a_context_too_short_to_repeat_a_token_has_no_induction_score() -> None:
+    """block_size 3 cannot hold two copies of even two tokens: NaN (shown as n/a), not an error mid-training."""
+    scores = attention.induction_score(GPT(GPTConfig(vocab_size=257, block_size=3, n_layer=2, n_head=1, n_embd=8)))
+    assert scores.shape == (2, 1) and scores.isnan().all()

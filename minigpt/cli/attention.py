@@ -142,7 +142,8 @@ def print_top_heads(stats: attention.HeadStats, k: int) -> None:
     """The CLI's stdout: the `k` strongest heads of each kind, e.g. ``induction heads: L1H0 0.41, ...``."""
     for kind, scores in stats.kinds().items():
         best = attention.top_heads(scores, k, largest=kind != "entropy")
-        print(f"{STAT_TITLES[kind]}: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in best))
+        shown = ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in best) or "n/a (too few tokens to measure)"
+        print(f"{STAT_TITLES[kind]}: {shown}")
 
 
 def print_importance(importance: Importance, k: int) -> None:
