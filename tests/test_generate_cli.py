@@ -474,3 +474,25 @@ def test_attention_with_ablate_measures_head_importance_on_the_drawn_text(tiny_c
     drawn = np.load(out / "attention.npz")["tokens"]  # all of them: fewer than block_size
     assert ablated["on"] == "the prompt and its completion" and ablated["tokens"] == len(drawn) - 1 > len("hello")
     assert "on the prompt and its completion:" in stdout
+
+
+def test_attention_with_ablate_and_data_measures_what_the_attention_command_measures(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(50)))
+    data = ["--ablate", "--data", str(text), "--ablate_windows", "5"]
+    code, generated, _ = cli(greedy(tiny_checkpoint, "--prompt", "hello", "--attention", str(tmp_path / "g"), *data))
+    assert code == 0
+    with contextlib.redirect_stdout(io.StringIO()) as drawn:
+        assert run(attention.main, ["--ckpt", str(tiny_checkpoint), "--prompt", "hi", "--out", str(tmp_path / "a"), *data]) == 0
+    importance = [line for line in generated.splitlines() if "heads the loss needs most" in line]
+    assert importance and importance[0] in drawn.getvalue()  # the same windows, whatever text was drawn
+    assert f"on 5 windows of the val split of {text}" in generated
+
+
+@pytest.mark.parametrize("option", [["--ablate"], ["--data", "x.txt"], ["--layers", "0"], ["--per_head"], ["--attention_completion"]])
+def test_attention_options_without_attention_are_refused_not_ignored(tiny_checkpoint: Path, option: list[str]) -> None:
+    result = cli(greedy(tiny_checkpoint, "--prompt", "hello", *option))
+    assert_one_line_error(*result)
+    assert f"{option[0]} belongs to the attention report: add --attention OUT_DIR" in result[2]

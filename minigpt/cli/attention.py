@@ -58,6 +58,15 @@ def add_attention_arguments(
         help="also measure each head's importance: the loss change on the text when its output is zeroed "
         "(heads.json, importance.png, the page)",
     )  # fmt: skip
+    group.add_argument(
+        "--data", metavar="SPEC",
+        help="with --ablate: measure importance on the validation text the checkpoint's run held out of this "
+        "corpus (as `minigpt eval --split val`) instead of on the text drawn",
+    )  # fmt: skip
+    group.add_argument(
+        "--ablate_windows", type=positive_int, metavar="N",
+        help=f"with --data: how many windows of the validation text, spread evenly (default {DEFAULT_WINDOWS})",
+    )  # fmt: skip
     group.add_argument("--layers", help="comma-separated layers to draw, e.g. 0,2 (default: all)")
     group.add_argument("--heads", help="comma-separated heads to draw or aggregate, e.g. 1 (default: all)")
     group.add_argument(
@@ -163,16 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
-    group = parser.add_argument_group("head importance (with --ablate)")
-    group.add_argument(
-        "--data", metavar="SPEC",
-        help="measure importance on the validation text the checkpoint's run held out of this corpus (as "
-        "`minigpt eval --split val`) instead of on the prompt",
-    )  # fmt: skip
-    group.add_argument(
-        "--ablate_windows", type=positive_int, metavar="N",
-        help=f"with --data: how many windows of the validation text, spread evenly (default {DEFAULT_WINDOWS})",
-    )  # fmt: skip
     return parser
 
 
@@ -207,19 +206,25 @@ def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded, val_
         raise MiniGPTError(f"--data {args.data!r}: {err}") from None
 
 
+def load_for_report(args: argparse.Namespace, device: torch.device) -> tuple[checkpoint.Loaded, Windows | None]:
+    """--ckpt's model and, with --data, the validation windows to measure head importance on; bad --layers or
+    --heads fail before the corpus is read."""
+    if args.data is None:
+        loaded, ablate_on = sources.load(args.ckpt, device), None
+    else:
+        loaded, val_fraction = load_with_val_fraction(args.ckpt, device)
+        selected_layers_and_heads(args, loaded.model.config)
+        ablate_on = validation_windows(args, loaded, val_fraction)
+    return loaded, ablate_on
+
+
 def main(argv: Sequence[str]) -> None:
     """Parse `argv`, load the checkpoint, write the maps of the prompt and print the top heads."""
     args = build_parser().parse_args(canonical_options(argv))  # `--top-heads` works too
     check_stdout_open()
     check_ablation_options(args)
     check_out_dir(args.attention_dir)
-    device = resolve_device(args.device)
-    if args.data is None:
-        loaded, ablate_on = sources.load(args.ckpt, device), None
-    else:
-        loaded, val_fraction = load_with_val_fraction(args.ckpt, device)
-        selected_layers_and_heads(args, loaded.model.config)  # bad ones fail before the corpus is read
-        ablate_on = validation_windows(args, loaded, val_fraction)
+    loaded, ablate_on = load_for_report(args, resolve_device(args.device))
     with writing_stdout():
         report_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt), ablate_on)
 

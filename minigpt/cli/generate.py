@@ -21,7 +21,14 @@ from tqdm import tqdm
 from minigpt import checkpoint, sources
 from minigpt import tokenizer as tok
 from minigpt.cli import run
-from minigpt.cli.attention import add_attention_arguments, check_out_dir, report_attention, selected_layers_and_heads
+from minigpt.cli.attention import (
+    add_attention_arguments,
+    check_ablation_options,
+    check_out_dir,
+    load_for_report,
+    report_attention,
+    selected_layers_and_heads,
+)
 from minigpt.cli.common import (
     CKPT_HELP,
     OneLineParser,
@@ -112,9 +119,12 @@ def main(argv: Sequence[str]) -> None:
     else:
         prompt = read_prompt(args.prompt, args.prompt_file)
     if args.attention_dir:
+        check_ablation_options(args)
         check_out_dir(args.attention_dir)
+    else:
+        check_attention_options_unused(args)
     device = resolve_device(args.device)
-    loaded = sources.load(args.ckpt, device)
+    loaded, ablate_on = load_for_report(args, device) if args.attention_dir else (sources.load(args.ckpt, device), None)
     if args.attention_dir:
         selected_layers_and_heads(args, loaded.model.config)
     sample = functools.partial(stream, loaded.model, loaded.tokenizer, settings=settings)
@@ -132,7 +142,17 @@ def main(argv: Sequence[str]) -> None:
         analysed = prompt + completions[0] if args.attention_completion else prompt
         name = "the prompt and its completion" if args.attention_completion else "the prompt"
         with writing_stdout():
-            report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed), text_name=name)
+            report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed), ablate_on, text_name=name)
+
+
+ATTENTION_OPTIONS = ("ablate", "data", "ablate_windows", "layers", "heads", "aggregate", "per_head", "attention_completion")
+
+
+def check_attention_options_unused(args: argparse.Namespace) -> None:
+    """Options of the attention report mean nothing without --attention: refuse them rather than ignore them."""
+    given = [name for name in ATTENTION_OPTIONS if getattr(args, name) not in (None, False)]
+    if given:
+        raise MiniGPTError(f"--{given[0]} belongs to the attention report: add --attention OUT_DIR, or drop it")
 
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
