@@ -43,9 +43,10 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunRecord(L.Callback):
-    """In global rank 0: record the training loss every `every` steps and each validation's metrics; when
-    training ends or a signal stops it, write `metrics.csv` and `loss.png` into `folder` (keeping the rows of
-    the steps before a resume) and log `config` with the final metrics to TensorBoard's hparams tab."""
+    """In global rank 0: record the training loss every `every` steps and each validation's metrics, saving
+    `metrics.csv` in `folder` at each validation; when training ends or a signal stops it, write `metrics.csv`
+    and `loss.png` (keeping the rows of the steps before a resume) and log `config` with the final metrics to
+    TensorBoard's hparams tab."""
 
     def __init__(self, folder: Path, config: Mapping[str, Any], every: int) -> None:
         self.folder, self.config, self.every = Path(folder), config, max(1, every)
@@ -65,6 +66,8 @@ class RunRecord(L.Callback):
         if "val/train_loss" in metrics:
             row["val_train_loss"] = float(metrics["val/train_loss"])
         self.rows.append(row)
+        # Saved as each validation's checkpoint is, so a run killed (kill -9) after its last save keeps them.
+        write_metrics(self.folder / "metrics.csv", self._all_rows())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)  # also when a resume finds no step left to train (on_train_end is skipped then)
@@ -73,6 +76,11 @@ class RunRecord(L.Callback):
         if isinstance(exception, Interrupted):
             self._write(trainer)
 
+    def _all_rows(self) -> list[dict[str, Any]]:
+        """This process's rows after those of the runs it resumes (from metrics.csv, steps before its first)."""
+        before = self.rows[0]["step"] if self.rows else math.inf
+        return earlier_rows(self.folder / "metrics.csv", before) + self.rows
+
     def _has_row(self, step: int, column: str) -> bool:
         return any(r["step"] == step and column in r for r in self.rows)
 
@@ -80,8 +88,7 @@ class RunRecord(L.Callback):
         if not trainer.is_global_zero:
             return
         # A resume with no step left to train still (re)draws what a run killed at its very end did not.
-        before = self.rows[0]["step"] if self.rows else math.inf
-        rows = earlier_rows(self.folder / "metrics.csv", before) + self.rows
+        rows = self._all_rows()
         if not rows:
             return
         write_metrics(self.folder / "metrics.csv", rows)

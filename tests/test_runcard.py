@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from minigpt.cli import run
 from minigpt.cli.train import main
-from minigpt.runcard import flatten
+from minigpt.runcard import RunRecord, flatten
 from tests.helpers import REPO
 from tests.helpers import train_in_process as train
 
@@ -84,5 +84,17 @@ def test_a_run_killed_before_drawing_loss_png_gets_it_on_resume(tmp_path):
     """kill -9 can land between metrics.csv and loss.png at the very end; a resume with nothing to train draws it."""
     assert train(tmp_path, "run") == 0
     (tmp_path / "run" / "loss.png").unlink()
+    assert run(main, ["--resume", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "loss.png").is_file() and len(rows(tmp_path / "run")) == 8
+
+
+def test_a_run_killed_after_its_last_save_keeps_its_metrics_and_a_resume_draws_them(tmp_path, monkeypatch):
+    """kill -9 can land after the final last.ckpt and before metrics.csv is written at the end (the fault
+    suite found it): the rows saved at each validation survive, and a resume with nothing to train draws them."""
+    with monkeypatch.context() as patched:
+        patched.setattr(RunRecord, "on_fit_end", lambda self, trainer, pl_module: None)  # killed right there
+        assert train(tmp_path, "run") == 0
+    assert not (tmp_path / "run" / "loss.png").exists()
+    assert [r["step"] for r in rows(tmp_path / "run") if r["val_loss"]] == ["3", "6"]
     assert run(main, ["--resume", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "loss.png").is_file() and len(rows(tmp_path / "run")) == 8
