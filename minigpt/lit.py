@@ -204,19 +204,24 @@ class LitGPT(L.LightningModule):
             norm = squares.sqrt()
         self._grad_norm = norm
         self.log("train/grad_norm", norm)
-        step = torch.stack([torch.tensor(self.global_step + 1.0, device=norm.device), bad_loss, norm, self._last_loss])
         if self._guard_on_device(optimizer):
             # Reading the verdict here would make the CPU wait for each step's backward pass, and leave the GPU
             # idle while the next step is queued. The fused kernel skips a step whose `found_inf` is set, on the
             # GPU; the first such step is reported at the next log step or validation (`report_divergence`).
             bad = torch.maximum(bad_loss, (~torch.isfinite(norm)).float())
             optimizer.found_inf = bad
+            step = self._step_record(bad_loss, norm)
             first = self._first_bad if self._first_bad is not None else torch.zeros_like(step)
             self._first_bad = torch.where((first[0] > 0) | (bad == 0), first, step)
             return
         # A float16 GradScaler skips steps with inf gradients on purpose; there only the loss tells.
         if bad_loss or not (self._grad_scaler() or torch.isfinite(norm)):
-            self._diverged(step)
+            self._diverged(self._step_record(bad_loss, norm))
+
+    def _step_record(self, bad_loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """[step, loss is bad in some process, gradient norm, this process's loss], what `_diverged` words."""
+        number = torch.tensor(self.global_step + 1.0, device=norm.device)
+        return torch.stack([number, bad_loss, norm, self._last_loss])
 
     def _guard_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
         """True where the divergence guard decides on the device: CUDA, fused AdamW, no GradScaler."""

@@ -208,14 +208,13 @@ def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded, val_
 
 def load_for_report(args: argparse.Namespace, device: torch.device) -> tuple[checkpoint.Loaded, Windows | None]:
     """--ckpt's model and, with --data, the validation windows to measure head importance on; bad --layers or
-    --heads fail before the corpus is read."""
+    --heads fail as soon as the model is known, before the corpus is read or anything is sampled."""
     if args.data is None:
-        loaded, ablate_on = sources.load(args.ckpt, device), None
+        loaded, val_fraction = sources.load(args.ckpt, device), None
     else:
         loaded, val_fraction = load_with_val_fraction(args.ckpt, device)
-        selected_layers_and_heads(args, loaded.model.config)
-        ablate_on = validation_windows(args, loaded, val_fraction)
-    return loaded, ablate_on
+    selected_layers_and_heads(args, loaded.model.config)
+    return loaded, validation_windows(args, loaded, val_fraction) if val_fraction is not None else None
 
 
 def main(argv: Sequence[str]) -> None:

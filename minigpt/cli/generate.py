@@ -27,7 +27,6 @@ from minigpt.cli.attention import (
     check_out_dir,
     load_for_report,
     report_attention,
-    selected_layers_and_heads,
 )
 from minigpt.cli.common import (
     CKPT_HELP,
@@ -125,8 +124,6 @@ def main(argv: Sequence[str]) -> None:
         check_attention_options_unused(args)
     device = resolve_device(args.device)
     loaded, ablate_on = load_for_report(args, device) if args.attention_dir else (sources.load(args.ckpt, device), None)
-    if args.attention_dir:
-        selected_layers_and_heads(args, loaded.model.config)
     sample = functools.partial(stream, loaded.model, loaded.tokenizer, settings=settings)
     if prompt is None:  # --interactive: the prompts come now that the model is loaded
         with writing_stdout(), autocast(device):
