@@ -56,6 +56,21 @@ def test_tensorboard_holds_the_whole_config_with_final_metrics_and_no_meaningles
     assert {"data", "tokenizer", "batch_size", "seed", "model.n_layer", "optim.lr", "trainer.max_steps"} <= set(hparams)
 
 
+def test_tensorboard_gets_each_logged_steps_own_loss_lr_and_gradient_norm(tmp_path):
+    # Per-step metrics are logged only on the steps that reach the loggers: those must still carry their own step's
+    # values, not a stale one. TensorBoard numbers a step from 0, metrics.csv (as the log line does) from 1.
+    assert train(tmp_path, "run", "--trainer.log_every_n_steps", "2") == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0}).Reload()
+    table = {int(r["step"]): r for r in rows(tmp_path / "run") if r["train_loss"]}
+    logged = {e.step + 1: e.value for e in events.Scalars("train/loss")}
+    assert sorted(logged) == [2, 4, 6] == sorted(table)
+    for step, loss in logged.items():
+        assert loss == pytest.approx(float(table[step]["train_loss"]), rel=1e-6)
+    assert [e.step + 1 for e in events.Scalars("lr")] == [2, 4, 6]
+    norms = [e.value for e in events.Scalars("train/grad_norm")]
+    assert [e.step + 1 for e in events.Scalars("train/grad_norm")] == [2, 4, 6] and len(set(norms)) == 3
+
+
 def test_flatten_names_nested_settings_with_dots():
     assert flatten({"model": {"n_layer": 2, "bias": True}, "data": "x", "trainer": {"devices": None}}) == {
         "model.n_layer": 2, "model.bias": True, "data": "x", "trainer.devices": "None",
