@@ -51,10 +51,10 @@ VIEW_EVERY_S = 30.0
 
 
 class RankZeroView(L.Callback):
-    """A callback that runs the whole model in global rank 0 alone to show what it learns: at the first
-    validation, then at validations at least `every_s` seconds after the last view, and at the end of
-    training if the last validation was skipped, so the final model is always shown. Under a strategy that
-    shards the model, where that would hang the run, it says once that it is off."""
+    """A callback that runs the whole model in global rank 0 alone to show what it learns: at validations at
+    least `every_s` seconds after training started or the last view, and at the end of training if the last
+    validation was skipped, so the final model is always shown (a run shorter than `every_s` shows only that
+    one). Under a strategy that shards the model, where that would hang the run, it says once that it is off."""
 
     shows = "views of the model"
 
@@ -69,6 +69,9 @@ class RankZeroView(L.Callback):
                 "%s are not logged under %s, which shards the model; sample and inspect the checkpoint instead",
                 self.shows, type(trainer.strategy).__name__,
             )  # fmt: skip
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._shown_at = time.monotonic()  # the untrained model is noise: the first view waits too
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
