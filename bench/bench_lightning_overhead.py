@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from minigpt.lit import LitGPT, OptimConfig, lr_factor
 from minigpt.model import GPTConfig
 
-MODEL = dict(vocab_size=257, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+MODEL = dict(vocab_size=257, block_size=64, n_layer=2, n_head=4, n_embd=128, dropout=0.0)
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=10)
 
 
@@ -68,7 +68,7 @@ def plain_step_seconds(batch: torch.Tensor, steps: int, warmup: int) -> float:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": OPTIM.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), fused=batch.is_cuda or None,  # as LitGPT chooses
+        lr=OPTIM.lr, betas=(OPTIM.beta1, OPTIM.beta2), fused=True,  # as LitGPT chooses on CPUs and CUDA GPUs
     )  # fmt: skip
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, OPTIM.warmup_steps, steps, OPTIM.min_lr_ratio)
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
