@@ -522,3 +522,34 @@ def test_byte_shards_are_written_without_tokenizing_and_equal_the_tokenizers_ids
     ids = [np.fromfile(prepared.dir / f"{split}.bin", dtype=prepared.meta.dtype).tolist() for split in ("train", "val")]
     expected = [tok.encode(enc, piece) for _, piece in prep.split_documents(open_corpus(str(tmp_path / "data")).documents(), 0.5)]
     assert sum(ids, []) == [i for ids in expected for i in (tok.eot_id(enc), *ids)]
+
+
+def lines_text(word: str, lines: int) -> str:
+    return "".join(f"{word} {i}\n" for i in range(lines))
+
+
+def test_spread_sample_keeps_everything_below_its_budget_and_an_even_spread_above(monkeypatch) -> None:
+    monkeypatch.setattr(prep, "CHUNK_CHARS", 50)
+    texts = [lines_text("alpha", 400), lines_text("omega", 400)]
+    size = sum(len(t) for t in texts)
+    assert "".join(prep.spread_sample(texts, size, size)) == "".join(texts)  # within the budget: all, in order
+    sample = list(prep.spread_sample(texts, size // 10, size))
+    kept = sum(map(len, sample))
+    assert size // 10 <= kept < size // 10 + 2 * 60  # the budget, give or take a piece
+    assert all(piece in "".join(texts) for piece in sample)  # whole pieces, cut at newlines
+    assert any(p.startswith("alpha 0\n") for p in sample) and any("omega 3" in p for p in sample)  # from both ends
+    halves = ["alpha" in p for p in sample]
+    assert abs(sum(halves) - len(sample) / 2) <= 1  # as much of the first half as of the second
+    head = "".join(prep.spread_sample(texts, size // 10, None))  # no size known: the beginning
+    assert head.startswith("alpha 0\n") and "omega" not in head and len(head) >= size // 10
+
+
+def test_a_bpe_vocabulary_learns_from_the_whole_corpus_not_only_its_beginning(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(prep, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(prep, "BPE_SAMPLE_CHARS", 20_000)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"aardvark{i % 7} abacus\n" for i in range(4000)) + "".join(f"zymurgy{i % 7} zephyr\n" for i in range(4000)))
+    enc = prepare(str(corpus), "bpe:280", tmp_path / "cache", progress=False).tokenizer
+    merged = [enc.decode_single_token_bytes(i) for i in range(256, enc.n_vocab - 1)]
+    # Trained on the first 20 kB alone, no merge would hold a z (the second half's letter).
+    assert any(b"z" in token for token in merged) and any(b"rdv" in token for token in merged)
