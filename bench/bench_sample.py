@@ -3,6 +3,8 @@
 Run: python bench/bench_sample.py  (CPU, random weights; about 2 minutes on 2 idle cores)
 The no-cache path costs a forward pass over the whole window per token, so at 1024 tokens it dominates the
 runtime; `--n-layer 6 --n-head 6 --n-embd 384` benchmarks a GPT-2-small-like width in about 5 minutes.
+`--compile` also times the KV-cache path under torch.compile: the first run (compilation included), a second
+one, and the largest difference of its next-token logits from the eager model's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ def tokens_per_second(model: GPT, new_tokens: int, use_cache: bool) -> float:
     return count / (time.perf_counter() - start)
 
 
+def compiled_figures(model: GPT, new_tokens: int) -> None:
+    """Print what torch.compile does to KV-cache decoding: compile time, speed after it, logits drift."""
+    compiled = torch.compile(model, dynamic=True)  # the cache grows one position per token
+    start = time.perf_counter()
+    tokens_per_second(compiled, new_tokens, True)
+    first = time.perf_counter() - start
+    eager, again = tokens_per_second(model, new_tokens, True), tokens_per_second(compiled, new_tokens, True)
+    idx = torch.randint(0, model.config.vocab_size, (1, 64), device=next(model.parameters()).device)
+    with torch.inference_mode():
+        drift = (compiled(idx, model.new_cache()) - model(idx, model.new_cache())).abs().max().item()
+    print(f"compiled KV cache, {new_tokens} tokens: first run {first:.1f} s (compilation included); then "
+          f"{again:.1f} vs {eager:.1f} tok/s eager ({again / eager:.2f}x); logits differ by at most {drift:.1e}")
+
+
 def write_checkpoint(model: GPT, path: Path) -> None:
     """A self-contained checkpoint (bytes tokenizer) that generate.py can load."""
     payload = checkpoint_payload(model.config, tokenizer.byte_tokenizer(), {})
@@ -68,6 +84,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); 1 is steadier "
                         "on a machine shared with other jobs")  # fmt: skip
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile's KV-cache decoding")
     args = parser.parse_args()
 
     if args.threads:
@@ -84,6 +101,8 @@ def main() -> None:
     for n in args.new_tokens:
         cached, uncached = tokens_per_second(model, n, True), tokens_per_second(model, n, False)
         print(f"{n:>10} | {cached:>14.1f} | {uncached:>14.1f} | {cached / uncached:>7.1f}x")
+    if args.compile:
+        compiled_figures(model, max(args.new_tokens))
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "bench.ckpt"
