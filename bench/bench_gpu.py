@@ -5,7 +5,7 @@
     at most --target (1.47, nanoGPT's result on an A100 in about 3 minutes). Everything counts.
 (b) `LitGPT` under `Trainer.fit` with GPT-2 small's shape (12 layers x 12 heads x 768, context 1024, vocab
     50304) on random tokens: tokens/s over the steps after compilation, and model FLOPs utilisation against
-    the device's dense bf16 peak (minigpt.flops).
+    the device's dense bf16 peak (minigpt.training.flops).
 
 Without a CUDA GPU both run a tiny shape for a few steps, so that the script cannot rot; their figures then
 mean nothing. Usage: python bench/bench_gpu.py [--data tinyshakespeare.txt] [--target 1.47] [--steps 50] [-- TRAIN OPTIONS]
@@ -28,8 +28,8 @@ import torch
 from bench_lightning_overhead import SameBatch, StepTimer
 from torch.utils.data import DataLoader
 
-from minigpt.flops import flops_per_token, peak_flops
-from minigpt.lit import LitGPT
+from minigpt.training.flops import flops_per_token, peak_flops
+from minigpt.training.module import LitGPT
 from minigpt.model import GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]

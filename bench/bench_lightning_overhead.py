@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from minigpt.lit import LitGPT, OptimConfig, lr_factor
+from minigpt.training.module import LitGPT, OptimConfig, lr_factor
 from minigpt.model import GPTConfig
 
 MODEL = dict(vocab_size=257, block_size=64, n_layer=2, n_head=4, n_embd=128, dropout=0.0)

@@ -20,7 +20,7 @@ DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from minigpt.prepare import prepare
+from minigpt.data.prepare import prepare
 start = time.perf_counter()
 prepared = prepare(sys.argv[1], sys.argv[2], Path(sys.argv[3]), progress=False)
 seconds = time.perf_counter() - start

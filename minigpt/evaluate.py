@@ -1,6 +1,6 @@
 """Held-out evaluation: the loss of a GPT on a whole text, every token scored exactly once.
 
-`corpus_tokens` lays a corpus (or its train or val split) out exactly as `minigpt.prepare` writes a shard:
+`corpus_tokens` lays a corpus (or its train or val split) out exactly as `minigpt.data.prepare` writes a shard:
 every document, and each part of one that the split cuts in two, preceded by one ``<|endoftext|>``. So the
 val split of the training corpus gives the very tokens of ``val.bin``, and `score` measures what validation
 measures, over every token instead of a sample of windows.
@@ -26,10 +26,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from minigpt import tokenizer as tok
-from minigpt.corpus import open_corpus
+from minigpt.data.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
-from minigpt.prepare import check_val_fraction, split_documents
+from minigpt.data.prepare import check_val_fraction, split_documents
 
 SPLITS = ("all", "train", "val")
 

@@ -1,7 +1,7 @@
 """A GPT-2 shaped language model in plain PyTorch (no Lightning, nothing else from this package).
 
 Parameter names follow GPT-2 (wte wpe h.N.attn.c_attn ...); the Hugging Face format also stores four of the
-matrices transposed (its Conv1D layers), which `minigpt.hf` handles.
+matrices transposed (its Conv1D layers), which `minigpt.hf.pretrained` handles.
 """
 
 from __future__ import annotations

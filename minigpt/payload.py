@@ -1,4 +1,4 @@
-"""What `minigpt.lit.LitGPT` puts into a checkpoint beside its weights, and under which names.
+"""What `minigpt.training.module.LitGPT` puts into a checkpoint beside its weights, and under which names.
 
 This belongs with the LightningModule, but lives in a module of its own that imports no Lightning:
 `minigpt.checkpoint` reads these names, and `minigpt generate` / `attention` / `eval`, which load checkpoints
@@ -14,7 +14,7 @@ import tiktoken
 
 from minigpt import tokenizer as tok
 from minigpt.model import GPTConfig
-from minigpt.shards import ShardMeta
+from minigpt.data.shards import ShardMeta
 
 MODEL_ATTR = "model"
 """The attribute that holds `LitGPT`'s `GPT` (``self.model``), so each weight's state-dict key starts with

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from minigpt import checkpoint, hf
+from minigpt import checkpoint
+from minigpt.hf import pretrained as hf
 
 
 def is_pretrained(source: str) -> bool:

@@ -1,4 +1,4 @@
-"""minigpt.ablation: zeroing a head's output, the windows the loss is measured on, and each head's importance."""
+"""minigpt.inspection.ablation: zeroing a head's output, the windows the loss is measured on, and each head's importance."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from minigpt import ablation, evaluate
+from minigpt import evaluate
+from minigpt.inspection import ablation
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
 from tests.helpers import tiny_config

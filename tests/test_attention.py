@@ -1,4 +1,4 @@
-"""minigpt.attention: extraction from the model's explicit attention path, aggregates and head statistics."""
+"""minigpt.inspection.maps: extraction from the model's explicit attention path, aggregates and head statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from minigpt import attention
+from minigpt.inspection import maps as attention
 from minigpt.model import GPT, CausalSelfAttention, GPTConfig
 from tests.helpers import tiny_config
 
@@ -64,7 +64,7 @@ def test_extraction_returns_the_models_own_logits_and_restores_training_mode() -
 
 def test_sequences_longer_than_block_size_keep_the_last_tokens(tiny_model: GPT, caplog) -> None:
     ids = list(range(40))
-    with caplog.at_level(logging.WARNING, logger="minigpt.attention"):
+    with caplog.at_level(logging.WARNING, logger="minigpt.inspection.maps"):
         maps = attention.extract(tiny_model, ids)
     assert maps.ids == ids[-32:]
     assert maps.weights.shape[-1] == 32

@@ -1,4 +1,4 @@
-"""minigpt.callbacks.AttentionLogger inside a real (tiny) Lightning run, read back from TensorBoard's files."""
+"""minigpt.training.callbacks.views.AttentionLogger inside a real (tiny) Lightning run, read back from TensorBoard's files."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from minigpt import attention, tokenizer
-from minigpt.callbacks import AttentionLogger
+from minigpt import tokenizer
+from minigpt.inspection import maps as attention
+from minigpt.training.callbacks.views import AttentionLogger
 from minigpt.model import GPT
 from tests.helpers import tiny_config
 
 
 class TinyModule(L.LightningModule):
-    """Just enough of a LightningModule around a GPT (kept as `self.model`, as in minigpt.lit)."""
+    """Just enough of a LightningModule around a GPT (kept as `self.model`, as in minigpt.training.module)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,7 +70,7 @@ def test_attention_logger_writes_the_overview_and_every_heads_statistics_at_each
 def test_loggers_skip_a_diverged_model_with_a_warning_instead_of_crashing(tmp_path: Path, caplog) -> None:
     from types import SimpleNamespace
 
-    from minigpt.callbacks import SampleLogger
+    from minigpt.training.callbacks.views import SampleLogger
 
     module = TinyModule()
     with torch.no_grad():
@@ -90,7 +91,7 @@ def test_loggers_say_once_that_they_are_off_under_a_sharding_strategy(tmp_path: 
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from minigpt.callbacks import SampleLogger
+    from minigpt.training.callbacks.views import SampleLogger
 
     module, enc = TinyModule(), tokenizer.byte_tokenizer()
     logger = TensorBoardLogger(tmp_path, name="tb", version="")

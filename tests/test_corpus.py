@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import builtin_corpora, hfcorpus, shardcache
-from minigpt.corpus import open_corpus
+from minigpt.data import builtin as builtin_corpora
+from minigpt.data import hub as hfcorpus
+from minigpt.data import cache as shardcache
+from minigpt.data.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 
 
@@ -277,7 +279,7 @@ def test_a_download_into_a_cache_under_a_file_is_a_user_error(tmp_path: Path) ->
 def test_an_unreadable_file_is_a_one_line_error(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from minigpt.corpus import open_corpus
+    from minigpt.data.corpus import open_corpus
     from minigpt.errors import MiniGPTError
 
     secret = tmp_path / "secret.txt"

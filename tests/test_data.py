@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.data import FixedWindows, RandomWindows, TokenDataModule
+from minigpt.training.datamodule import FixedWindows, RandomWindows, TokenDataModule
 from minigpt.errors import MiniGPTError
 
 

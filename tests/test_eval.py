@@ -20,7 +20,7 @@ from minigpt.errors import MiniGPTError
 from minigpt.evaluate import corpus_tokens, score, windows
 from minigpt.model import GPT
 from minigpt.payload import MODEL_PREFIX, checkpoint_payload
-from minigpt.prepare import prepare
+from minigpt.data.prepare import prepare
 
 LINE = re.compile(
     r"eval (?P<ckpt>.+) on (?P<data>.+) \((?P<split>\w+)\): (?P<tokens>[\d,]+) tokens, (?P<bytes>[\d,]+) bytes: "

@@ -20,7 +20,7 @@ import torch
 from minigpt import checkpoint
 from minigpt.cli import run
 from minigpt.cli.train import main
-from minigpt.rundir import LOCK_NAME, RunFolder, holds_run
+from minigpt.training.run_folder import LOCK_NAME, RunFolder, holds_run
 from tests.helpers import REPO, RUN_FILES
 
 STEPS = 8
@@ -165,7 +165,7 @@ def test_a_run_or_resume_into_a_folder_in_use_is_refused_and_touches_nothing(tmp
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_during_preparation_exits_cleanly_and_leaves_no_temporary_files(tmp_path, corpus, monkeypatch, signum, capsys):
-    from minigpt import prepare
+    from minigpt.data import prepare
 
     make_encoder = prepare._array_encoder
 
@@ -186,7 +186,7 @@ def test_a_signal_during_preparation_exits_cleanly_and_leaves_no_temporary_files
 
 
 def test_ctrl_c_during_bpe_training_exits_130_without_a_traceback(tmp_path, corpus, monkeypatch, capsys):
-    from minigpt import prepare
+    from minigpt.data import prepare
 
     split = prepare.split_documents
 

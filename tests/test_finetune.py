@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import checkpoint, hf_tokenizer
+from minigpt import checkpoint
+from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt import tokenizer as tok
 from minigpt.cli import attention, export, generate, run
 from minigpt.cli.train import main as train

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from minigpt import flops
+from minigpt.training import flops
 from minigpt.model import GPT, GPTConfig
 
 
@@ -39,11 +39,11 @@ def test_no_peak_for_plain_float32_or_cpus(monkeypatch):
 def test_training_logs_tokens_per_second_and_mfu_where_the_peak_is_known(tmp_path, monkeypatch, caplog):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from minigpt import progress
+    from minigpt.training.callbacks import progress
     from tests.helpers import train_in_process as train
 
     monkeypatch.setattr(progress, "peak_flops", lambda device, precision: 1e9)
-    with caplog.at_level("INFO", logger="minigpt.progress"):
+    with caplog.at_level("INFO", logger="minigpt.training.callbacks.progress"):
         assert train(tmp_path, "run") == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert lines and all(" | MFU " in line for line in lines)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minigpt import checkpoint
-from minigpt.lit import LitGPT, next_token_loss
+from minigpt.training.module import LitGPT, next_token_loss
 from minigpt.sample import SamplingSettings, make_generators, sample_tokens
 from tests.helpers import tiny_config
 from tests.helpers import train_in_process as train
@@ -53,7 +53,7 @@ def test_gpu_training_is_compiled_by_default_and_logs_mfu(tmp_path, caplog):
     from torch._dynamo.utils import counters
 
     counters.clear()
-    with caplog.at_level("INFO", logger="minigpt.progress"):
+    with caplog.at_level("INFO", logger="minigpt.training.callbacks.progress"):
         assert train(tmp_path, "run", "--trainer.accelerator", "gpu", "--trainer.devices", "1") == 0
     assert counters["stats"]["unique_graphs"] >= 2  # training and evaluation
     lines = [r.getMessage() for r in caplog.records if " tokens/s" in r.getMessage()]

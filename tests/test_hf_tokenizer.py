@@ -1,4 +1,4 @@
-"""minigpt.hf_tokenizer against the real thing: transformers and tokenizers are imported here, never at run time."""
+"""minigpt.hf.tokenizer against the real thing: transformers and tokenizers are imported here, never at run time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
-from minigpt.hf_tokenizer import load, save
+from minigpt.hf.tokenizer import load, save
 
 TEXTS = [
     "Hello, world! Don't panic: it's 42 , not 7 . THEY'LL see",

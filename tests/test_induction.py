@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from minigpt import attention
+from minigpt.inspection import maps as attention
 from minigpt.model import GPT, GPTConfig
 
 VOCAB = 64

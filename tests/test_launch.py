@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from minigpt import launch, signals
+from minigpt import signals
+from minigpt.training import launch
 
 LAUNCH_VARIABLES = ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", launch.RUN_ENV)
 
@@ -53,7 +54,7 @@ def test_launchers_that_forward_signals_are_recognised(env, variables, external)
 
 def test_the_run_folder_reaches_only_processes_rank_0_started(env, tmp_path):
     launch.share_run_folder(tmp_path)
-    code = "from minigpt import launch; print(launch.shared_run_folder())"
+    code = "from minigpt.training import launch; print(launch.shared_run_folder())"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), check=True)
     assert child.stdout.strip() == str(tmp_path)
     # A stale value from elsewhere (another parent) is ignored, and so is one in the process that set it.

@@ -10,7 +10,7 @@ import torch
 from minigpt import checkpoint
 from minigpt.cli import run
 from minigpt.cli.train import main
-from minigpt.lit import LitGPT, lr_factor, next_token_loss
+from minigpt.training.module import LitGPT, lr_factor, next_token_loss
 from tests.helpers import tiny_config
 from tests.helpers import train_in_process as train
 
@@ -118,7 +118,7 @@ def test_last_checkpoint_holds_the_final_step_even_between_validations(tmp_path)
 
 def test_resuming_on_changed_data_warns_and_keeps_this_runs_payload(caplog):
     module = LitGPT(asdict(tiny_config()), {}, payload={"data": {"fingerprint": "new"}})
-    with caplog.at_level("WARNING", logger="minigpt.lit"):
+    with caplog.at_level("WARNING", logger="minigpt.training.module"):
         module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: {"data": {"fingerprint": "old"}}})
     assert "corpus changed" in caplog.text
     assert module.payload["data"]["fingerprint"] == "new"
@@ -260,7 +260,7 @@ def test_validation_loss_does_not_depend_on_the_evaluation_batch(tmp_path):
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from minigpt.data import FixedWindows
+    from minigpt.training.datamodule import FixedWindows
 
     rng = np.random.default_rng(0)
     rng.integers(0, 257, 5000).astype(np.uint16).tofile(tmp_path / "val.bin")

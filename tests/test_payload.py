@@ -13,7 +13,7 @@ from tests.helpers import WRITTEN_BEFORE
 
 
 def test_every_weight_of_the_lightning_module_is_saved_under_the_model_prefix() -> None:
-    from minigpt.lit import LitGPT
+    from minigpt.training.module import LitGPT
 
     module = LitGPT(asdict(tiny_config()), {})
     names = list(module.state_dict())
@@ -22,7 +22,7 @@ def test_every_weight_of_the_lightning_module_is_saved_under_the_model_prefix() 
 
 
 def test_the_payload_holds_the_shard_meta_as_the_json_of_meta_json() -> None:
-    from minigpt.shards import ShardMeta
+    from minigpt.data.shards import ShardMeta
 
     enc = tok.byte_tokenizer()
     payload = checkpoint_payload(tiny_config(), enc, {"seed": 1}, ShardMeta.from_json(WRITTEN_BEFORE))

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from minigpt import prepare as prep
-from minigpt import shardcache, shards
+from minigpt.data import prepare as prep
+from minigpt.data import cache as shardcache
+from minigpt.data import shards
 from minigpt import tokenizer as tok
-from minigpt.corpus import open_corpus
+from minigpt.data.corpus import open_corpus
 from minigpt.errors import MiniGPTError
-from minigpt.prepare import prepare
-from minigpt.shards import Prepared
+from minigpt.data.prepare import prepare
+from minigpt.data.shards import Prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,7 +281,7 @@ def test_a_damaged_cache_folder_is_rebuilt_with_one_warning(
     assert len(before["train"]) * 2 > 300  # so that truncating to 300 bytes cuts the shard
 
     damage(first.dir)
-    with caplog.at_level(logging.INFO, logger="minigpt.prepare"):
+    with caplog.at_level(logging.INFO, logger="minigpt.data.prepare"):
         second = prepare(str(data), "bytes", tmp_path / "cache")
 
     assert not second.reused and second.dir == first.dir and second.meta == first.meta
@@ -348,7 +349,7 @@ def test_a_build_killed_without_cleanup_is_swept_by_the_next_prepare(tmp_path: P
     cache = tmp_path / "cache"
     killed = (
         "import os, signal, sys\n"
-        "from minigpt import prepare as prep\n"
+        "from minigpt.data import prepare as prep\n"
         "prep._write_shards = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
         "prep.prepare(sys.argv[1], 'bytes', prep.Path(sys.argv[2]))\n"
     )

@@ -1,6 +1,6 @@
 """Split patterns moved between fancy-regex (tiktoken) and Oniguruma (Hugging Face tokenizers) keep their meaning."""
 
-from minigpt.regex_dialects import from_oniguruma, to_oniguruma
+from minigpt.hf.regex_dialects import from_oniguruma, to_oniguruma
 from minigpt.tokenizer import GPT2_PATTERN
 
 

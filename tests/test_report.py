@@ -1,4 +1,4 @@
-"""The attention files (minigpt.report) as written by ``python -m minigpt.cli.attention`` from a real checkpoint."""
+"""The attention files (minigpt.inspection.report) as written by ``python -m minigpt.cli.attention`` from a real checkpoint."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import checkpoint, heatmaps, report
+from minigpt import checkpoint
+from minigpt.inspection import heatmaps
+from minigpt.inspection import report
 from minigpt.cli import run
 from minigpt.cli.attention import IMPORTANCE_TITLE, STAT_TITLES, main
 

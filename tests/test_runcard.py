@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from minigpt.cli import run
 from minigpt.cli.train import main
-from minigpt.runcard import RunRecord, flatten
+from minigpt.training.callbacks.record import RunRecord, flatten
 from tests.helpers import REPO
 from tests.helpers import train_in_process as train
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import shards
-from minigpt.shards import ShardMeta, SplitStats
+from minigpt.data import shards
+from minigpt.data.shards import ShardMeta, SplitStats
 from tests.helpers import WRITTEN_BEFORE
 
 # A meta.json as minigpt wrote it before ShardMeta existed (format 2, with a separate validation corpus).

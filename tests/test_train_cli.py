@@ -51,7 +51,7 @@ def test_help_shows_the_defaults_a_plain_run_uses_and_describes_every_option(cap
                           ("--trainer.max_steps", cfg.trainer.max_steps),
                           ("--trainer.val_check_interval", cfg.trainer.val_check_interval)]:  # fmt: skip
         assert re.search(re.escape(option) + r" \S+ .*?default: " + re.escape(str(value)) + r"\)", out), option
-    from minigpt.lit import OptimConfig
+    from minigpt.training.module import OptimConfig
     from minigpt.model import GPTConfig
 
     for group, config in (("model", GPTConfig), ("optim", OptimConfig)):
@@ -209,7 +209,7 @@ def test_shakespeare_cpu_recipe_reaches_nanogpt_loss(tmp_path, shakespeare):
 def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
     import torch
 
-    from minigpt.machine import pick_precision
+    from minigpt.training.machine import pick_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
@@ -221,7 +221,7 @@ def test_precision_is_bf16_only_on_a_capable_gpu(monkeypatch):
 
 
 def test_default_run_folder_moves_past_finished_and_busy_runs(tmp_path, monkeypatch):
-    from minigpt.training import claim_run_folder
+    from minigpt.training.run import claim_run_folder
 
     monkeypatch.chdir(tmp_path)
     _, cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])

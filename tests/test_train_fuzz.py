@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from minigpt import checkpoint
 from minigpt.cli import run
 from minigpt.cli.train import main
-from minigpt.rundir import holds_run
+from minigpt.training.run_folder import holds_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from minigpt import launch, signals
+from minigpt import signals
+from minigpt.training import launch
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
 
 

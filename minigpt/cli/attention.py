@@ -2,7 +2,7 @@
 
 ``minigpt attention --ckpt RUN/last.ckpt --prompt "..." --out DIR`` (or ``python -m minigpt.cli.attention``)
 
-The options and their translation into `minigpt.report` calls (`report_attention`) also
+The options and their translation into `minigpt.inspection.report` calls (`report_attention`) also
 serve ``minigpt generate --attention DIR``; matplotlib is imported only when maps are actually written, so
 sampling stays fast to start.
 """
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from minigpt import ablation, attention, checkpoint, sources
-from minigpt.ablation import DEFAULT_WINDOWS, Importance, Windows
+from minigpt import checkpoint, sources
+from minigpt.inspection import ablation
+from minigpt.inspection import maps as attention
+from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.common import (
@@ -129,7 +131,7 @@ def report_attention(
 ) -> None:  # fmt: skip
     """Write the attention report of `ids` into ``args.attention_dir`` and print the top heads. With --ablate,
     head importance is measured on `ablate_on`, by default on `ids` themselves (called `text_name`)."""
-    from minigpt import report  # matplotlib is slow to import: only when maps are written
+    from minigpt.inspection import report  # matplotlib is slow to import: only when maps are written
 
     if not ids:
         raise MiniGPTError("the prompt is empty: pass some text with --prompt")

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt import hf_export
+from minigpt.hf import export as hf_export
 from minigpt.cli import run
 from minigpt.cli.common import OneLineParser, canonical_options
 

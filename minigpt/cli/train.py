@@ -1,4 +1,4 @@
-"""`minigpt train`: a YAML config + dotted overrides, parsed and checked, then `minigpt.training.train`."""
+"""`minigpt train`: a YAML config + dotted overrides, parsed and checked, then `minigpt.training.run.train`."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from typing import Any, Optional
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
-from minigpt import checkpoint, launch
+from minigpt import checkpoint
+from minigpt.training import launch
 from minigpt.cli import USER_ERROR_EXIT, configure_logging, run
 from minigpt.cli.common import canonical_options
 from minigpt.errors import MiniGPTError, ReportedByRankZero
-from minigpt.lit import OptimConfig
-from minigpt.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
+from minigpt.training.module import OptimConfig
+from minigpt.training.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
 from minigpt.model import GPTConfig
-from minigpt.prepare import check_val_fraction
+from minigpt.data.prepare import check_val_fraction
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The bundled configs (package data); `default.yaml` holds every default a plain run uses."""
@@ -255,8 +256,8 @@ def main(argv: Sequence[str]) -> None:
         if rank_zero:
             raise
         raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
-    from minigpt.finetune import pretrained_start
-    from minigpt.training import train  # the data side and the Trainer: only once the arguments are known good
+    from minigpt.training.finetune import pretrained_start
+    from minigpt.training.run import train  # the data side and the Trainer: only once the arguments are known good
 
     try:
         given = given_options(argv)
@@ -277,8 +278,8 @@ def given_options(argv: Sequence[str]) -> set[str]:
 
 def configure_process(label: str | None) -> None:
     """What a worker process that ddp_spawn starts (without running this command) needs from it; `label` as in
-    `minigpt.launch.process_label`."""
-    from minigpt.training import quiet_lightning
+    `minigpt.training.launch.process_label`."""
+    from minigpt.training.run import quiet_lightning
 
     configure_logging(label)
     quiet_lightning()

@@ -21,21 +21,22 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import yaml
 
-from minigpt import checkpoint, launch, signals
+from minigpt import checkpoint, signals
+from minigpt.training import launch
 from minigpt import tokenizer as tok
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
-from minigpt.finetune import cropped_weights
-from minigpt.lit import OptimConfig
-from minigpt.machine import check_fits_in_memory, pick_precision, set_arithmetic, uses_cuda
+from minigpt.training.finetune import cropped_weights
+from minigpt.training.module import OptimConfig
+from minigpt.training.machine import check_fits_in_memory, pick_precision, set_arithmetic, uses_cuda
 from minigpt.model import GPTConfig
-from minigpt.rundir import InUse, RunFolder, holds_run
-from minigpt.summary import print_samples, write_model_card
+from minigpt.training.run_folder import InUse, RunFolder, holds_run
+from minigpt.training.card import print_samples, write_model_card
 
 if TYPE_CHECKING:
     from jsonargparse import Namespace
 
-    from minigpt.data import TokenDataModule
-    from minigpt.prepare import Prepared
+    from minigpt.training.datamodule import TokenDataModule
+    from minigpt.data.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ def train(
     start: checkpoint.Loaded | None = None,
 ) -> None:  # fmt: skip
     """Train as the checked options `cfg` say; `config` is their resolved form, written to config.yaml and into
-    every checkpoint. `start` is the model of a pretrained start (see `minigpt.finetune`), `setup_process` what
-    every process that training starts must run first (see `minigpt.callbacks.ProcessSetup`).
+    every checkpoint. `start` is the model of a pretrained start (see `minigpt.training.finetune`), `setup_process` what
+    every process that training starts must run first (see `minigpt.training.callbacks.views.ProcessSetup`).
 
     Every process of a distributed run calls this; global rank 0 alone claims the run folder, writes the
-    config and prints, and the others learn the folder from it (see `minigpt.launch`)."""
+    config and prints, and the others learn the folder from it (see `minigpt.training.launch`)."""
     started = time.monotonic()
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
     resumed = checkpoint.read(cfg.resume) if cfg.resume else None
@@ -65,7 +66,7 @@ def train(
     encoding = start.tokenizer if start else tok.from_dict(resumed[checkpoint.PAYLOAD_KEY]["tokenizer"]) if resumed else None
     quiet_lightning()
     set_arithmetic(cfg.threads, cfg.trainer.accelerator)
-    from minigpt.data import TokenDataModule
+    from minigpt.training.datamodule import TokenDataModule
 
     with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
         run_dir = folder.path.resolve() if rank_zero else shared_run_folder(cfg)
@@ -144,10 +145,10 @@ def build_trainer(
     point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from minigpt.callbacks import AttentionLogger, ProcessSetup, SampleLogger
-    from minigpt.checkpointing import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
-    from minigpt.progress import ProgressLines
-    from minigpt.runcard import RunRecord, TensorBoard
+    from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
+    from minigpt.training.callbacks.checkpoints import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
+    from minigpt.training.callbacks.progress import ProgressLines
+    from minigpt.training.callbacks.record import RunRecord, TensorBoard
 
     trainer_args = dict(vars(cfg.trainer))  # the command offers none of the arguments set below
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
@@ -185,7 +186,7 @@ def fit(
     start: checkpoint.Loaded | None = None,
 ) -> None:  # fmt: skip
     """Build the LightningModule for `cfg` and the prepared data (with `start`'s weights, if given), and train it."""
-    from minigpt.lit import LitGPT
+    from minigpt.training.module import LitGPT
     from minigpt.payload import checkpoint_payload
 
     meta = prepared.meta
@@ -202,7 +203,7 @@ def fit(
 
 def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
     """A fixed piece of validation text whose attention maps are logged at every validation."""
-    from minigpt.data import open_shard
+    from minigpt.training.datamodule import open_shard
 
     val = open_shard(prepared.dir, "val", prepared.meta.dtype)[: min(tokens, block_size) + 1].tolist()
     return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
@@ -229,8 +230,8 @@ def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Pa
     """The user's view of `err` (see `explained_stops`), or None when it is a bug to show as it is."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from minigpt.checkpointing import LastCheckpoint
-    from minigpt.lit import Diverged
+    from minigpt.training.callbacks.checkpoints import LastCheckpoint
+    from minigpt.training.module import Diverged
 
     if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting, found once fit started
         return MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}")

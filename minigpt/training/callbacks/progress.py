@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 
-from minigpt.flops import flops_per_token, peak_flops
+from minigpt.training.flops import flops_per_token, peak_flops
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The Hugging Face GPT-2 format, read: pretrained GPT-2 weights into minigpt (`minigpt.hf_export` writes it).
+"""The Hugging Face GPT-2 format, read: pretrained GPT-2 weights into minigpt (`minigpt.hf.export` writes it).
 
 A GPT-2 folder holds ``config.json`` (model_type gpt2), ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``) and tokenizer files. Sources are a local folder or ``hf:REPO_ID[@REVISION]``,
@@ -27,7 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from minigpt import checkpoint, hf_tokenizer
+from minigpt import checkpoint
+from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
 

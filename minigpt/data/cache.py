@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import MiniGPTError
-from minigpt.shards import FORMAT_VERSION, Prepared, Unusable, verified
+from minigpt.data.shards import FORMAT_VERSION, Prepared, Unusable, verified
 
 logger = logging.getLogger(__name__)
 

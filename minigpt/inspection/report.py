@@ -1,7 +1,7 @@
 """The attention report of one text: what it shows (`analyse`) and the files that show it (`write_report`).
 
-`write_report` writes, into one folder: overview.png and layer_*.png (see `minigpt.heatmaps`), attention.html
-(one self-contained page built from the ``report_page.html`` template shipped with the package), attention.npz
+`write_report` writes, into one folder: overview.png and layer_*.png (see `minigpt.inspection.heatmaps`), attention.html
+(one self-contained page built from the ``page.html`` template shipped with the package), attention.npz
 (the raw weights), heads.json (per-head statistics) and, after an ablation, importance.png. The commands that
 draw attention maps call ``write_report(out_dir, analyse(model, enc, ids, ...))``; the training callback calls
 `analyse` and draws the same overview.
@@ -24,14 +24,16 @@ import tiktoken
 import torch
 from torch import Tensor
 
-from minigpt import ablation, attention, heatmaps
-from minigpt.ablation import Importance, Windows
-from minigpt.attention import AttentionMaps, HeadStats, top_heads
+from minigpt.inspection import ablation
+from minigpt.inspection import maps as attention
+from minigpt.inspection import heatmaps
+from minigpt.inspection.ablation import Importance, Windows
+from minigpt.inspection.maps import AttentionMaps, HeadStats, top_heads
 from minigpt.errors import MiniGPTError
-from minigpt.heatmaps import Panels
+from minigpt.inspection.heatmaps import Panels
 from minigpt.model import GPT
 
-PAGE_TEMPLATE = "report_page.html"
+PAGE_TEMPLATE = "page.html"
 DATA_PLACEHOLDER = "/*ATTENTION_DATA*/"
 
 HEAD_STAT_DEFINITIONS = {
@@ -84,7 +86,7 @@ def analyse(
 ) -> Analysis:
     """Run `ids` through `model` once and gather what a report shows of the `layers` and `heads` chosen (default:
     all), with `aggregate` (one of `attention.AGGREGATES`) over those heads if given, and with `ablate_on`, the
-    importance of every head measured on those windows (see `minigpt.ablation`)."""
+    importance of every head measured on those windows (see `minigpt.inspection.ablation`)."""
     config = model.config
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     heads = list(range(config.n_head)) if heads is None else list(heads)
@@ -221,7 +223,7 @@ def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats, importanc
 
 def page_template() -> str:
     """The page shipped with the package, with `DATA_PLACEHOLDER` where the data goes."""
-    return resources.files("minigpt").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
+    return resources.files("minigpt.inspection").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
 
 
 def write_html(

@@ -14,11 +14,11 @@ A spec is resolved in this order:
 2. An existing local path: a file is one document; a folder gives every text file below it, recursively, in sorted
    path order. A local path wins over a builtin name. A single file that is binary (a NUL byte in its first 8 KiB)
    is an error, and so is a device, pipe or socket.
-3. A builtin name: ``pydoc`` (offline), ``stdlib`` or ``shakespeare`` (see `minigpt.builtin_corpora`).
+3. A builtin name: ``pydoc`` (offline), ``stdlib`` or ``shakespeare`` (see `minigpt.data.builtin`).
 4. A glob pattern (``notes/**/*.md``; ``**`` matches folders recursively): each matching file is one document.
 
-How each kind reads its documents and fingerprints them: `minigpt.filecorpus` (local files, also the rules for
-folders, globs, binaries and encodings), `minigpt.hfcorpus` and `minigpt.builtin_corpora`.
+How each kind reads its documents and fingerprints them: `minigpt.data.files` (local files, also the rules for
+folders, globs, binaries and encodings), `minigpt.data.hub` and `minigpt.data.builtin`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from minigpt.builtin_corpora import BUILTINS, builtin
+from minigpt.data.builtin import BUILTINS, builtin
 from minigpt.errors import MiniGPTError
-from minigpt.filecorpus import SNIFF_BYTES, Corpus, FileCorpus, folder_files, glob_files, has_nul
-from minigpt.hfcorpus import HFCorpus
-from minigpt.shardcache import default_cache_dir
+from minigpt.data.files import SNIFF_BYTES, Corpus, FileCorpus, folder_files, glob_files, has_nul
+from minigpt.data.hub import HFCorpus
+from minigpt.data.cache import default_cache_dir
 
 
 def open_corpus(spec: str, cache_dir: Path | None = None) -> Corpus:

@@ -1,7 +1,7 @@
 """Tokenize a corpus once into cached token shards that training reads with `numpy.memmap`.
 
-The shards go to ``<cache_dir>/<key>`` (see `minigpt.shardcache`), the key hashing (format version, corpus
-fingerprint, tokenizer spec, val_fraction); what the folder holds is described in `minigpt.shards`.
+The shards go to ``<cache_dir>/<key>`` (see `minigpt.data.cache`), the key hashing (format version, corpus
+fingerprint, tokenizer spec, val_fraction); what the folder holds is described in `minigpt.data.shards`.
 
 Split: when the corpus has at least max(10, k) documents (k = round(1 / val_fraction)), every k-th document goes
 to validation; otherwise the last val_fraction of the characters does (nanoGPT's split of a single text), which
@@ -9,7 +9,7 @@ may cut one document in two. With a separate validation corpus (``val_spec``), a
 text and all of that one validation text. Every document, and each part of a cut one, is preceded by one ``<|endoftext|>``,
 the token that also starts an empty prompt when sampling; ``documents`` counts these separators.
 
-A cached folder is used only once `minigpt.shards.verified` accepts it and its meta matches the key's inputs; a
+A cached folder is used only once `minigpt.data.shards.verified` accepts it and its meta matches the key's inputs; a
 folder that fails is rebuilt and replaced, with one warning. Reusing a valid folder writes nothing, so a
 read-only cache works for shards that are already there.
 """
@@ -31,12 +31,12 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from minigpt import shards
+from minigpt.data import shards
 from minigpt import tokenizer as tok
-from minigpt.corpus import default_cache_dir, open_corpus
+from minigpt.data.corpus import default_cache_dir, open_corpus
 from minigpt.errors import MiniGPTError
-from minigpt.shardcache import cache_key, new_build_dir, publish, sweep_dead_builds
-from minigpt.shards import LITTLE_ENDIAN, SPLITS, Prepared, ShardMeta, SplitStats, Unusable, shard_dtype
+from minigpt.data.cache import cache_key, new_build_dir, publish, sweep_dead_builds
+from minigpt.data.shards import LITTLE_ENDIAN, SPLITS, Prepared, ShardMeta, SplitStats, Unusable, shard_dtype
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What a run leaves for people beside its checkpoints: `metrics.csv`, `loss.png`, TensorBoard logs with the
-whole config in the hparams tab next to the final metrics, and a short `README.md` model card.
+whole config in the hparams tab next to the final metrics.
 """
 
 from __future__ import annotations
@@ -150,34 +150,3 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(tmp, format="png")  # then renamed: a run killed while drawing leaves no half-written picture
     plt.close(fig)
     tmp.replace(path)
-
-
-def model_card(facts: Mapping[str, Any], samples: list[str]) -> str:
-    """The README.md of a run folder: what was trained on what, how well, and how to use it."""
-    f = facts
-    lines = [
-        f"# {f['name']}",
-        "",
-        f"A {f['params'] / 1e6:.2f}M-parameter GPT ({f['n_layer']} layers, {f['n_head']} heads, {f['n_embd']} wide, "
-        f"context {f['block_size']}) trained with minigpt.",
-        "",
-        "| | |",
-        "| --- | --- |",
-        f"| data | `{f['data']}` ({f['train_tokens']:,} training / {f['val_tokens']:,} validation tokens) |",
-        f"| tokenizer | `{f['tokenizer']}` ({f['vocab_size']:,} tokens) |",
-        f"| steps | {f['steps']:,} ({f['batch_size']} windows per batch × {f['devices']} process{'es' if f['devices'] > 1 else ''}) |",
-        f"| validation loss | {f['val_loss']:.4f} nats/token, {f['val_bpb']:.4f} bits/byte (best checkpoint) |",
-        f"| wall time | {f['wall_time']} |",
-        "",
-        "Training and validation loss: `loss.png` (numbers in `metrics.csv`, everything in `tensorboard --logdir tb`).",
-        "",
-        "```",
-        f"minigpt generate --ckpt {f['folder']} --prompt '...'",
-        f"minigpt attention --ckpt {f['folder']} --prompt '...' --out attention/",
-        f"minigpt eval --ckpt {f['folder']} --data {f['data']} --split val",
-        f"minigpt train --resume {f['folder']} --trainer.max_steps {2 * f['steps']}",
-        "```",
-    ]
-    for i, text in enumerate(samples, 1):
-        lines += ["", f"Sample {i}:", "", "```", text, "```"]
-    return "\n".join(lines) + "\n"

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from minigpt.errors import MiniGPTError
-from minigpt.prepare import prepare
-from minigpt.shards import Prepared, ShardMeta
+from minigpt.data.prepare import prepare
+from minigpt.data.shards import Prepared, ShardMeta
 
 
 def open_shard(folder: Path, split: str, dtype: str) -> np.memmap:

@@ -10,7 +10,7 @@ adjacent pair whose concatenation has the lowest id and first looks the whole pi
 Hugging Face merges the listed pair that comes first in ``merges``, and looks the piece up first only when
 ``ignore_merges`` is set. So every merge's result must be in the vocabulary, ids must grow with the merge
 order, and each merge must be the last step of tiktoken's own BPE on its result's bytes. Their regex
-engines differ too (fancy-regex vs Oniguruma), so split patterns are rewritten on the way (`minigpt.regex_dialects`).
+engines differ too (fancy-regex vs Oniguruma), so split patterns are rewritten on the way (`minigpt.hf.regex_dialects`).
 
 Special tokens: a Hugging Face tokenizer matches them even in ordinary text, while minigpt's `encode` never
 does, so a literal ``<|endoftext|>`` in a text gets different ids on the two sides.
@@ -25,7 +25,7 @@ from typing import Any
 import tiktoken
 
 from minigpt.errors import MiniGPTError
-from minigpt.regex_dialects import from_oniguruma, to_oniguruma
+from minigpt.hf.regex_dialects import from_oniguruma, to_oniguruma
 from minigpt.tokenizer import EOT, GPT2_PATTERN
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from minigpt import checkpoint
-from minigpt.data import batch_seed, rank_seed
+from minigpt.training.datamodule import batch_seed, rank_seed
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
 

@@ -154,7 +154,7 @@ def shard_dtype(n_vocab: int) -> str:
 
 
 def load(shard_dir: Path) -> Prepared:
-    """Open a shard folder written by `minigpt.prepare` after checking it is whole (no tokenizing, no network)."""
+    """Open a shard folder written by `minigpt.data.prepare` after checking it is whole (no tokenizing, no network)."""
     try:
         return verified(Path(shard_dir))
     except Unusable as problem:

@@ -1,4 +1,4 @@
-"""Hugging Face datasets as corpora: ``hf:NAME[:CONFIG][?OPTIONS]`` (see `minigpt.corpus` for the spec).
+"""Hugging Face datasets as corpora: ``hf:NAME[:CONFIG][?OPTIONS]`` (see `minigpt.data.corpus` for the spec).
 
 A dataset is loaded with ``datasets.load_dataset(NAME, CONFIG, ...)``, or, for a folder written by
 ``save_to_disk``, with ``datasets.load_from_disk``; each row's text field is one document. The fingerprint of a
@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from minigpt.errors import MiniGPTError
-from minigpt.filecorpus import FileCorpus, non_empty
+from minigpt.data.files import FileCorpus, non_empty
 
 OPTIONS = ("split", "field", "streaming", "limit", "data_files")
 

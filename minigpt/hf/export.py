@@ -1,5 +1,5 @@
 """The Hugging Face GPT-2 format, written: a minigpt model as a folder that ``transformers`` loads without custom
-code (the mapping is `minigpt.hf`'s, run backwards)."""
+code (the mapping is `minigpt.hf.pretrained`'s, run backwards)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import tiktoken
 from safetensors.torch import save_file
 from torch import Tensor
 
-from minigpt import checkpoint, hf_tokenizer
+from minigpt import checkpoint
+from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
-from minigpt.hf import CONV1D, LAYER_NORM_EPS
+from minigpt.hf.pretrained import CONV1D, LAYER_NORM_EPS
 from minigpt.model import GPTConfig
 
 

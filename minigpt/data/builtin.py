@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.errors import MiniGPTError
-from minigpt.filecorpus import HASH_CHUNK, Corpus, FileCorpus, non_empty
-from minigpt.shardcache import cache_dir_error
+from minigpt.data.files import HASH_CHUNK, Corpus, FileCorpus, non_empty
+from minigpt.data.cache import cache_dir_error
 
 BUILTINS = ("pydoc", "stdlib", "shakespeare")
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

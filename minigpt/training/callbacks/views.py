@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
-from minigpt.lit import whole_model_here
+from minigpt.training.module import whole_model_here
 from minigpt.sample import SamplingSettings, generate
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class ProcessSetup(L.Callback):
     """Calls `configure(label)` in every process as training is set up, `label` naming the process as
-    `minigpt.launch.process_label` does. Worker processes that ddp_spawn starts run no command of their own,
+    `minigpt.training.launch.process_label` does. Worker processes that ddp_spawn starts run no command of their own,
     so this is where they get its logging and warning settings."""
 
     def __init__(self, configure: Callable[[str | None], None]) -> None:
@@ -98,7 +98,7 @@ class AttentionLogger(RankZeroView):
     """At validations (see `RankZeroView`), log the attention of `probe_text` to TensorBoard: the overview
     grid of `layers` (default: all) as an image, and every head's statistics as scalars
     ``attention/{kind}/L{l}H{h}`` (kinds: previous_token, first_token, induction, entropy; see
-    `minigpt.attention.head_stats`), so that one can watch heads form over training.
+    `minigpt.inspection.maps.head_stats`), so that one can watch heads form over training.
 
     Needs a `TensorBoardLogger` among the trainer's loggers and does nothing without one; rank zero only.
     """
@@ -120,7 +120,7 @@ class AttentionLogger(RankZeroView):
         writers = _tensorboard_writers(trainer, pl_module.model)
         if not writers:
             return
-        from minigpt import heatmaps, report  # matplotlib: only once there is something to draw
+        from minigpt.inspection import heatmaps, report  # matplotlib: only once there is something to draw
 
         analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
         image = heatmaps.figure_pixels(heatmaps.overview_figure(analysis.png))

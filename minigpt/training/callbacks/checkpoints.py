@@ -1,7 +1,7 @@
 """Lightning callbacks that decide when a run saves and stops: `last.ckpt` at every stop (end, signal), `best.ckpt`
 at each validation, checkpoint files written atomically and read safely, and a stop at a target loss.
 
-`minigpt.lit` holds what goes into a checkpoint; this module holds when and how it is written.
+`minigpt.training.module` holds what goes into a checkpoint; this module holds when and how it is written.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LastCheckpoint(L.Callback):
         if trainer.world_size > 1:  # all processes stop at the same step, whichever of them got the signal
             signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op="max"))
         if signum:
-            raise Interrupted(signum, "")  # minigpt.training words the message
+            raise Interrupted(signum, "")  # minigpt.training.run words the message
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
         self.saved_step = trainer.global_step
