@@ -226,12 +226,17 @@ def page_template() -> str:
     return resources.files("minigpt.inspection").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
 
 
-def write_html(
-    path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None
-) -> Path:
+def page_html(panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None) -> str:
     """One self-contained page (inline CSS/JS, data as embedded JSON, no network) to explore `panels`."""
     data = json.dumps(html_data(panels, tokens, stats, importance), separators=(",", ":"), ensure_ascii=False)
     # A token such as "</script>" must not close the data block early.
     data = data.replace("</", "<\\/")
-    path.write_text(page_template().replace(DATA_PLACEHOLDER, data), encoding="utf-8")
+    return page_template().replace(DATA_PLACEHOLDER, data)
+
+
+def write_html(
+    path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None
+) -> Path:
+    """attention.html: see `page_html`."""
+    path.write_text(page_html(panels, tokens, stats, importance), encoding="utf-8")
     return path
