@@ -1,10 +1,12 @@
-"""Every `minigpt ...` command the README shows parses with today's options (a renamed option breaks this)."""
+"""Every `minigpt ...` command that README.md and the pages under docs/ show parses with today's options (a
+renamed option breaks this), and every relative link and image in them points at a file that exists."""
 
 from __future__ import annotations
 
 import re
 import shlex
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -14,14 +16,18 @@ from minigpt.cli import eval as evaluate
 from minigpt.cli.common import canonical_options
 from tests.helpers import REPO
 
-README = REPO / "README.md"
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"[\[<]|\.\.\.|COMMAND")  # syntax summaries such as `minigpt eval --ckpt RUN [--split val]`
 
 
-def readme_commands() -> list[str]:
-    """The command lines in the README's code blocks and inline code that run `minigpt` (with or without
+def name(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
+
+
+def page_commands(page: Path) -> list[str]:
+    """The command lines in a page's code blocks and inline code that run `minigpt` (with or without
     `$ `, `srun ` or environment variables in front)."""
-    text = README.read_text()
+    text = page.read_text()
     found, inside = [], False
     for line in text.replace("\\\n", " ").splitlines():  # a trailing backslash continues a shell line
         if line.startswith("```"):
@@ -38,19 +44,24 @@ def readme_commands() -> list[str]:
     return commands
 
 
-COMMANDS = readme_commands()
+COMMANDS = [(name(page), command) for page in PAGES for command in page_commands(page)]
 
 
-def test_the_readme_shows_every_command():
-    assert {c.split()[1] for c in COMMANDS} == {"train", "generate", "attention", "eval", "export"}
+def test_the_pages_show_every_command():
+    assert {command.split()[1] for _, command in COMMANDS} == {"train", "generate", "attention", "eval", "export"}
 
 
-@pytest.mark.parametrize("line", COMMANDS)
-def test_each_readme_command_parses(line, tmp_path, monkeypatch):
+def test_the_readme_links_every_docs_page():
+    readme = (REPO / "README.md").read_text()
+    assert [page for page in PAGES[1:] if f"](docs/{page.name})" not in readme] == []
+
+
+@pytest.mark.parametrize(("page", "line"), COMMANDS, ids=[f"{page}: {line}" for page, line in COMMANDS])
+def test_each_command_parses(page, line, tmp_path, monkeypatch):
     name, *args = shlex.split(line, comments=True)[1:]
     args = canonical_options(args)
     if name == "train":
-        run = tmp_path / "run"  # --resume needs a run folder; the README's is not there
+        run = tmp_path / "run"  # --resume needs a run folder; the page's is not there
         run.mkdir()
         shutil.copy(train.DEFAULT_CONFIG, run / "config.yaml")
         (run / "last.ckpt").touch()
@@ -62,3 +73,51 @@ def test_each_readme_command_parses(line, tmp_path, monkeypatch):
         parsers = {"generate": generate, "attention": attention, "eval": evaluate, "export": export}
         parser = parsers[name].build_parser
         parser().parse_args(args)
+
+
+# Links: [text](target) and ![alt](target), outside code blocks and inline code.
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def prose(text: str) -> str:
+    """The page without its fenced code blocks and inline code, where brackets are not links."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens,
+    a repeated heading numbered."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*#*$", prose_keeping_headings(page.read_text()), re.M):
+        slug = "".join(c for c in heading.lower() if c in " -_" or unicodedata.category(c)[0] in "LN")
+        slug = slug.replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def prose_keeping_headings(text: str) -> str:
+    """The page without its fenced code blocks (a `#` comment there is no heading); inline code stays,
+    since its text is part of a heading's anchor."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+LINKS = [(name(page), target) for page in PAGES for target in LINK.findall(prose(page.read_text()))]
+
+
+def test_the_pages_have_links():
+    assert len(LINKS) > 20  # the pattern finds them
+
+
+@pytest.mark.parametrize(("page", "target"), LINKS, ids=[f"{page} -> {target}" for page, target in LINKS])
+def test_each_relative_link_resolves(page, target):
+    if re.match(r"^[a-z][a-z+.-]*:", target):  # https:, mailto: ...: not checked offline
+        return
+    path, _, anchor = target.partition("#")
+    source = REPO / page
+    linked = (source.parent / path).resolve() if path else source
+    assert linked.exists(), f"{page}: {target} points at {linked}, which does not exist"
+    if anchor and linked.suffix == ".md":
+        assert anchor in anchors(linked), f"{page}: {target}: {name(linked)} has no heading with anchor #{anchor}"
