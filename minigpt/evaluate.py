@@ -29,7 +29,7 @@ from minigpt import tokenizer as tok
 from minigpt.data.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
-from minigpt.data.prepare import check_val_fraction, split_documents
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction, split_documents
 
 SPLITS = ("all", "train", "val")
 
@@ -65,8 +65,9 @@ class Score:
 
 
 def corpus_tokens(
-    spec: str, enc: tiktoken.Encoding, split: str = "all", val_fraction: float = 0.1, cache_dir: Path | None = None
-) -> Tokens:
+    spec: str, enc: tiktoken.Encoding, split: str = "all", val_fraction: float = DEFAULT_VAL_FRACTION,
+    cache_dir: Path | None = None,
+) -> Tokens:  # fmt: skip
     """The corpus `spec` (every document, or the ``train`` or ``val`` split that training with `val_fraction`
     made of it), encoded with `enc` in the layout of a prepared shard."""
     if split not in SPLITS:

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
 MIN_VAL_FRACTION, MAX_VAL_FRACTION = 1e-6, 0.5  # below the minimum, 1 / val_fraction stops being a usable stride
+DEFAULT_VAL_FRACTION = 0.1
+"""The share of a corpus held out for validation unless a run says otherwise; also the split assumed for a
+checkpoint that does not record its own."""
 CHUNK_CHARS = 1 << 18  # a long document is tokenized in pieces of about this size ...
 BATCH_CHARS = 1 << 22  # ... and this much text goes to the tokenizer threads at once
 BPE_SAMPLE_CHARS = 32 << 20  # bpe:N learns its merges from at most this much training text, spread over all of it
@@ -65,7 +68,7 @@ def prepare(
     data_spec: str,
     tokenizer_spec: str,
     cache_dir: Path | None = None,
-    val_fraction: float = 0.1,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     progress: bool = True,
     val_spec: str | None = None,
     tokenizer: tiktoken.Encoding | None = None,
