@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installi
 
 from minigpt import checkpoint, tokenizer  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.payload import MODEL_PREFIX, checkpoint_payload  # noqa: E402
+from minigpt.payload import MODEL_PREFIX, Payload  # noqa: E402
 from minigpt.sample import SamplingSettings, make_generators, sample_tokens  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def compiled_figures(model: GPT, new_tokens: int) -> None:
 
 def write_checkpoint(model: GPT, path: Path) -> None:
     """A self-contained checkpoint (bytes tokenizer) that generate.py can load."""
-    payload = checkpoint_payload(model.config, tokenizer.byte_tokenizer(), {})
+    payload = Payload(model.config, tokenizer.byte_tokenizer()).to_dict()
     state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
 

@@ -11,6 +11,12 @@ config, tokenizer ranks/pattern/specials, training config, shard meta: see `mini
   before anything is allocated from it.
 
 Saving is atomic: a temporary file beside the target, fsync, rename, fsync of the folder.
+
+Which checkpoint of a run folder: a run writes ``last.ckpt`` (where it stopped) and ``best.ckpt`` (its lowest
+validation loss, the one its model card reports). To *use* a model (generate, attention, eval, export,
+``train --init``, the samples and card at the end of a run), a folder means its ``best.ckpt``, else its
+``last.ckpt`` (`file_to_use`); to *resume* training (``train --resume``), it means ``last.ckpt``, else
+``best.ckpt`` (`file_to_resume`). Either fallback covers a crash between the two writes of a validation.
 """
 
 from __future__ import annotations
@@ -21,17 +27,17 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tiktoken
 import torch
 
-from minigpt import tokenizer as tok
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
-from minigpt.payload import MODEL_PREFIX
+from minigpt.payload import MODEL_PREFIX, Payload, model_config_of
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +48,18 @@ TEMP_GLOB = ".*.ckpt.*.tmp"  # what `atomic_save` leaves behind only when killed
 
 @dataclass
 class Loaded:
-    """A model ready for inference and its tokenizer."""
+    """A model ready for inference, its tokenizer, and what its checkpoint records."""
 
     model: GPT
     tokenizer: tiktoken.Encoding
+    payload: Payload | None = None
+    """None for a model that was not loaded from a minigpt checkpoint (a Hugging Face one)."""
+
+    @property
+    def val_fraction(self) -> float:
+        """The share of its corpus the model's run held out for validation: as its checkpoint records it, else
+        train's default (as for a Hugging Face model, which records none)."""
+        return self.payload.val_fraction if self.payload is not None else DEFAULT_VAL_FRACTION
 
 
 # ---- integrity ------------------------------------------------------------------------------------
@@ -128,19 +142,39 @@ def _out_of_space(exc: BaseException, folder: Path) -> bool:
 # ---- reading ---------------------------------------------------------------------------------------
 
 
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file, or a run folder's ``last.ckpt`` (its ``best.ckpt`` when a crash came between the
-    two writes of a validation, so that only ``best.ckpt`` exists)."""
-    path = Path(path)
+def file_to_use(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file as it is; for a run folder, the checkpoint to use a model from: its ``best.ckpt``, else
+    its ``last.ckpt``."""
+    return _in_run_folder(Path(path), "best.ckpt", "last.ckpt")
+
+
+def file_to_resume(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint file as it is; for a run folder, the checkpoint to resume training from: its ``last.ckpt``,
+    else its ``best.ckpt``."""
+    return _in_run_folder(Path(path), "last.ckpt", "best.ckpt")
+
+
+resolve = file_to_resume  # what cli/train.py's _resume_path still calls; remove once it calls file_to_resume
+
+
+def _in_run_folder(path: Path, first: str, fallback: str) -> Path:
     if not path.is_dir():
         return path
-    last, best = path / "last.ckpt", path / "best.ckpt"
-    return best if best.is_file() and not last.is_file() else last
+    return path / fallback if (path / fallback).is_file() and not (path / first).is_file() else path / first
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The verified, validated checkpoint dict, loaded safely onto the CPU; `MiniGPTError` for any bad file."""
-    path = resolve(path)
+    """The verified, validated checkpoint dict of a file or run folder (`file_to_use`), loaded safely onto the
+    CPU; `MiniGPTError` for any bad file."""
+    return _read(file_to_use(path))[0]
+
+
+def payload_of(ckpt: dict[str, Any]) -> Payload:
+    """The payload record of a checkpoint dict that `read` returned."""
+    return Payload.from_dict(ckpt[PAYLOAD_KEY])
+
+
+def _read(path: Path) -> tuple[dict[str, Any], Payload]:
     if not path.is_file():
         raise MiniGPTError(f"checkpoint {path} not found: pass --ckpt RUN_DIR/last.ckpt (or best.ckpt) of a training run")
     ckpt = _load_weights_only(path)
@@ -148,10 +182,9 @@ def read(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise MiniGPTError(f"{path} is not a minigpt checkpoint (no model or tokenizer inside); train one with train.py")
     _verify(ckpt, path)
     try:
-        validate(ckpt)
+        return ckpt, validate(ckpt)
     except ValueError as err:
         raise MiniGPTError(f"{path} is not a valid minigpt checkpoint: {err}") from None
-    return ckpt
 
 
 def read_plain(path: str | os.PathLike[str]) -> Any:
@@ -188,15 +221,20 @@ def _verify(ckpt: dict[str, Any], path: Path) -> None:
         )
 
 
-def validate(ckpt: dict[str, Any]) -> None:
-    """Raise ValueError naming the first problem of the payload and weights; allocates nothing for the model."""
-    payload, state = ckpt[PAYLOAD_KEY], ckpt["state_dict"]
-    if not isinstance(payload, dict) or not {"model_config", "tokenizer"} <= payload.keys():
-        raise ValueError("its payload lacks model_config or tokenizer")
+def validate(ckpt: dict[str, Any]) -> Payload:
+    """The checkpoint's payload record, once it and the weights agree; else ValueError naming the first problem.
+    Allocates nothing for the model."""
+    config, state = model_config_of(ckpt[PAYLOAD_KEY]), ckpt["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("its state_dict is not a mapping of tensors")
-    config = _model_config(payload)
-    _check_consistent(config, payload, ckpt.get("hyper_parameters"))
+    _check_shapes(config, state)  # before the tokenizer is built: its vocabulary is checked against this config
+    payload = Payload.from_dict(ckpt[PAYLOAD_KEY])
+    hparams = ckpt.get("hyper_parameters")  # Lightning's copy of the shape: a third record that must agree
+    payload.check_agrees(hparams.get("model_config") if isinstance(hparams, dict) else None, "hyper_parameters")
+    return payload
+
+
+def _check_shapes(config: GPTConfig, state: dict[str, torch.Tensor]) -> None:
     with torch.device("meta"):  # shapes only: a config asking for terabytes allocates nothing
         expected = {MODEL_PREFIX + k: v.shape for k, v in GPT(config).state_dict().items()}
     extra = sorted(k for k in state if k.startswith(MODEL_PREFIX) and k not in expected)
@@ -207,56 +245,19 @@ def validate(ckpt: dict[str, Any]) -> None:
             raise ValueError(f"weight {key} is missing")
         if state[key].shape != shape:
             raise ValueError(f"weight {key} has shape {tuple(state[key].shape)}, the config implies {tuple(shape)}")
-    enc = tok.from_dict(payload["tokenizer"])
-    if enc.n_vocab != config.vocab_size:
-        raise ValueError(f"its tokenizer has {enc.n_vocab} tokens but the model has {config.vocab_size}")
-
-
-def _model_config(payload: dict[str, Any]) -> GPTConfig:
-    raw = payload["model_config"]
-    if not isinstance(raw, dict):
-        raise ValueError("model_config is not a mapping")
-    known = {f.name for f in fields(GPTConfig)}
-    unknown = sorted(set(raw) - known, key=str)
-    if unknown:
-        raise ValueError(f"model_config has unknown key {unknown[0]!r}")
-    missing = sorted({"vocab_size", "block_size", "n_layer", "n_head", "n_embd"} - set(raw))
-    if missing:
-        raise ValueError(f"model_config lacks {missing[0]!r}")
-    return GPTConfig(**raw)
-
-
-def _check_consistent(config: GPTConfig, payload: dict[str, Any], hparams: Any) -> None:
-    """The shape is recorded three times (payload, training config, Lightning's hparams); all must agree,
-    since fields like n_head change the model without changing any weight's shape."""
-    train_config = payload.get("train_config")
-    records = {
-        "training config": train_config.get("model") if isinstance(train_config, dict) else None,
-        "hyper_parameters": hparams.get("model_config") if isinstance(hparams, dict) else None,
-    }
-    for source, other in records.items():
-        if not isinstance(other, dict):
-            continue
-        for key, value in asdict(config).items():
-            if key in other and other[key] != value:
-                raise ValueError(f"model_config says {key}={value!r} but its {source} says {other[key]!r}")
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Loaded:
-    """Rebuild the model (in eval mode, on `device`) and tokenizer from a checkpoint file or run folder."""
-    path = resolve(path)
-    return rebuild(read(path), path, device)
-
-
-def rebuild(ckpt: dict[str, Any], path: Path, device: str | torch.device = "cpu") -> Loaded:
-    """`load` for a checkpoint already `read` from `path` (for a caller that also wants its other contents)."""
-    payload = ckpt[PAYLOAD_KEY]
+    """Rebuild the model (in eval mode, on `device`), its tokenizer and payload from a checkpoint file or run
+    folder (`file_to_use`)."""
+    path = file_to_use(path)
+    ckpt, payload = _read(path)
     state = {k.removeprefix(MODEL_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise MiniGPTError(
             f"{path} has NaN or infinite weights (its run diverged): use an earlier checkpoint, or retrain "
             "with a lower --optim.lr"
         )
-    model = GPT(GPTConfig(**payload["model_config"]))
+    model = GPT(payload.model_config)
     model.load_state_dict(state)
-    return Loaded(model.to(device).eval(), tok.from_dict(payload["tokenizer"]))
+    return Loaded(model.to(device).eval(), payload.tokenizer, payload)

@@ -10,7 +10,7 @@ import torch
 
 from minigpt import checkpoint, tokenizer
 from minigpt.model import GPT
-from minigpt.payload import MODEL_PREFIX, checkpoint_payload
+from minigpt.payload import MODEL_PREFIX, Payload
 
 from tests.helpers import REPO, tiny_config
 
@@ -34,7 +34,7 @@ def tiny_model() -> GPT:
 def tiny_checkpoint(tmp_path: Path, tiny_model: GPT) -> Path:
     """A minimal self-contained checkpoint (random weights, bytes tokenizer) written without Lightning."""
     path = tmp_path / "tiny.ckpt"
-    payload = checkpoint_payload(tiny_model.config, tokenizer.byte_tokenizer(), {})
+    payload = Payload(tiny_model.config, tokenizer.byte_tokenizer()).to_dict()
     state = {MODEL_PREFIX + k: v for k, v in tiny_model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
     return path

@@ -21,9 +21,48 @@ def test_checkpoint_round_trips_model_and_tokenizer(tiny_checkpoint, tiny_model)
     assert loaded.tokenizer.decode(loaded.tokenizer.encode_ordinary(text)) == text
 
 
-def test_run_folder_resolves_to_its_last_checkpoint(tiny_checkpoint):
+def test_a_run_folder_with_only_a_last_checkpoint_loads_it(tiny_checkpoint):
     tiny_checkpoint.rename(tiny_checkpoint.parent / "last.ckpt")
     assert checkpoint.load(tiny_checkpoint.parent).model.config.n_layer == 2
+
+
+def test_a_run_folder_means_its_best_checkpoint_for_use_and_its_last_for_resuming(tmp_path):
+    for name in ("last.ckpt", "best.ckpt"):
+        (tmp_path / name).touch()
+    assert checkpoint.file_to_use(tmp_path) == tmp_path / "best.ckpt"
+    assert checkpoint.file_to_resume(tmp_path) == tmp_path / "last.ckpt"
+
+
+@pytest.mark.parametrize("only", ["last.ckpt", "best.ckpt"])
+def test_a_run_folder_with_one_checkpoint_means_it_for_use_and_for_resuming(tmp_path, only):
+    (tmp_path / only).touch()
+    assert checkpoint.file_to_use(tmp_path) == checkpoint.file_to_resume(tmp_path) == tmp_path / only
+
+
+def test_a_checkpoint_file_means_itself_for_use_and_for_resuming(tiny_checkpoint):
+    assert checkpoint.file_to_use(tiny_checkpoint) == checkpoint.file_to_resume(tiny_checkpoint) == tiny_checkpoint
+
+
+def test_loading_a_run_folder_loads_its_best_checkpoint(tiny_checkpoint):
+    run = tiny_checkpoint.parent
+    rewrite(tiny_checkpoint, lambda c: c[checkpoint.PAYLOAD_KEY].update(train_config={"val_fraction": 0.2}))
+    tiny_checkpoint.rename(run / "best.ckpt")
+    last = run / "last.ckpt"
+    last.write_bytes((run / "best.ckpt").read_bytes())
+    rewrite(last, lambda c: c[checkpoint.PAYLOAD_KEY].update(train_config={"val_fraction": 0.3}))
+    assert checkpoint.load(run).val_fraction == 0.2
+
+
+def test_a_loaded_checkpoint_carries_its_payload(tiny_checkpoint, tiny_model):
+    loaded = checkpoint.load(tiny_checkpoint)
+    assert loaded.payload.model_config == tiny_model.config and loaded.payload.tokenizer is loaded.tokenizer
+
+
+def test_a_model_without_a_payload_has_the_default_val_fraction(tiny_model):
+    from minigpt.data.prepare import DEFAULT_VAL_FRACTION
+    from minigpt.tokenizer import byte_tokenizer
+
+    assert checkpoint.Loaded(tiny_model, byte_tokenizer()).val_fraction == DEFAULT_VAL_FRACTION
 
 
 def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):

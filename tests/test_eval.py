@@ -19,7 +19,7 @@ from minigpt.cli.eval import main
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import corpus_tokens, score, windows
 from minigpt.model import GPT
-from minigpt.payload import MODEL_PREFIX, checkpoint_payload
+from minigpt.payload import MODEL_PREFIX, Payload
 from minigpt.data.prepare import prepare
 
 LINE = re.compile(
@@ -83,7 +83,7 @@ def random_ids(n: int, seed: int = 0) -> torch.Tensor:
 
 def small_checkpoint(path: Path, model: GPT, train_config: dict) -> Path:
     """A checkpoint like the `tiny_checkpoint` fixture, with a training config of our choosing."""
-    payload = checkpoint_payload(model.config, tokenizer.byte_tokenizer(), train_config)
+    payload = Payload(model.config, tokenizer.byte_tokenizer(), train_config).to_dict()
     state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     checkpoint.atomic_save({"state_dict": state, checkpoint.PAYLOAD_KEY: payload}, path)
     return path
@@ -265,6 +265,17 @@ def test_a_run_folder_is_evaluated_through_its_last_checkpoint(
     code, out, _ = cli(["--ckpt", str(tmp_path / "run"), "--data", str(text_file)])
 
     assert code == 0 and parse(out)["ckpt"] == str(tmp_path / "run" / "last.ckpt")
+
+
+def test_a_run_folder_with_both_checkpoints_is_evaluated_through_its_best(
+    tmp_path: Path, tiny_model: GPT, text_file: Path
+) -> None:
+    for name in ("last.ckpt", "best.ckpt"):
+        small_checkpoint(tmp_path / "run" / name, tiny_model, {})
+
+    code, out, _ = cli(["--ckpt", str(tmp_path / "run"), "--data", str(text_file)])
+
+    assert code == 0 and parse(out)["ckpt"] == str(tmp_path / "run" / "best.ckpt")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

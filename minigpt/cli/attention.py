@@ -1,6 +1,6 @@
 """Attention maps of a prompt, written as files.
 
-``minigpt attention --ckpt RUN/last.ckpt --prompt "..." --out DIR`` (or ``python -m minigpt.cli.attention``)
+``minigpt attention --ckpt RUN --prompt "..." --out DIR`` (or ``python -m minigpt.cli.attention``)
 
 The options and their translation into `minigpt.inspection.report` calls (`report_attention`) also
 serve ``minigpt generate --attention DIR``; matplotlib is imported only when maps are actually written, so
@@ -29,6 +29,7 @@ from minigpt.cli.common import (
     add_device_argument,
     canonical_options,
     check_stdout_open,
+    positive_int,
     resolve_device,
     writing_stdout,
 )
@@ -79,14 +80,6 @@ def add_attention_arguments(
     group.add_argument(
         "--top_heads", type=positive_int, default=3, help="how many heads of each kind to print (>= 1; default: 3)"
     )
-
-
-def positive_int(text: str) -> int:
-    """argparse type for a count of at least 1: anything else is a one-line usage error."""
-    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def check_out_dir(path: Path) -> None:
@@ -185,25 +178,12 @@ def check_ablation_options(args: argparse.Namespace) -> None:
         raise MiniGPTError("--ablate_windows counts windows of the --data corpus: add --data SPEC, or drop it")
 
 
-def load_with_val_fraction(source: str, device: torch.device) -> tuple[checkpoint.Loaded, float]:
-    """`source`'s model and tokenizer, and the val_fraction its run split its corpus with, from one read of it
-    (train's default for a pretrained model, which records none)."""
-    from minigpt.cli.eval import DEFAULT_VAL_FRACTION, trained_val_fraction  # it imports this module
-
-    if sources.is_pretrained(source):
-        return sources.load(source, device), DEFAULT_VAL_FRACTION
-    path = checkpoint.resolve(source)
-    ckpt = checkpoint.read(path)
-    train_config = ckpt[checkpoint.PAYLOAD_KEY].get("train_config")
-    return checkpoint.rebuild(ckpt, path, device), trained_val_fraction(train_config, path)
-
-
-def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded, val_fraction: float) -> Windows:
-    """The --data corpus's validation windows to measure head importance on; a corpus that cannot be read is a
-    one-line error naming --data."""
-    most = args.ablate_windows or DEFAULT_WINDOWS
+def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded) -> Windows:
+    """The validation windows that `loaded`'s run held out of the --data corpus, to measure head importance on;
+    a corpus that cannot be read is a one-line error naming --data."""
+    most, block_size = args.ablate_windows or DEFAULT_WINDOWS, loaded.model.config.block_size
     try:
-        return ablation.corpus_windows(args.data, loaded.tokenizer, loaded.model.config.block_size, val_fraction, most)
+        return ablation.corpus_windows(args.data, loaded.tokenizer, block_size, loaded.val_fraction, most)
     except MiniGPTError as err:
         raise MiniGPTError(f"--data {args.data!r}: {err}") from None
 
@@ -211,12 +191,9 @@ def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded, val_
 def load_for_report(args: argparse.Namespace, device: torch.device) -> tuple[checkpoint.Loaded, Windows | None]:
     """--ckpt's model and, with --data, the validation windows to measure head importance on; bad --layers or
     --heads fail as soon as the model is known, before the corpus is read or anything is sampled."""
-    if args.data is None:
-        loaded, val_fraction = sources.load(args.ckpt, device), None
-    else:
-        loaded, val_fraction = load_with_val_fraction(args.ckpt, device)
+    loaded = sources.load(args.ckpt, device)
     selected_layers_and_heads(args, loaded.model.config)
-    return loaded, validation_windows(args, loaded, val_fraction) if val_fraction is not None else None
+    return loaded, validation_windows(args, loaded) if args.data is not None else None
 
 
 def main(argv: Sequence[str]) -> None:

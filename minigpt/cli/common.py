@@ -15,7 +15,8 @@ import torch
 from minigpt.errors import MiniGPTError
 
 
-CKPT_HELP = "a checkpoint file or run folder (its last.ckpt), a Hugging Face GPT-2 folder, or hf:REPO_ID"
+CHECKPOINT_HELP = "a checkpoint file or run folder (its best.ckpt, else its last.ckpt)"
+CKPT_HELP = CHECKPOINT_HELP + ", a Hugging Face GPT-2 folder, or hf:REPO_ID"
 
 
 def canonical_options(argv: Sequence[str]) -> list[str]:
@@ -37,6 +38,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count of at least 1: anything else is a one-line usage error."""
+    value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -7,28 +7,24 @@ the run held out of that corpus (see `minigpt.evaluate`). Imports no Lightning, 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt import checkpoint, sources
+from minigpt import sources
 from minigpt.cli import run
-from minigpt.cli.attention import positive_int
 from minigpt.cli.common import (
     CKPT_HELP,
     OneLineParser,
     add_device_argument,
     canonical_options,
     check_stdout_open,
+    positive_int,
     resolve_device,
     writing_stdout,
 )
-from minigpt.cli.generate import autocast
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION
+from minigpt.device import autocast
 from minigpt.evaluate import SPLITS, Score, corpus_tokens, score
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_VAL_FRACTION = 0.1  # train's default, for checkpoints that do not record theirs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--val_fraction", type=float,
-        help="the split's validation share (default: the one the checkpoint was trained with, else 0.1)",
+        help="the split's validation share (default: the one the checkpoint was trained with, else "
+        f"{DEFAULT_VAL_FRACTION:g})",
     )  # fmt: skip
     p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument(
@@ -68,16 +65,11 @@ def main(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(argv)
     check_stdout_open()
     device = resolve_device(args.device)
-    pretrained = sources.is_pretrained(args.ckpt)  # a Hugging Face model records no split of its own
-    if pretrained:
-        path, loaded, train_config = args.ckpt, sources.load(args.ckpt, device), None
-    else:  # read once: the weights, and the run's record of how it split its corpus
-        path = checkpoint.resolve(args.ckpt)
-        ckpt = checkpoint.read(path)
-        loaded, train_config = checkpoint.rebuild(ckpt, path, device), ckpt[checkpoint.PAYLOAD_KEY].get("train_config")
+    path = sources.resolve(args.ckpt)
+    loaded = sources.load(path, device)
     val_fraction = args.val_fraction
-    if val_fraction is None:  # only a split uses it
-        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" or pretrained else trained_val_fraction(train_config, path)
+    if val_fraction is None:  # only a split uses it: the one the model's run made
+        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" else loaded.val_fraction
     tokens = corpus_tokens(args.data, loaded.tokenizer, args.split, val_fraction, args.cache_dir)
     with autocast(device):
         result = score(loaded.model, tokens.ids, args.stride, args.batch_size)
@@ -85,17 +77,8 @@ def main(argv: Sequence[str]) -> None:
         print(result_line(path, args.data, args.split, result, tokens.n_bytes))
 
 
-def trained_val_fraction(train_config: object, source: Path | str) -> float:
-    """The val_fraction `source`'s run split its corpus with (from its `train_config`), else train's default."""
-    value = train_config.get("val_fraction") if isinstance(train_config, dict) else None
-    if type(value) in (int, float):
-        return float(value)
-    logger.info("%s does not record its val_fraction: splitting with %g", source, DEFAULT_VAL_FRACTION)
-    return DEFAULT_VAL_FRACTION
-
-
 def result_line(path: Path | str, data: str, split: str, result: Score, n_bytes: int) -> str:
-    """The command's output, e.g. ``eval RUN/last.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24``."""
+    """The command's output, e.g. ``eval RUN/best.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24``."""
     return (
         f"eval {path} on {data} ({split}): {result.tokens:,} tokens, {n_bytes:,} bytes: "
         f"loss {result.loss:.4f} nats/token, {result.bits_per_byte(n_bytes):.4f} bits/byte, "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from minigpt.hf import export as hf_export
 from minigpt.cli import run
-from minigpt.cli.common import OneLineParser, canonical_options
+from minigpt.cli.common import CHECKPOINT_HELP, OneLineParser, canonical_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a checkpoint as a Hugging Face GPT-2 folder: config.json, model.safetensors, "
         "tokenizer files, generation config and a model card.",
     )
-    parser.add_argument("--ckpt", required=True, help="a checkpoint file or run folder (its last.ckpt)")
+    parser.add_argument("--ckpt", required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--out", required=True, type=Path, help="the folder to write; it must not exist or be empty")
     return parser
 

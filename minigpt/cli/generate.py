@@ -8,17 +8,15 @@ so the first token comes quickly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
-import torch
 from tqdm import tqdm
 
-from minigpt import checkpoint, sources
+from minigpt import sources
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.attention import (
@@ -37,6 +35,7 @@ from minigpt.cli.common import (
     resolve_device,
     writing_stdout,
 )
+from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
 from minigpt.sample import SamplingSettings, stream
 
@@ -224,13 +223,6 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read the prompt from standard input: {err}") from None
     return prompt or ""
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA GPUs that support it (faster, half the memory); full precision elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def print_completions(

@@ -1,0 +1,45 @@
+"""The commands import the library, not each other: no import cycle among the cli modules, and a command imports
+another command's module only for its options (generate --attention). Each import runs in a fresh interpreter,
+so what another test imported cannot hide a cycle."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import minigpt.cli
+
+CLI_MODULES = sorted(info.name for info in pkgutil.iter_modules(minigpt.cli.__path__, "minigpt.cli."))
+ALLOWED = {"minigpt.cli.generate": {"minigpt.cli.attention"}}  # generate --attention takes attention's options
+"""The cli modules, besides minigpt.cli.common (parser helpers), that a cli module may import."""
+
+
+def cli_modules_imported_by(module: str) -> set[str]:
+    """The other cli modules a fresh interpreter holds after importing `module`."""
+    probe = f"import sys, {module}\nprint(' '.join(m for m in sys.modules if m.startswith('minigpt.cli.')))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    return set(done.stdout.split()) - {module}
+
+
+@pytest.fixture(scope="module")
+def imports() -> dict[str, set[str]]:
+    return {module: cli_modules_imported_by(module) for module in CLI_MODULES}
+
+
+def test_every_command_module_is_checked():
+    assert {"minigpt.cli.attention", "minigpt.cli.eval", "minigpt.cli.generate", "minigpt.cli.common"} <= set(
+        CLI_MODULES
+    )
+
+
+def test_no_cli_module_imports_one_that_imports_it(imports):
+    cycles = sorted((a, b) for a in imports for b in imports[a] if a in imports.get(b, ()))
+    assert not cycles
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_a_cli_module_imports_no_other_command_for_library_work(imports, module):
+    assert imports[module] <= {"minigpt.cli.common", *ALLOWED.get(module, ())}
