@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from minigpt.errors import MiniGPTError
-from minigpt.data.prepare import prepare
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION, prepare
 from minigpt.data.shards import Prepared, ShardMeta
 
 
@@ -104,7 +104,7 @@ class TokenDataModule(L.LightningDataModule):
         tokenizer: str,
         block_size: int,
         batch_size: int,
-        val_fraction: float = 0.1,
+        val_fraction: float = DEFAULT_VAL_FRACTION,
         val_windows: int = 256,
         seed: int = 1337,
         num_workers: int = 0,

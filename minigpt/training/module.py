@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -16,49 +15,12 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from minigpt import checkpoint
+from minigpt.training.config import OptimConfig
 from minigpt.training.datamodule import batch_seed, rank_seed
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warmup then cosine decay."""
-
-    lr: float = 1e-3
-    """Peak learning rate, reached after the warmup."""
-    min_lr_ratio: float = 0.1
-    """The cosine decays to lr * min_lr_ratio at the last step."""
-    warmup_steps: int = 100
-    """Steps of linear warmup from 0 to lr."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay, applied to matrices and embeddings only."""
-    beta1: float = 0.9
-    """AdamW's first-moment decay, in [0, 1)."""
-    beta2: float = 0.99
-    """AdamW's second-moment decay, in [0, 1)."""
-
-    def __post_init__(self) -> None:
-        """Check ranges here, so a bad value fails before training rather than inside torch."""
-        rules = {
-            "lr": (_finite(self.lr) and self.lr > 0, "must be a positive number"),
-            "min_lr_ratio": (_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
-            "warmup_steps": (type(self.warmup_steps) is int and self.warmup_steps >= 0, "must be an integer >= 0"),
-            "weight_decay": (_finite(self.weight_decay) and self.weight_decay >= 0, "must be a number >= 0"),
-            "beta1": (_finite(self.beta1) and 0 <= self.beta1 < 1, "must be in [0, 1)"),
-            "beta2": (_finite(self.beta2) and 0 <= self.beta2 < 1, "must be in [0, 1)"),
-        }
-        for name, (ok, rule) in rules.items():
-            if not ok:
-                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
-        if self.lr * self.weight_decay >= 1:  # each step scales the weights by (1 - lr * weight_decay)
-            raise ValueError(f"lr * weight_decay must be below 1, got {self.lr:g} * {self.weight_decay:g}")
-
-
-def _finite(value: object) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
 
 
 class Diverged(MiniGPTError):

@@ -1,0 +1,356 @@
+"""A training run's settings as one typed record, `TrainConfig`, and the one way to resolve them: the bundled
+defaults (configs/default.yaml), then a config file or a bundled config by name, then single options, as
+`minigpt train` does. `TrainConfig.load` is that resolution for Python callers; the command hands it its argv
+(`TrainConfig.from_options`).
+
+Each default is written once. A field default (here, in `OptimConfig`, `GPTConfig` or Lightning's Trainer) holds
+unless default.yaml, the quickstart recipe (what a plain run trains on, its size and length), sets another value;
+it never repeats one. The options only default.yaml gives (data, tokenizer, batch_size, ...) have no field default.
+
+Importing this module does not import Lightning (only resolving a config does, for the Trainer's options), so
+that `TrainConfig` can be built, read and written where Lightning is not wanted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+
+from minigpt import checkpoint
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction
+from minigpt.errors import MiniGPTError
+from minigpt.model import GPTConfig
+from minigpt.training.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+"""The bundled configs (package data); `default.yaml` holds the recipe a plain run uses."""
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+# Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
+TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing", "enable_autolog_hparams"}
+COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows every one, with Lightning's own words
+    "max_steps": "optimizer steps to train for",
+    "val_check_interval": "validate, log and save best.ckpt every N steps",
+    "accelerator": "cpu, gpu, mps or auto",
+    "devices": "devices (processes) per machine, e.g. 2",
+    "strategy": "auto, ddp, ddp_spawn, fsdp, ... (see More than one device in the README)",
+    "num_nodes": "machines taking part in a distributed run",
+    "precision": "32-true, bf16-mixed, 16-mixed; unset: bf16-mixed on GPUs that support it, else 32-true",
+    "accumulate_grad_batches": "batches whose gradients make one optimizer step",
+    "gradient_clip_val": "clip the gradient norm to this value (0: off)",
+    "log_every_n_steps": "log the training metrics every N steps",
+}
+USAGE = "minigpt train [--config NAME|FILE] [--resume RUN] [--OPTION VALUE ...]"
+GROUPS = ("model", "optim", "trainer")
+"""The nested option groups; every other option is top-level."""
+MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
+MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached after the warmup."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio at the last step."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to lr."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to matrices and embeddings only."""
+    beta1: float = 0.9
+    """AdamW's first-moment decay, in [0, 1)."""
+    beta2: float = 0.99
+    """AdamW's second-moment decay, in [0, 1)."""
+
+    def __post_init__(self) -> None:
+        """Check ranges here, so a bad value fails before training rather than inside torch."""
+        rules = {
+            "lr": (_finite(self.lr) and self.lr > 0, "must be a positive number"),
+            "min_lr_ratio": (_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            "warmup_steps": (type(self.warmup_steps) is int and self.warmup_steps >= 0, "must be an integer >= 0"),
+            "weight_decay": (_finite(self.weight_decay) and self.weight_decay >= 0, "must be a number >= 0"),
+            "beta1": (_finite(self.beta1) and 0 <= self.beta1 < 1, "must be in [0, 1)"),
+            "beta2": (_finite(self.beta2) and 0 <= self.beta2 < 1, "must be in [0, 1)"),
+        }
+        for name, (ok, rule) in rules.items():
+            if not ok:
+                raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
+        if self.lr * self.weight_decay >= 1:  # each step scales the weights by (1 - lr * weight_decay)
+            raise ValueError(f"lr * weight_decay must be below 1, got {self.lr:g} * {self.weight_decay:g}")
+
+
+def _finite(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+# The model's shape as the user sets it: GPTConfig's fields and defaults but vocab_size, which the tokenizer
+# gives. Derived rather than written out, so that a field added to GPTConfig is an option here too.
+ModelConfig = make_dataclass(
+    "ModelConfig",
+    [(f.name, f.type, field(default=f.default)) for f in fields(GPTConfig) if f.name != "vocab_size"],
+    namespace={"__doc__": "The model's shape: `minigpt.model.GPTConfig` without vocab_size.", "__module__": __name__},
+)
+
+
+def _option(text: str, default: Any = MISSING) -> Any:
+    """A top-level option of `minigpt train`: its field default (none: default.yaml's) and its --help line."""
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything one training run needs: the checked settings `minigpt.training.run.train` takes. Build one
+    with `load` (as the command would), or from a run's config.yaml with `from_dict`."""
+
+    data: str = _option("corpus: a file, folder, glob, hf:NAME or builtin")
+    tokenizer: str = _option("bytes | bpe:<vocab_size> | gpt2 | cl100k_base")
+    resume: str | None = _option("continue a run (folder or last.ckpt)", None)
+    init: str | None = _option(
+        "start from pretrained weights: a checkpoint or run folder, a GPT-2 folder, or hf:REPO_ID", None
+    )
+    out_dir: str | None = _option("run folder (unset: runs/<config>[-N])", None)
+    seed: int = _option("seeds weights, dropout and window order", 1337)
+    batch_size: int = _option("windows per training batch (per device)")
+    val_fraction: float = _option("share of --data held out for validation", DEFAULT_VAL_FRACTION)
+    val_data: str | None = _option("a validation corpus (a --data spec)", None)
+    val_windows: int = _option("fixed validation windows evaluated each time")
+    num_workers: int = _option("DataLoader worker processes", 0)
+    cache_dir: str | None = _option("shard cache (unset: $MINIGPT_CACHE or ~/.cache/minigpt)", None)
+    target_loss: float | None = _option("stop at this val loss (nats/token)", None)
+    compile: bool | None = _option("torch.compile the training step (unset: on CUDA GPUs only)", None)
+    threads: int | None = _option("CPU threads per process", None)
+    samples: int = _option("samples printed when training ends")
+    sample_tokens: int = _option("length of each printed sample")
+    model: ModelConfig = field(default_factory=ModelConfig)  # type: ignore[valid-type]
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """Lightning Trainer arguments (those minigpt sets itself excepted); unset ones take Lightning's defaults."""
+    config: str | None = None
+    """The config file the settings came from; its name names the default run folder (runs/<name>[-N])."""
+    given: frozenset[str] = frozenset()
+    """The options set one by one (`model.n_layer`, `tokenizer`, ...), not by a config file: a pretrained start
+    (`init`) refuses those that contradict its model."""
+
+    @classmethod
+    def load(cls, config: str | Path | None = None, **overrides: Any) -> TrainConfig:
+        """The checked settings `minigpt train --config CONFIG --OPTION VALUE ...` would train with: the bundled
+        defaults, then `config` (a YAML file or a bundled config's name), then `overrides` by option name, the
+        groups as dicts: `load("shakespeare_cpu", data="my.txt", model={"n_layer": 2}, trainer={"max_steps": 200})`.
+        `resume="runs/x"` starts from that run's own config, as --resume does. Raises `MiniGPTError`."""
+        files = ["--config", config_path(str(config))] if config is not None else []
+        # A YAML text is a config too: the values keep their Python types, and resolve exactly as the command's.
+        values = ["--config", yaml.safe_dump(overrides, sort_keys=False)] if overrides else []
+        given = {f"{key}.{sub}" for key in GROUPS if isinstance(overrides.get(key), Mapping) for sub in overrides[key]}
+        return _resolve([*files, *values], given | {key for key in overrides if key not in GROUPS})
+
+    @classmethod
+    def from_options(cls, options: Sequence[str]) -> TrainConfig:
+        """The checked settings of command-line options (`--config NAME|FILE`, `--resume RUN`, `--a.b VALUE`,
+        with underscores), each applied in turn over the bundled defaults. Raises `MiniGPTError`."""
+        given = {arg[2:].split("=", 1)[0] for arg in options if arg.startswith("--")}
+        return _resolve(_with_config_paths(list(options)), given)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **extra: Any) -> TrainConfig:
+        """The settings `to_dict` wrote (a run's config.yaml); an option it leaves out takes its default.
+        `extra` sets the fields that are not options (`config`, `given`). Not checked: see `validate`."""
+        try:
+            model, optim = ModelConfig(**data.get("model", {})), OptimConfig(**data.get("optim", {}))
+            return cls(**{**data, "model": model, "optim": optim, "trainer": dict(data.get("trainer", {})), **extra})
+        except ValueError as err:  # OptimConfig checks its ranges as it is made
+            raise MiniGPTError(f"--optim.{err}") from None
+        except TypeError as err:  # an unknown option, or a required one missing
+            raise MiniGPTError(f"not a training config: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings as plain data, as config.yaml and every checkpoint hold them: the options in
+        --help's order, unset (None) ones left out, without `resume` (which is this invocation's, not the run's)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if "help" in f.metadata}
+        data.pop("resume")
+        data.update(model=asdict(self.model), optim=asdict(self.optim), trainer=dict(self.trainer))
+        return _without_none(data)
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The model these settings describe, for a tokenizer of `vocab_size` tokens."""
+        return GPTConfig(**asdict(self.model), vocab_size=vocab_size)
+
+    def validate(self) -> None:
+        """Check every value before anything is written, in every process alike (only rank 0 reports): ranges
+        here, the data's, model's and optimizer's own checks, and what this machine can do. Raises
+        `MiniGPTError` naming the option."""
+        _check_ranges(self)
+        if self.val_data is None:
+            check_val_fraction(self.val_fraction, "--val_fraction")
+        try:
+            model = self.model_config(vocab_size=257)  # the smallest vocabulary; checked again with the real one
+        except ValueError as err:
+            raise MiniGPTError(f"--model.{err}") from None
+        trainer = self.trainer
+        check_devices(trainer.get("accelerator"), trainer.get("strategy"), trainer.get("devices"))
+        check_fits_in_memory(model, self.batch_size, trainer.get("accelerator"))
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    c, trainer = config, config.trainer
+    steps, accumulate = trainer.get("max_steps"), trainer.get("accumulate_grad_batches")
+    interval, clip = trainer.get("val_check_interval"), trainer.get("gradient_clip_val")
+    checks = [
+        (c.batch_size >= 1, f"--batch_size must be at least 1, got {c.batch_size}"),
+        (c.val_windows >= 1, f"--val_windows must be at least 1, got {c.val_windows}"),
+        (0 <= c.num_workers <= MAX_WORKERS, f"--num_workers must be from 0 to {MAX_WORKERS}, got {c.num_workers}"),
+        (0 <= c.seed < 2**32, f"--seed must be in [0, 2**32), got {c.seed}"),
+        (0 <= c.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {c.samples}"),
+        (c.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {c.sample_tokens}"),
+        (c.threads is None or 1 <= c.threads <= MAX_THREADS, f"--threads must be from 1 to {MAX_THREADS}, got {c.threads}"),
+        (c.target_loss is None or (math.isfinite(c.target_loss) and c.target_loss > 0),
+         f"--target_loss must be a positive number of nats/token, got {c.target_loss}"),
+        (c.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {c.model.n_layer}"),
+        (steps is not None and steps > 0, "set --trainer.max_steps to a positive number"),
+        # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
+        (accumulate is None or accumulate >= 1, "--trainer.accumulate_grad_batches must be at least 1"),
+        (clip is None or clip >= 0, "--trainer.gradient_clip_val must be 0 or more"),
+        # Training is one endless stream: a fraction of an epoch never comes. Times (DD:HH:MM:SS) go to Lightning.
+        (not isinstance(interval, (int, float)) or (type(interval) is int and interval >= 1),
+         f"--trainer.val_check_interval must be a whole number of steps (or a time, DD:HH:MM:SS), got {interval}"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise MiniGPTError(message)
+
+
+def _without_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+
+
+# ---- resolution: jsonargparse applies the defaults, config files and options in turn -------------------------
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help without each option's type (its default shows it), so --help stays short."""
+
+    def _get_type_str(self, action: argparse.Action) -> None:
+        return None
+
+
+def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
+    """The options of `minigpt train`: each has a dotted name and can also be set in a YAML config; defaults
+    come from `TrainConfig`'s fields and the bundled default.yaml (what --help shows is what a plain run uses)."""
+    from jsonargparse import set_parsing_settings
+    from lightning import Trainer  # here, not at the top: TrainConfig itself needs no Lightning
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the model's and optimizer's field docs
+    parser = ArgumentParser(
+        prog="minigpt train", usage=USAGE, description="Train a GPT with PyTorch Lightning.",
+        default_config_files=[str(DEFAULT_CONFIG)], exit_on_error=False, formatter_class=HelpFormatter,
+    )  # fmt: skip
+    parser.add_argument(
+        "--config", action=ActionConfigFile,
+        help="a YAML file, or a bundled config's name (--list_configs lists them)",
+    )  # fmt: skip
+    types = typing.get_type_hints(TrainConfig)
+    for option in fields(TrainConfig):
+        if "help" in option.metadata:
+            default = {} if option.default is MISSING else {"default": option.default}
+            parser.add_argument(f"--{option.name}", type=types[option.name], help=option.metadata["help"], **default)
+    parser.add_class_arguments(GPTConfig, "model", skip={"vocab_size"})
+    parser.add_class_arguments(OptimConfig, "optim")
+    if every_trainer_option:
+        parser.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP, instantiate=False)
+    else:
+        group = parser.add_argument_group("Lightning Trainer, the options used most (every one: --help_all)")
+        lightning_defaults = inspect.signature(Trainer).parameters
+        for name, text in COMMON_TRAINER.items():
+            group.add_argument(f"--trainer.{name}", help=text, default=lightning_defaults[name].default)
+    return parser
+
+
+def bundled_configs() -> list[str]:
+    """The names of the bundled configs (`--config NAME`)."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def config_path(value: str) -> str:
+    """The YAML file that `--config value` names: a file, else the bundled config of that name (so also
+    `configs/shakespeare_cpu.yaml` from any folder, as the README writes it)."""
+    if Path(value).is_file():
+        return value
+    name = Path(value).stem if value.endswith((".yaml", ".yml")) else value
+    if name in bundled_configs() and Path(value).parent in (Path("."), Path("configs")):
+        return str(CONFIGS / f"{name}.yaml")
+    raise MiniGPTError(
+        f"no config '{value}': give a YAML file or a bundled config by name ({', '.join(bundled_configs())})"
+    )
+
+
+def resume_path(path: str) -> Path:
+    """The checkpoint file `--resume path` continues, checked to be a run's."""
+    p = checkpoint.file_to_resume(path)
+    if not p.is_file():
+        raise MiniGPTError(f"cannot resume: {p} not found; pass a run's last.ckpt (or its folder) to --resume")
+    if not (p.parent / "config.yaml").is_file():
+        raise MiniGPTError(f"cannot resume: no config.yaml beside {p}; resume only runs written by train.py")
+    return p
+
+
+def _resolve(options: list[str], given: set[str]) -> TrainConfig:
+    """`options` (each --config a file or YAML text) applied over the bundled defaults; --resume starts from the
+    run's own config, and from then on names the checkpoint file it resolves to."""
+    parser = build_parser()
+    cfg = _parse_args(parser, options)
+    if cfg.resume:  # the same options again, over the resumed run's own config
+        resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
+        cfg = _parse_args(parser, ["--config", _resumed_config(resume.parent / "config.yaml"), *options])
+        cfg.resume = str(resume)
+    files = [str(path) for path in cfg.get("config") or [] if path is not None]  # None: a YAML text
+    config = TrainConfig.from_dict(_plain(parser, cfg), config=files[-1] if files else None, given=frozenset(given))
+    config.validate()
+    return config
+
+
+def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
+    try:
+        return parser.parse_args(options)
+    except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
+        raise MiniGPTError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+
+
+def _plain(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
+    """The parsed options as plain data (strings, numbers, lists), unset ones as None."""
+    clean = cfg.clone()
+    for key in ("config", "__default_config__"):
+        clean.pop(key, None)
+    return yaml.safe_load(parser.dump(clean, skip_none=False, skip_validation=True))
+
+
+def _resumed_config(path: Path) -> str:
+    """A run's config.yaml as YAML text, without the Trainer settings minigpt now sets itself (a run written
+    by an older version may hold one, such as enable_autolog_hparams)."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise MiniGPTError(f"cannot resume: {path} is unreadable ({type(err).__name__}); restore the run's config.yaml") from None
+    if not isinstance(config, dict):
+        raise MiniGPTError(f"cannot resume: {path} is not a training config; restore the run's config.yaml")
+    if isinstance(config.get("trainer"), dict):
+        config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in TRAINER_SKIP}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _with_config_paths(options: list[str]) -> list[str]:
+    out = list(options)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + config_path(arg.split("=", 1)[1])
+    return out
