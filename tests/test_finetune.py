@@ -91,6 +91,18 @@ def test_settings_that_contradict_the_pretrained_model_are_one_line_errors(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_a_pretrained_start_from_python_takes_the_models_shape_and_refuses_what_the_command_refuses(gpt2_folder, corpus):
+    from minigpt.errors import MiniGPTError
+    from minigpt.training.config import TrainConfig
+    from minigpt.training.finetune import pretrained_start
+
+    config, start = pretrained_start(TrainConfig.load(init=str(gpt2_folder), data=str(corpus)))
+    assert (config.model.n_layer, config.model.block_size) == (2, 64) and start.model.config.n_embd == 32
+    assert config.tokenizer.startswith(f"from:{gpt2_folder}#")
+    with pytest.raises(MiniGPTError, match="--model.n_layer 3 contradicts --init"):
+        pretrained_start(TrainConfig.load(init=str(gpt2_folder), data=str(corpus), model={"n_layer": 3}))
+
+
 def test_init_and_resume_do_not_combine(tmp_path, gpt2_folder, corpus, capsys):
     assert run(train, [*common(tmp_path, corpus), "--out_dir", str(tmp_path / "run"), "--model.block_size", "32"]) == 0
     capsys.readouterr()

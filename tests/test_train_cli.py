@@ -21,17 +21,17 @@ TINY = [
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses_and_sets_a_step_budget(config):
-    _, cfg = parse(["--config", str(config)])
-    assert cfg.trainer.max_steps > 0 and cfg.model.n_embd % cfg.model.n_head == 0
+    cfg = parse(["--config", str(config)])
+    assert cfg.trainer["max_steps"] > 0 and cfg.model.n_embd % cfg.model.n_head == 0
 
 
 def test_cli_defaults_come_from_default_yaml():
-    _, cfg = parse([])
+    cfg = parse([])
     assert cfg.data == yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["data"] == "pydoc"
 
 
 def test_dotted_overrides_win_over_the_config():
-    _, cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml"), "--model.n_layer", "3", "--tokenizer", "bpe:512"])
+    cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml"), "--model.n_layer", "3", "--tokenizer", "bpe:512"])
     assert cfg.model.n_layer == 3 and cfg.tokenizer == "bpe:512" and cfg.model.n_embd == 128
 
 
@@ -44,14 +44,14 @@ def help_text(capsys, flag: str) -> str:
 
 def test_help_shows_the_defaults_a_plain_run_uses_and_describes_every_option(capsys):
     out = " ".join(help_text(capsys, "--help").split())
-    _, cfg = parse([])
-    assert cfg.trainer.val_check_interval  # a plain run validates (and so writes best.ckpt)
+    cfg = parse([])
+    assert cfg.trainer["val_check_interval"]  # a plain run validates (and so writes best.ckpt)
     for option, value in [("--batch_size", cfg.batch_size), ("--model.n_layer", cfg.model.n_layer),
                           ("--model.block_size", cfg.model.block_size), ("--optim.lr", cfg.optim.lr),
-                          ("--trainer.max_steps", cfg.trainer.max_steps),
-                          ("--trainer.val_check_interval", cfg.trainer.val_check_interval)]:  # fmt: skip
+                          ("--trainer.max_steps", cfg.trainer["max_steps"]),
+                          ("--trainer.val_check_interval", cfg.trainer["val_check_interval"])]:  # fmt: skip
         assert re.search(re.escape(option) + r" \S+ .*?default: " + re.escape(str(value)) + r"\)", out), option
-    from minigpt.training.module import OptimConfig
+    from minigpt.training.config import OptimConfig
     from minigpt.model import GPTConfig
 
     for group, config in (("model", GPTConfig), ("optim", OptimConfig)):
@@ -68,9 +68,9 @@ def test_help_is_short_and_help_all_lists_every_trainer_option(capsys):
 
 def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    by_path = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])[1]
+    by_path = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])
     for spelling in ("shakespeare_cpu", "configs/shakespeare_cpu.yaml", "shakespeare_cpu.yaml"):
-        assert parse(["--config", spelling])[1].model == by_path.model
+        assert parse(["--config", spelling]).model == by_path.model
     assert user_error(capsys, ["--config", "nope"]).startswith("error: no config 'nope': give a YAML file")
     assert run(main, ["--list_configs"]) == 0
     listed = capsys.readouterr().out.splitlines()
@@ -78,8 +78,8 @@ def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
 
 
 def test_dashed_option_names_mean_the_same_as_underscored_ones():
-    dashed = parse(["--batch-size", "3", "--trainer.max-steps", "7", "--model.n-layer=1"])[1]
-    assert (dashed.batch_size, dashed.trainer.max_steps, dashed.model.n_layer) == (3, 7, 1)
+    dashed = parse(["--batch-size", "3", "--trainer.max-steps", "7", "--model.n-layer=1"])
+    assert (dashed.batch_size, dashed.trainer["max_steps"], dashed.model.n_layer) == (3, 7, 1)
 
 
 def user_error(capsys, args: list[str]) -> str:
@@ -224,7 +224,7 @@ def test_default_run_folder_moves_past_finished_and_busy_runs(tmp_path, monkeypa
     from minigpt.training.run import claim_run_folder
 
     monkeypatch.chdir(tmp_path)
-    _, cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])
+    cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])
     with claim_run_folder(cfg) as first:
         assert first.path == Path("runs/shakespeare_cpu")
         (first.path / "last.ckpt").write_bytes(b"x")
@@ -264,5 +264,5 @@ def test_resume_starts_from_the_runs_config_and_names_its_checkpoint_file(tmp_pa
     config["model"]["n_layer"] = 3
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "last.ckpt").touch()
-    _, cfg = parse(["--resume", str(run_dir), "--batch_size", "3"])
+    cfg = parse(["--resume", str(run_dir), "--batch_size", "3"])
     assert (cfg.resume, cfg.model.n_layer, cfg.batch_size) == (str(run_dir / "last.ckpt"), 3, 3)

@@ -3,46 +3,49 @@ tokenizer, refusing options that contradict them, and may use a shorter context 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
-from minigpt import checkpoint
+from minigpt import checkpoint, sources
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
-
-if TYPE_CHECKING:
-    from jsonargparse import Namespace
+from minigpt.training.config import TrainConfig
 
 SHAPE = ("n_layer", "n_head", "n_embd", "bias", "activation")  # what a pretrained start fixes
 
 
-def pretrained_start(cfg: Namespace, given: set[str]) -> checkpoint.Loaded:
-    """Load --init's model and make `cfg` take its shape and tokenizer, refusing options that contradict them.
-    The context (--model.block_size) may be shorter than the source's: its position table is cropped."""
-    from minigpt import sources
-
-    start = sources.load(cfg.init)
+def pretrained_start(config: TrainConfig) -> tuple[TrainConfig, checkpoint.Loaded | None]:
+    """`config` as a run starting from --init's model trains it (with that model's shape and tokenizer), and the
+    model; `config` itself and None for a run without --init, or one that resumes (its weights are the run's).
+    Options set one by one (`config.given`) that contradict the model are refused; the context
+    (--model.block_size) may be shorter than the model's: its position table is cropped."""
+    if "init" in config.given and config.resume:
+        raise MiniGPTError("--init starts a new run and --resume continues one: use one of them")
+    if not config.init or config.resume:
+        return config, None
+    start = sources.load(config.init)
     source = start.model.config
     for field in SHAPE:
-        ours, theirs = getattr(cfg.model, field), getattr(source, field)
-        if f"model.{field}" in given and ours != theirs:
+        ours, theirs = getattr(config.model, field), getattr(source, field)
+        if f"model.{field}" in config.given and ours != theirs:
             raise MiniGPTError(
-                f"--model.{field} {ours} contradicts --init {cfg.init}, whose model has {field} {theirs}: "
+                f"--model.{field} {ours} contradicts --init {config.init}, whose model has {field} {theirs}: "
                 "leave it out (the shape comes from --init)"
             )
-        setattr(cfg.model, field, theirs)
-    if cfg.model.block_size > source.block_size and "model.block_size" not in given:
-        cfg.model.block_size = source.block_size  # a default or a config's context: the source's, if shorter
-    if cfg.model.block_size > source.block_size:
+    block_size = config.model.block_size
+    if block_size > source.block_size and "model.block_size" not in config.given:
+        block_size = source.block_size  # a default or a config's context: the source's, if shorter
+    if block_size > source.block_size:
         raise MiniGPTError(
-            f"--model.block_size {cfg.model.block_size} is longer than the {source.block_size} positions of "
-            f"--init {cfg.init}: use at most {source.block_size}"
+            f"--model.block_size {block_size} is longer than the {source.block_size} positions of "
+            f"--init {config.init}: use at most {source.block_size}"
         )
-    if "tokenizer" in given:
-        raise MiniGPTError(f"--tokenizer does not combine with --init: the tokenizer of {cfg.init} comes with it")
+    if "tokenizer" in config.given:
+        raise MiniGPTError(f"--tokenizer does not combine with --init: the tokenizer of {config.init} comes with it")
+    model = replace(config.model, block_size=block_size, **{field: getattr(source, field) for field in SHAPE})
     # Names the encoding in config.yaml and in the shard cache's key; the digest keeps another model saved at
     # the same path later (with another tokenizer) from reusing these shards.
-    cfg.tokenizer = f"from:{cfg.init}#{tok.digest(start.tokenizer)}"
-    return start
+    return replace(config, model=model, tokenizer=f"from:{config.init}#{tok.digest(start.tokenizer)}"), start
 
 
 def cropped_weights(state: dict[str, Any], block_size: int) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """One training run, end to end: claim the run folder, prepare the data, assemble the Lightning Trainer (callbacks,
 precision, checkpoint I/O), fit, and turn the ways training stops into what the user reads.
 
-`train` is the entry point; the train command (`minigpt.cli.train`) parses and checks the options, then calls it.
+`train` is the entry point: the train command (`minigpt.cli.train`) builds a checked `TrainConfig` from its options
+and calls it, and a Python caller can do the same (`train(TrainConfig.load(...))`).
 """
 
 from __future__ import annotations
@@ -16,27 +17,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import yaml
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from minigpt import checkpoint, signals
-from minigpt.training import launch
 from minigpt import tokenizer as tok
+from minigpt.data.shards import Prepared
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
-from minigpt.training.finetune import cropped_weights
-from minigpt.training.module import OptimConfig
-from minigpt.training.machine import check_fits_in_memory, pick_precision, set_arithmetic, uses_cuda
 from minigpt.model import GPTConfig
+from minigpt.payload import Payload
+from minigpt.training import launch
+from minigpt.training.callbacks.checkpoints import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
+from minigpt.training.callbacks.progress import ProgressLines
+from minigpt.training.callbacks.record import RunRecord, TensorBoard
+from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
+from minigpt.training.card import RunCard, model_card, print_samples
+from minigpt.training.config import TrainConfig
+from minigpt.training.datamodule import TokenDataModule, open_shard
+from minigpt.training.finetune import cropped_weights, pretrained_start
+from minigpt.training.machine import check_fits_in_memory, pick_precision, set_arithmetic, uses_cuda
+from minigpt.training.module import Diverged, LitGPT
 from minigpt.training.run_folder import InUse, RunFolder, holds_run
-from minigpt.training.card import print_samples, write_model_card
-
-if TYPE_CHECKING:
-    from jsonargparse import Namespace
-
-    from minigpt.training.datamodule import TokenDataModule
-    from minigpt.data.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -49,58 +53,62 @@ QUIET_WARNINGS = [
 ]
 
 
-def train(
-    cfg: Namespace, config: dict[str, Any], *, rank_zero: bool, setup_process: Callable[[str | None], None],
-    start: checkpoint.Loaded | None = None,
-) -> None:  # fmt: skip
-    """Train as the checked options `cfg` say; `config` is their resolved form, written to config.yaml and into
-    every checkpoint. `start` is the model of a pretrained start (see `minigpt.training.finetune`), `setup_process` what
-    every process that training starts must run first (see `minigpt.training.callbacks.views.ProcessSetup`).
+def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | None = None) -> Path | None:
+    """Train as `config` says and return the run folder, the same run `minigpt train` makes with these options:
+    with `config.init`, from that pretrained model (see `minigpt.training.finetune`). `setup_process(label)` is
+    what every process that training starts runs first (see `minigpt.training.callbacks.views.ProcessSetup`);
+    unset, it quiets Lightning and leaves logging as the caller set it (`logging.basicConfig(level=logging.INFO)`
+    shows the progress lines the command prints).
 
     Every process of a distributed run calls this; global rank 0 alone claims the run folder, writes the
-    config and prints, and the others learn the folder from it (see `minigpt.training.launch`)."""
+    config and prints, and the others learn the folder from it (see `minigpt.training.launch`): they return None."""
     started = time.monotonic()
+    rank_zero, setup_process = launch.is_rank_zero(), setup_process or _quiet_process
+    config.validate()  # again: a config made or changed in Python may not have been checked
+    config, start = pretrained_start(config)  # --init fixes the model's shape and tokenizer
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
-    resumed = checkpoint.read(cfg.resume) if cfg.resume else None
+    resumed = checkpoint.read(config.resume) if config.resume else None
     # The data is tokenized with the model's own tokenizer when there is one (a pretrained or resumed model).
-    encoding = start.tokenizer if start else tok.from_dict(resumed[checkpoint.PAYLOAD_KEY]["tokenizer"]) if resumed else None
+    encoding = start.tokenizer if start else checkpoint.payload_of(resumed).tokenizer if resumed else None
     quiet_lightning()
-    set_arithmetic(cfg.threads, cfg.trainer.accelerator)
-    from minigpt.training.datamodule import TokenDataModule
+    accelerator = config.trainer.get("accelerator")
+    set_arithmetic(config.threads, accelerator)
 
-    with claim_run_folder(cfg) if rank_zero else nullcontext() as folder:
-        run_dir = folder.path.resolve() if rank_zero else shared_run_folder(cfg)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with claim_run_folder(config) if rank_zero else nullcontext() as folder:
+        run_dir = folder.path.resolve() if rank_zero else shared_run_folder(config)
+        L.seed_everything(config.seed, workers=True, verbose=False)
         data = TokenDataModule(
-            cfg.data, cfg.tokenizer, cfg.model.block_size, cfg.batch_size, cfg.val_fraction,
-            cfg.val_windows, cfg.seed, cfg.num_workers, cfg.cache_dir, progress=rank_zero, val_data=cfg.val_data,
-            encoding=encoding,
+            config.data, config.tokenizer, config.model.block_size, config.batch_size, config.val_fraction,
+            config.val_windows, config.seed, config.num_workers, config.cache_dir, progress=rank_zero,
+            val_data=config.val_data, encoding=encoding,
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
-        model = GPTConfig(**vars(cfg.model), vocab_size=prepared.tokenizer.n_vocab)
-        check_fits_in_memory(model, cfg.batch_size, cfg.trainer.accelerator)
-        trainer = build_trainer(cfg, run_dir, prepared, resumed, config, setup_process)  # Lightning checks its options
+        check_fits_in_memory(config.model_config(prepared.tokenizer.n_vocab), config.batch_size, accelerator)
+        trainer = build_trainer(config, run_dir, prepared, resumed, setup_process)  # Lightning checks its options
         if rank_zero:
-            if not cfg.resume:
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            if not config.resume:
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             launch.share_run_folder(run_dir)
-        with explained_stops(cfg, trainer, run_dir, rank_zero):
+        with explained_stops(config, trainer, run_dir, rank_zero):
             with signals.deferred(escalate=not launch.external()):
-                fit(cfg, trainer, data, prepared, config, start)
+                fit(config, trainer, data, prepared, start)
             if signals.received() is not None:  # it arrived during the last validation; the final save is made
                 raise KeyboardInterrupt
-    if rank_zero:
-        samples = print_samples(run_dir, cfg.samples, cfg.sample_tokens, cfg.seed)
-        write_model_card(run_dir, cfg, prepared, trainer, time.monotonic() - started, samples)
+    if not rank_zero:
+        return None
+    samples = print_samples(run_dir, config.samples, config.sample_tokens, config.seed)
+    card = RunCard.of(run_dir, config, prepared, trainer, time.monotonic() - started)
+    (run_dir / "README.md").write_text(model_card(card, samples))
+    return run_dir
 
 
-def claim_run_folder(cfg: Namespace) -> RunFolder:
+def claim_run_folder(config: TrainConfig) -> RunFolder:
     """The run folder, locked: the resumed run's, the one asked for (if it holds no run yet), or a fresh
     runs/<config name>[-N]. A folder that holds a run, or that another process is using, is never reused."""
-    if cfg.resume:
-        return RunFolder(Path(cfg.resume).parent.resolve()).acquire()
-    if cfg.out_dir:
-        folder = RunFolder(Path(cfg.out_dir)).acquire()
+    if config.resume:
+        return RunFolder(Path(config.resume).parent.resolve()).acquire()
+    if config.out_dir:
+        folder = RunFolder(Path(config.out_dir)).acquire()
         if holds_run(folder.path):
             folder.release()
             raise MiniGPTError(
@@ -109,7 +117,7 @@ def claim_run_folder(cfg: Namespace) -> RunFolder:
             )
         folder.clear_leftovers()
         return folder
-    name = Path(str(cfg.config[-1])).stem if cfg.get("config") else "default"
+    name = Path(config.config).stem if config.config else "default"
     for n in itertools.count(1):
         path = Path("runs") / (name if n == 1 else f"{name}-{n}")
         if holds_run(path):
@@ -125,32 +133,25 @@ def claim_run_folder(cfg: Namespace) -> RunFolder:
     raise AssertionError("unreachable")
 
 
-def shared_run_folder(cfg: Namespace) -> Path | None:
+def shared_run_folder(config: TrainConfig) -> Path | None:
     """The run folder as a process other than global rank 0 knows it: from rank 0 itself when Lightning's
     launcher started this process, else from --resume or --out_dir. None when only rank 0 knows it: such a
     process never writes to the folder, and Lightning shares rank 0's paths once training starts."""
-    path = launch.shared_run_folder() or (Path(cfg.resume).parent if cfg.resume else cfg.out_dir)
+    path = launch.shared_run_folder() or (Path(config.resume).parent if config.resume else config.out_dir)
     return Path(path).resolve() if path else None
 
 
 def build_trainer(
-    cfg: Namespace, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None, train_config: dict[str, Any],
+    config: TrainConfig, run_dir: Path | None, prepared: Prepared, resumed: dict[str, Any] | None,
     setup_process: Callable[[str | None], None],
 ) -> L.Trainer:  # fmt: skip
-    """The Trainer for `cfg`, writing checkpoints and logs to `run_dir` (and `train_config` into TensorBoard's
-    hparams) and running `setup_process` in every process; a `--trainer.*`
+    """The Trainer for `config`, writing checkpoints and logs to `run_dir` (and the whole config into
+    TensorBoard's hparams) and running `setup_process` in every process; a `--trainer.*`
     value that Lightning rejects is a one-line error here, before anything is written.
 
     `run_dir` is None in a process that does not know the folder (see `shared_run_folder`): its paths then
     point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
-    from minigpt.training.callbacks.checkpoints import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
-    from minigpt.training.callbacks.progress import ProgressLines
-    from minigpt.training.callbacks.record import RunRecord, TensorBoard
-
-    trainer_args = dict(vars(cfg.trainer))  # the command offers none of the arguments set below
+    trainer_args = dict(config.trainer)  # the command offers none of the arguments set below
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     if trainer_args.get("enable_progress_bar") is None:  # a bar on a terminal; in a log file, plain lines
         trainer_args["enable_progress_bar"] = sys.stderr.isatty()
@@ -160,14 +161,14 @@ def build_trainer(
         BestCheckpoint(str(root)),
         LastCheckpoint(str(root / "last.ckpt")),
         SampleLogger(prepared.tokenizer),
-        AttentionLogger(prepared.tokenizer, probe_text(prepared, cfg.model.block_size)),
+        AttentionLogger(prepared.tokenizer, probe_text(prepared, config.model.block_size)),
     ]
-    if cfg.target_loss is not None:
-        callbacks.append(TargetLoss(cfg.target_loss))
+    if config.target_loss is not None:
+        callbacks.append(TargetLoss(config.target_loss))
     every = trainer_args.get("log_every_n_steps") or 50
-    callbacks.append(RunRecord(root, train_config, every))
+    callbacks.append(RunRecord(root, config.to_dict(), every))
     callbacks.append(ProgressLines(every, lines=not trainer_args["enable_progress_bar"]))
-    preloaded = (cfg.resume, resumed) if resumed is not None else None
+    preloaded = (config.resume, resumed) if resumed is not None else None
     try:
         return L.Trainer(
             **trainer_args,
@@ -182,42 +183,37 @@ def build_trainer(
 
 
 def fit(
-    cfg: Namespace, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared, train_config: dict[str, Any],
+    config: TrainConfig, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared,
     start: checkpoint.Loaded | None = None,
 ) -> None:  # fmt: skip
-    """Build the LightningModule for `cfg` and the prepared data (with `start`'s weights, if given), and train it."""
-    from minigpt.training.module import LitGPT
-    from minigpt.payload import checkpoint_payload
-
-    meta = prepared.meta
+    """Build the LightningModule for `config` and the prepared data (with `start`'s weights, if given), and train it."""
+    meta, train_config = prepared.meta, config.to_dict()
     model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
-    payload = checkpoint_payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta)
-    module = LitGPT(model_config, asdict(OptimConfig(**vars(cfg.optim))), meta.val.bytes_per_token, payload, cfg.seed)
-    module.compile_loss = cfg.compile if cfg.compile is not None else uses_cuda(cfg.trainer.accelerator)
+    payload = Payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta).to_dict()
+    module = LitGPT(model_config, asdict(config.optim), meta.val.bytes_per_token, payload, config.seed)
+    module.compile_loss = config.compile if config.compile is not None else uses_cuda(config.trainer.get("accelerator"))
     if start is not None:
-        module.model.load_state_dict(cropped_weights(start.model.state_dict(), cfg.model.block_size))
-        log.info("starting from the weights of %s", cfg.init)
+        module.model.load_state_dict(cropped_weights(start.model.state_dict(), config.model.block_size))
+        log.info("starting from the weights of %s", config.init)
     log.info("model: %.2fM parameters; run folder: %s", module.model.num_parameters() / 1e6, trainer.default_root_dir)
-    trainer.fit(module, datamodule=data, ckpt_path=cfg.resume)
+    trainer.fit(module, datamodule=data, ckpt_path=config.resume)
 
 
 def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
     """A fixed piece of validation text whose attention maps are logged at every validation."""
-    from minigpt.training.datamodule import open_shard
-
     val = open_shard(prepared.dir, "val", prepared.meta.dtype)[: min(tokens, block_size) + 1].tolist()
     return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
 
 
 @contextmanager
-def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path | None, rank_zero: bool) -> Iterator[None]:
+def explained_stops(config: TrainConfig, trainer: L.Trainer, run_dir: Path | None, rank_zero: bool) -> Iterator[None]:
     """Turn the ways training can stop early into what the user reads: a signal into `Interrupted` (saying
     what is saved and how to continue), a divergence or a setting Lightning rejects into a `MiniGPTError`.
     All processes of a distributed run stop alike for these reasons, so only global rank 0 explains."""
     try:
         yield
     except BaseException as err:
-        explained = _explain(err, cfg, trainer, run_dir)
+        explained = _explain(err, config, trainer, run_dir)
         if explained is None:
             raise
         if not rank_zero:
@@ -226,18 +222,13 @@ def explained_stops(cfg: Namespace, trainer: L.Trainer, run_dir: Path | None, ra
         raise explained from None
 
 
-def _explain(err: BaseException, cfg: Namespace, trainer: L.Trainer, run_dir: Path | None) -> Exception | None:
+def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_dir: Path | None) -> Exception | None:
     """The user's view of `err` (see `explained_stops`), or None when it is a bug to show as it is."""
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    from minigpt.training.callbacks.checkpoints import LastCheckpoint
-    from minigpt.training.module import Diverged
-
     if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting, found once fit started
         return MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}")
     if isinstance(err, Diverged):
         kept = f"the last good checkpoint is kept in {run_dir}" if run_dir and holds_run(run_dir) else "nothing was saved"
-        return MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {cfg.optim.lr:g}) and train again")
+        return MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {config.optim.lr:g}) and train again")
     signum = err.signum if isinstance(err, Interrupted) else signals.received()  # the signal may be another rank's
     if signum is None:
         return None
@@ -259,6 +250,11 @@ def quiet_lightning() -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+
+
+def _quiet_process(label: str | None) -> None:
+    """`train`'s default `setup_process`: Lightning quieted in every process, logging left as it is."""
+    quiet_lightning()
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
