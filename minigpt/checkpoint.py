@@ -154,9 +154,6 @@ def file_to_resume(path: str | os.PathLike[str]) -> Path:
     return _in_run_folder(Path(path), "last.ckpt", "best.ckpt")
 
 
-resolve = file_to_resume  # what cli/train.py's _resume_path still calls; remove once it calls file_to_resume
-
-
 def _in_run_folder(path: Path, first: str, fallback: str) -> Path:
     if not path.is_dir():
         return path

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from minigpt import sources
+from minigpt.api import load
 from minigpt.cli import run
 from minigpt.cli.common import (
     CKPT_HELP,
@@ -23,8 +24,7 @@ from minigpt.cli.common import (
     writing_stdout,
 )
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
-from minigpt.device import autocast
-from minigpt.evaluate import SPLITS, Score, corpus_tokens, score
+from minigpt.evaluate import SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,26 +64,14 @@ def main(argv: Sequence[str]) -> None:
     argv = canonical_options(argv)
     args = build_parser().parse_args(argv)
     check_stdout_open()
-    device = resolve_device(args.device)
     path = sources.resolve(args.ckpt)
-    loaded = sources.load(path, device)
-    val_fraction = args.val_fraction
-    if val_fraction is None:  # only a split uses it: the one the model's run made
-        val_fraction = DEFAULT_VAL_FRACTION if args.split == "all" else loaded.val_fraction
-    tokens = corpus_tokens(args.data, loaded.tokenizer, args.split, val_fraction, args.cache_dir)
-    with autocast(device):
-        result = score(loaded.model, tokens.ids, args.stride, args.batch_size)
-    with writing_stdout():
-        print(result_line(path, args.data, args.split, result, tokens.n_bytes))
-
-
-def result_line(path: Path | str, data: str, split: str, result: Score, n_bytes: int) -> str:
-    """The command's output, e.g. ``eval RUN/best.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24``."""
-    return (
-        f"eval {path} on {data} ({split}): {result.tokens:,} tokens, {n_bytes:,} bytes: "
-        f"loss {result.loss:.4f} nats/token, {result.bits_per_byte(n_bytes):.4f} bits/byte, "
-        f"perplexity {result.perplexity:.2f}"
-    )
+    lm = load(path, resolve_device(args.device))
+    result = lm.eval(
+        args.data, split=args.split, val_fraction=args.val_fraction, stride=args.stride, batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+    )  # fmt: skip
+    with writing_stdout():  # e.g. eval RUN/best.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24
+        print(f"eval {path} on {result}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt.hf import export as hf_export
+from minigpt import checkpoint
+from minigpt.api import MiniGPT
 from minigpt.cli import run
 from minigpt.cli.common import CHECKPOINT_HELP, OneLineParser, canonical_options
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> None:
     """Parse `argv` and export the checkpoint."""
     args = build_parser().parse_args(canonical_options(argv))
-    hf_export.export(args.ckpt, args.out)
+    MiniGPT(checkpoint.load(args.ckpt), args.ckpt).export(args.out)  # minigpt checkpoints only: see CHECKPOINT_HELP
     print(f"wrote {args.out}: load it with transformers.AutoModelForCausalLM.from_pretrained('{args.out}')")
 
 

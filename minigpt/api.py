@@ -1,0 +1,289 @@
+"""The Python face of minigpt: `load` a model from anything minigpt reads, then sample from it, look inside it,
+score it and export it; or `train` one. `import minigpt` offers these names without importing them (see
+`minigpt/__init__.py`), so only what is used is loaded, and nothing here imports Lightning but `train`.
+
+    lm = minigpt.load("runs/shakespeare_cpu")
+    lm.generate("ROMEO:", max_new_tokens=100, seed=1)
+    lm.attention("To be, or not to be")      # shown inline in Jupyter; .save(folder), .ablate()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tiktoken
+import torch
+
+from minigpt import sources
+from minigpt.checkpoint import Loaded
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION
+from minigpt import tokenizer as tok
+from minigpt.device import autocast
+from minigpt.errors import MiniGPTError
+from minigpt.evaluate import corpus_tokens, score
+from minigpt.inspection import ablation
+from minigpt.inspection.maps import top_heads
+from minigpt.model import GPT, GPTConfig
+from minigpt.payload import Payload
+from minigpt.sample import SamplingSettings
+from minigpt.sample import stream as stream_pieces
+
+if TYPE_CHECKING:
+    from minigpt.inspection.report import Analysis
+    from minigpt.training.config import TrainConfig
+
+
+def load(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> MiniGPT:
+    """The model of `source`: a minigpt checkpoint or run folder (its best checkpoint), a Hugging Face GPT-2
+    folder, or ``hf:REPO_ID``; on `device`, ready for inference. Anything unusable is a `MiniGPTError`."""
+    source = os.fspath(source)
+    return MiniGPT(sources.load(source, torch.device(device)), source)
+
+
+def train(config: TrainConfig | str | os.PathLike[str] | None = None, **overrides: Any) -> Path:
+    """Train a model, as ``minigpt train`` does, and return its run folder.
+
+    `config` is a `TrainConfig`, or a bundled config's name or a YAML file to read over the defaults (None: the
+    defaults alone), with `overrides` by option name; groups take dicts: ``train("shakespeare_cpu",
+    data="my.txt", trainer={"max_steps": 200}, model={"n_layer": 2})``. Imports Lightning.
+    """
+    from minigpt.training.config import TrainConfig
+    from minigpt.training.run import train as run_training
+
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise MiniGPTError("pass either a TrainConfig or a config name with options, not both")
+    else:
+        config = TrainConfig.load(config, **overrides)
+    with _progress_shown():
+        run_dir = run_training(config)
+    assert run_dir is not None, "a single Python process is global rank 0 and knows its run folder"
+    return run_dir
+
+
+@contextmanager
+def _progress_shown() -> Iterator[None]:
+    """minigpt's messages (progress and validation lines) on stderr while it trains, as the command shows them,
+    unless the caller has set up logging (then theirs decides)."""
+    ours = logging.getLogger("minigpt")
+    if logging.getLogger().handlers or ours.handlers:
+        yield
+        return
+    handler, level = logging.StreamHandler(), ours.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's loss on every token of a text, as ``minigpt eval`` reports it."""
+
+    data: str
+    split: str
+    tokens: int
+    bytes: int
+    loss: float
+    """Mean nats per token."""
+    bits_per_byte: float
+    """Loss x tokens / bytes / ln 2: compares models with different tokenizers."""
+    perplexity: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.data} ({self.split}): {self.tokens:,} tokens, {self.bytes:,} bytes: loss {self.loss:.4f} "
+            f"nats/token, {self.bits_per_byte:.4f} bits/byte, perplexity {self.perplexity:.2f}"
+        )
+
+
+class MiniGPT:
+    """A model with its tokenizer, as `load` returns it: sample, inspect, score or export it."""
+
+    def __init__(self, loaded: Loaded, source: str) -> None:
+        self.model: GPT = loaded.model
+        """The plain PyTorch `GPT`, in eval mode."""
+        self.tokenizer: tiktoken.Encoding = loaded.tokenizer
+        """Its `tiktoken.Encoding`."""
+        self.payload: Payload | None = loaded.payload
+        """What its checkpoint records besides the weights (its run's training config and data); None for a
+        Hugging Face model."""
+        self.source = source
+        """What it was loaded from."""
+
+    @property
+    def val_fraction(self) -> float:
+        """The share of its training corpus its run held out for validation (what ``split="val"`` means)."""
+        return Loaded(self.model, self.tokenizer, self.payload).val_fraction
+
+    @property
+    def config(self) -> GPTConfig:
+        """The model's shape."""
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"MiniGPT({self.source!r}: {self.model.num_parameters() / 1e6:.2f}M parameters, {c.n_layer} layers x "
+            f"{c.n_head} heads x {c.n_embd}, context {c.block_size}, {self.tokenizer.n_vocab:,} tokens)"
+        )
+
+    def generate(self, prompt: str = "", **sampling: Any) -> str:
+        """One completion of `prompt` (without the prompt). `sampling` takes `SamplingSettings`' fields:
+        max_new_tokens, temperature (0: greedy), top_k, top_p, repetition_penalty, stop, seed."""
+        return "".join(self.stream(prompt, **sampling))
+
+    def samples(self, prompt: str = "", n: int = 2, **sampling: Any) -> list[str]:
+        """`n` completions of `prompt`, drawn together in one batch; sample i depends only on (seed, i)."""
+        texts = [""] * n
+        for i, piece in self._pieces(prompt, self._settings(sampling, n)):
+            texts[i] += piece
+        return texts
+
+    def stream(self, prompt: str = "", **sampling: Any) -> Iterator[str]:
+        """The completion of `prompt` piece by piece, each as soon as it is whole text (see `generate`)."""
+        for _, piece in self._pieces(prompt, self._settings(sampling, 1)):
+            yield piece
+
+    def _pieces(self, prompt: str, settings: SamplingSettings) -> Iterator[tuple[int, str]]:
+        """The sampler's (sample, piece) pairs, each computed under the device's autocast, which is left before
+        the piece goes to the caller (autocast is a per-thread switch: it must not stay on in the caller's code)."""
+        pieces = stream_pieces(self.model, self.tokenizer, prompt, settings)
+        while True:
+            with autocast(self.device):
+                pair = next(pieces, None)
+            if pair is None:
+                return
+            yield pair
+
+    def _settings(self, sampling: dict[str, Any], n: int) -> SamplingSettings:
+        if "num_samples" in sampling:
+            raise MiniGPTError("num_samples is not an option here: use samples(prompt, n=...)")
+        known = {f.name for f in dataclasses.fields(SamplingSettings)}
+        unknown = sorted(set(sampling) - known)
+        if unknown:
+            raise MiniGPTError(f"unknown sampling option {unknown[0]!r}: use {', '.join(sorted(known - {'num_samples'}))}")
+        if "stop" in sampling and isinstance(sampling["stop"], str):
+            sampling["stop"] = (sampling["stop"],)
+        return SamplingSettings(**{**sampling, "num_samples": n})
+
+    def attention(
+        self, text: str, *, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+        aggregate: str | None = None,
+    ) -> Attention:  # fmt: skip
+        """The attention maps and head statistics of `text` (its last `block_size` tokens), as ``minigpt
+        attention`` computes them; `layers`/`heads` choose what the maps show (statistics cover every head)."""
+        ids = tok.encode(self.tokenizer, text)
+        if not ids:
+            raise MiniGPTError("the text is empty: give some text to look at")
+        config = self.config
+        for what, chosen, count in (("layer", layers, config.n_layer), ("head", heads, config.n_head)):
+            bad = [i for i in chosen or () if not 0 <= i < count]
+            if bad:
+                raise MiniGPTError(f"{what} {bad[0]} does not exist: the model has {count} {what}s, 0 to {count - 1}")
+        from minigpt.inspection import report  # matplotlib: only once maps are asked for
+
+        analysis = report.analyse(self.model, self.tokenizer, ids, layers=layers, heads=heads, aggregate=aggregate)
+        return Attention(analysis, self, ids)
+
+    def eval(
+        self, data: str, *, split: str = "val", val_fraction: float | None = None, stride: int | None = None,
+        batch_size: int = 8, cache_dir: str | os.PathLike[str] | None = None,
+    ) -> Evaluation:  # fmt: skip
+        """The loss of every token of the corpus `data` (a file, folder, glob, ``hf:`` dataset or builtin): its
+        ``val`` or ``train`` split as the model's run made it (`val_fraction`, unless given), or ``all`` of it."""
+        fraction = val_fraction if val_fraction is not None else self.val_fraction if split != "all" else DEFAULT_VAL_FRACTION
+        tokens = corpus_tokens(data, self.tokenizer, split, fraction, Path(cache_dir) if cache_dir else None)
+        with autocast(self.device):
+            result = score(self.model, tokens.ids, stride, batch_size)
+        return Evaluation(
+            data, split, result.tokens, tokens.n_bytes, result.loss, result.bits_per_byte(tokens.n_bytes), result.perplexity
+        )
+
+    def export(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write the model as a Hugging Face GPT-2 folder that ``transformers`` loads without custom code."""
+        from minigpt.hf import export
+
+        out = Path(out_dir)
+        export.export(Loaded(self.model, self.tokenizer, self.payload), out)
+        return out
+
+
+class Attention:
+    """The attention of one text: maps of every layer and head, head statistics and, after `ablate`, how much
+    the loss needs each head. In Jupyter it shows as the attention page (model view and head view)."""
+
+    def __init__(self, analysis: Analysis, lm: MiniGPT, ids: list[int]) -> None:
+        self.analysis = analysis
+        self._lm = lm
+        self._ids = ids  # the whole text: the maps show its last block_size tokens, ablation scores all of it
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(n_layer, n_head, T, T): row i is what query token i attends to."""
+        return self.analysis.maps.weights
+
+    @property
+    def tokens(self) -> list[str]:
+        """Each token as text."""
+        return self.analysis.tokens
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Each statistic's (n_layer, n_head) scores by name: previous_token, first_token, induction, entropy,
+        and loss_change after `ablate`."""
+        kinds = self.analysis.stats.kinds()
+        if self.analysis.importance is not None:
+            kinds["loss_change"] = self.analysis.importance.loss_change
+        return kinds
+
+    def top_heads(self, kind: str = "previous_token", k: int = 3) -> list[tuple[int, int, float]]:
+        """The `k` heads that score highest on `kind` (lowest for entropy) as (layer, head, score)."""
+        stats = self.stats
+        if kind not in stats:
+            raise MiniGPTError(f"unknown statistic {kind!r}: use one of {', '.join(stats)}")
+        return top_heads(stats[kind], k, largest=kind != "entropy")
+
+    def ablate(self, data: str | None = None, *, windows: int = ablation.DEFAULT_WINDOWS) -> Attention:
+        """This attention with each head's importance: how much the loss rises when the head's output is zeroed,
+        on this text, or with `data` on `windows` windows of that corpus's validation split."""
+        lm = self._lm
+        block_size = lm.config.block_size
+        if data is None:
+            on = ablation.text_windows(self._ids, block_size, "the text")
+        else:
+            on = ablation.corpus_windows(data, lm.tokenizer, block_size, lm.val_fraction, windows)
+        importance = ablation.head_importance(lm.model, on)
+        return Attention(dataclasses.replace(self.analysis, importance=importance), lm, self._ids)
+
+    def save(self, folder: str | os.PathLike[str], *, per_head: bool = False, top: int = 3) -> list[Path]:
+        """Write the files ``minigpt attention --out folder`` writes (PNGs, attention.html, attention.npz,
+        heads.json, importance.png after `ablate`); return their paths."""
+        from minigpt.inspection import report
+
+        return report.write_report(Path(folder), self.analysis, per_head=per_head, top=top)
+
+    def __repr__(self) -> str:
+        n_layer, n_head = self.weights.shape[:2]
+        best = ", ".join(f"{kind} L{l}H{h} {s:.3f}" for kind in ("previous_token", "induction") for l, h, s in self.top_heads(kind, 1))
+        return f"Attention({len(self.tokens)} tokens, {n_layer} layers x {n_head} heads; strongest: {best or 'n/a'})"
+
+    def _repr_html_(self) -> str:
+        from minigpt.inspection.notebook import notebook_html
+
+        return notebook_html(self.analysis)

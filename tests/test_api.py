@@ -1,0 +1,138 @@
+"""The Python API gives what the commands give: the same samples, maps, files, scores and exports, from one
+`minigpt.load`; and its mistakes are one-line `MiniGPTError`s."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import minigpt
+from minigpt.cli import run
+from minigpt.cli.attention import main as attention_main
+from minigpt.cli.eval import main as eval_main
+from minigpt.errors import MiniGPTError
+from minigpt.inspection import ablation, maps, report
+from minigpt.sample import SamplingSettings, generate
+
+PROMPT = "the quick brown fox jumps over the lazy dog"
+
+
+@pytest.fixture
+def lm(tiny_checkpoint: Path) -> minigpt.MiniGPT:
+    return minigpt.load(tiny_checkpoint)
+
+
+def test_generate_is_the_samplers_completion(lm):
+    settings = SamplingSettings(max_new_tokens=24, temperature=1.0, top_k=20, seed=7)
+    expected = generate(lm.model, lm.tokenizer, PROMPT, settings)[0]
+    assert lm.generate(PROMPT, max_new_tokens=24, temperature=1.0, top_k=20, seed=7) == expected
+
+
+def test_stream_pieces_make_the_generated_text(lm):
+    pieces = list(lm.stream(PROMPT, max_new_tokens=24, seed=3))
+    assert len(pieces) > 1 and "".join(pieces) == lm.generate(PROMPT, max_new_tokens=24, seed=3)
+
+
+def test_samples_are_the_batch_the_sampler_draws(lm):
+    expected = generate(lm.model, lm.tokenizer, PROMPT, SamplingSettings(max_new_tokens=16, num_samples=3, seed=5))
+    assert lm.samples(PROMPT, n=3, max_new_tokens=16, seed=5) == expected
+
+
+def test_a_string_stop_is_one_stop_string(lm):
+    text = lm.generate(PROMPT, max_new_tokens=40, temperature=0, stop="e")
+    assert "e" not in text
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda lm: lm.generate(PROMPT, max_tokens=5), "unknown sampling option 'max_tokens'"),
+        (lambda lm: lm.generate(PROMPT, num_samples=2), "use samples(prompt, n=...)"),
+        (lambda lm: lm.generate(PROMPT, temperature=-1), "temperature"),
+        (lambda lm: lm.attention(""), "the text is empty"),
+        (lambda lm: lm.attention(PROMPT, layers=[5]), "layer 5 does not exist"),
+        (lambda lm: lm.attention(PROMPT).top_heads("loss_change"), "unknown statistic 'loss_change'"),
+        (lambda lm: lm.eval("no/such/corpus.txt"), "not found"),
+    ],
+)
+def test_mistakes_are_one_line_user_errors(lm, call, needle):
+    with pytest.raises(MiniGPTError) as err:
+        call(lm)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_loading_what_is_not_there_is_a_user_error(tmp_path):
+    with pytest.raises(MiniGPTError, match="not found"):
+        minigpt.load(tmp_path / "nothing.ckpt")
+
+
+def test_attention_is_the_extracted_maps_and_statistics(lm):
+    att = lm.attention(PROMPT)
+    extracted = maps.extract(lm.model, att.analysis.maps.ids)
+    assert torch.equal(att.weights, extracted.weights)
+    assert torch.equal(att.stats["previous_token"], maps.head_stats(lm.model, extracted.weights).previous_token)
+    assert att.tokens == report.token_strings(lm.tokenizer, extracted.ids)
+    assert att.top_heads("entropy", 2) == maps.top_heads(att.stats["entropy"], 2, largest=False)
+
+
+def test_save_writes_the_files_of_the_attention_command(lm, tiny_checkpoint, tmp_path):
+    assert run(attention_main, ["--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "cli"), "--ablate"]) == 0
+    written = lm.attention(PROMPT).ablate().save(tmp_path / "api")
+    assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+    heads = [json.loads((tmp_path / side / "heads.json").read_text()) for side in ("cli", "api")]
+    heads[0]["ablation"].pop("on"), heads[1]["ablation"].pop("on")  # "the prompt" / "the text"
+    assert heads[0] == heads[1]
+
+
+def test_ablate_measures_each_head_on_the_text(lm):
+    att = lm.attention(PROMPT)
+    ablated = att.ablate()
+    windows = ablation.text_windows(lm.tokenizer.encode_ordinary(PROMPT), lm.config.block_size)
+    assert torch.equal(ablated.stats["loss_change"], ablation.head_importance(lm.model, windows).loss_change)
+    assert "loss_change" not in att.stats  # the original is left as it was
+    assert ablated.top_heads("loss_change", 1)[0][2] == float(ablated.stats["loss_change"].max())
+
+
+def test_the_notebook_view_is_the_attention_page_in_a_frame(lm):
+    att = lm.attention(PROMPT + " </script>").ablate()
+    shown = att._repr_html_()
+    frame = re.fullmatch(r'<iframe [^>]*srcdoc="([^"]*)"[^>]*></iframe>', shown)
+    assert frame, shown[:200]
+    a = att.analysis
+    assert html.unescape(frame.group(1)) == report.page_html(a.page, a.tokens, a.stats, a.importance)
+    assert "http://" not in shown and "https://" not in shown  # offline
+
+
+def test_eval_scores_what_the_eval_command_prints(lm, tiny_checkpoint, tmp_path, capsys):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("".join(f"{i} {PROMPT}\n" for i in range(40)))
+    assert run(eval_main, ["--ckpt", str(tiny_checkpoint), "--data", str(corpus), "--split", "all"]) == 0
+    printed = capsys.readouterr().out
+    result = lm.eval(str(corpus), split="all")
+    assert f"loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte" in printed
+    assert f"{result.tokens:,} tokens, {result.bytes:,} bytes" in printed and str(result) in printed
+
+
+def test_export_round_trips_through_load(lm, tmp_path):
+    folder = lm.export(tmp_path / "hf")
+    again = minigpt.load(folder)
+    ids = torch.tensor([lm.tokenizer.encode_ordinary(PROMPT)[-lm.config.block_size :]])
+    assert torch.allclose(again.model(ids), lm.model(ids), atol=1e-5)
+    assert again.tokenizer.encode_ordinary(PROMPT) == lm.tokenizer.encode_ordinary(PROMPT)
+
+
+def test_train_takes_a_config_or_options_not_both():
+    with pytest.raises(MiniGPTError, match="not both"):
+        minigpt.train(minigpt.TrainConfig.load(), seed=1)
+
+
+def test_the_package_offers_its_api_by_name():
+    assert set(minigpt.__all__) >= {"load", "train", "MiniGPT", "Attention", "TrainConfig", "SamplingSettings"}
+    assert all(getattr(minigpt, name) is not None for name in minigpt.__all__)
+    with pytest.raises(AttributeError):
+        minigpt.no_such_name  # noqa: B018

@@ -1,0 +1,48 @@
+"""The wing rule: only minigpt.training (and the train command) import Lightning; the core, data, hf and
+inspection packages, and the public API short of `train`, never do. `import minigpt` imports neither torch nor
+Lightning. Each import runs in a fresh interpreter, so nothing another test imported can hide a violation."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import minigpt
+
+LIGHTNING_FREE = sorted(
+    info.name
+    for info in pkgutil.walk_packages(minigpt.__path__, "minigpt.")
+    if not info.name.startswith(("minigpt.training", "minigpt.cli"))
+) + ["minigpt.training", "minigpt.training.config", "minigpt.training.launch"]
+
+
+def imported_after(code: str) -> set[str]:
+    """The top-level names of the modules a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    return set(done.stdout.split())
+
+
+def test_the_wing_rule_covers_every_package():
+    assert {"minigpt.api", "minigpt.data.prepare", "minigpt.hf.export", "minigpt.inspection.report"} <= set(LIGHTNING_FREE)
+
+
+@pytest.mark.parametrize("module", LIGHTNING_FREE)
+def test_a_module_outside_the_training_wing_never_imports_lightning(module):
+    assert "lightning" not in imported_after(f"import {module}")
+
+
+def test_the_public_api_short_of_train_never_imports_lightning():
+    names = ", ".join(n for n in minigpt.__all__ if n not in ("__version__", "train"))
+    assert "lightning" not in imported_after(f"from minigpt import {names}")
+
+
+def test_import_minigpt_imports_neither_torch_nor_lightning():
+    assert not {"torch", "lightning"} & imported_after("import minigpt")
+
+
+def test_the_training_wing_is_where_lightning_is():
+    assert "lightning" in imported_after("import minigpt.training.run")
