@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +56,10 @@ def train(config: TrainConfig | str | os.PathLike[str] | None = None, **override
     data="my.txt", trainer={"max_steps": 200}, model={"n_layer": 2})``. Imports Lightning.
     """
     from minigpt.training.config import TrainConfig
-    from minigpt.training.run import train as run_training
+
+    with warnings.catch_warnings():  # tqdm.auto asks a notebook for ipywidgets on import; no bar is drawn there
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from minigpt.training.run import train as run_training
 
     if isinstance(config, TrainConfig):
         if overrides:
