@@ -30,7 +30,7 @@ from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import corpus_tokens, score
 from minigpt.inspection import ablation
-from minigpt.inspection.maps import top_heads
+from minigpt.inspection.maps import AGGREGATES, top_heads
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import Payload
 from minigpt.sample import SamplingSettings
@@ -112,6 +112,11 @@ class Evaluation:
         )
 
 
+def _check_text(text: object, what: str) -> None:
+    if not isinstance(text, str):
+        raise MiniGPTError(f"the {what} must be a str, got {type(text).__name__}")
+
+
 class MiniGPT:
     """A model with its tokenizer, as `load` returns it: sample, inspect, score or export it."""
 
@@ -167,6 +172,7 @@ class MiniGPT:
     def _pieces(self, prompt: str, settings: SamplingSettings) -> Iterator[tuple[int, str]]:
         """The sampler's (sample, piece) pairs, each computed under the device's autocast, which is left before
         the piece goes to the caller (autocast is a per-thread switch: it must not stay on in the caller's code)."""
+        _check_text(prompt, "prompt")
         pieces = stream_pieces(self.model, self.tokenizer, prompt, settings)
         while True:
             with autocast(self.device):
@@ -182,7 +188,7 @@ class MiniGPT:
         unknown = sorted(set(sampling) - known)
         if unknown:
             raise MiniGPTError(f"unknown sampling option {unknown[0]!r}: use {', '.join(sorted(known - {'num_samples'}))}")
-        if "stop" in sampling and isinstance(sampling["stop"], str):
+        if isinstance(sampling.get("stop"), str):
             sampling["stop"] = (sampling["stop"],)
         return SamplingSettings(**{**sampling, "num_samples": n})
 
@@ -192,6 +198,9 @@ class MiniGPT:
     ) -> Attention:  # fmt: skip
         """The attention maps and head statistics of `text` (its last `block_size` tokens), as ``minigpt
         attention`` computes them; `layers`/`heads` choose what the maps show (statistics cover every head)."""
+        _check_text(text, "text")
+        if aggregate is not None and aggregate not in AGGREGATES:
+            raise MiniGPTError(f"unknown aggregate {aggregate!r}: use one of {', '.join(AGGREGATES)}, or None")
         ids = tok.encode(self.tokenizer, text)
         if not ids:
             raise MiniGPTError("the text is empty: give some text to look at")

@@ -125,7 +125,10 @@ class SamplingSettings:
     draws with the generators it is given)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stop, (tuple, list)) or not all(isinstance(s, str) for s in self.stop):
+            raise MiniGPTError(f"stop must be a sequence of strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))  # a list (argparse's) becomes immutable like the rest
+        self._check_types()
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise MiniGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k <= 0:
@@ -140,6 +143,18 @@ class SamplingSettings:
             raise MiniGPTError(f"num_samples must be at least 1, got {self.num_samples}")
         if any(not s for s in self.stop):
             raise MiniGPTError("stop strings must not be empty")
+
+    def _check_types(self) -> None:
+        """From Python any value can arrive: each must be a number of the field's kind (a bool is no number)."""
+        kinds = {"max_new_tokens": int, "num_samples": int, "top_k": int, "seed": int}
+        for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "num_samples", "seed"):
+            value, kind = getattr(self, name), kinds.get(name, float)
+            optional = name in ("top_k", "top_p", "seed")
+            allowed = (int,) if kind is int else (int, float)
+            if (value is None and optional) or (type(value) in allowed):
+                continue
+            what = "a whole number" if kind is int else "a number"
+            raise MiniGPTError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
 
 
 # ---- the core: ids in, ids out -----------------------------------------------------------------

@@ -136,3 +136,22 @@ def test_the_package_offers_its_api_by_name():
     assert all(getattr(minigpt, name) is not None for name in minigpt.__all__)
     with pytest.raises(AttributeError):
         minigpt.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda lm: lm.generate(123), "the prompt must be a str, got int"),
+        (lambda lm: lm.generate("a", stop=5), "stop must be a sequence of strings"),
+        (lambda lm: lm.generate("a", temperature="hot"), "temperature must be a number, got 'hot'"),
+        (lambda lm: lm.generate("a", max_new_tokens=2.5), "max_new_tokens must be a whole number"),
+        (lambda lm: lm.generate("a", top_k=True), "top_k must be a whole number or None, got True"),
+        (lambda lm: lm.attention(b"bytes"), "the text must be a str, got bytes"),
+        (lambda lm: lm.attention("hello", aggregate="bogus"), "unknown aggregate 'bogus'"),
+        (lambda lm: lm.export("/dev/null/inside"), "cannot export to /dev/null/inside"),
+    ],
+)
+def test_values_of_the_wrong_kind_from_python_are_one_line_user_errors(lm, call, needle):
+    with pytest.raises(MiniGPTError) as err:
+        call(lm)
+    assert needle in str(err.value) and "\n" not in str(err.value)

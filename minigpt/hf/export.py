@@ -35,12 +35,14 @@ def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> Non
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MiniGPTError(f"{out} already exists and is not an empty folder: pass a new folder to export into")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         _write_folder(loaded, tmp, out.name)
         os.replace(tmp, out)  # replaces an empty `out` too
+    except OSError as err:  # a parent that is a file, no permission, a full disk: nothing is left behind
+        raise MiniGPTError(f"cannot export to {out}: {err.strerror or err}; pass a folder you can write") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
