@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from minigpt.training.module import LitGPT, OptimConfig, lr_factor
-from minigpt.model import GPTConfig
+from minigpt.training.config import OptimConfig
+from minigpt.training.module import LitGPT, lr_factor
 
 MODEL = dict(vocab_size=257, block_size=64, n_layer=2, n_head=4, n_embd=128, dropout=0.0)
 OPTIM = OptimConfig(lr=1e-3, warmup_steps=10)

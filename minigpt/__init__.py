@@ -23,19 +23,21 @@ _PUBLIC = {
     "load": "minigpt.api",
     "train": "minigpt.api",
     "MiniGPT": "minigpt.api",
-    "Attention": "minigpt.api",
-    "Evaluation": "minigpt.api",
+    "Attention": "minigpt.inspection.attention",
+    "Evaluation": "minigpt.evaluate",
     "TrainConfig": "minigpt.training.config",
     "SamplingSettings": "minigpt.sample",
     "MiniGPTError": "minigpt.errors",
 }
 __all__ = ["__version__", *_PUBLIC]
 
-if TYPE_CHECKING:
-    from minigpt.api import Attention, Evaluation, MiniGPT, load, train
-    from minigpt.errors import MiniGPTError
-    from minigpt.sample import SamplingSettings
-    from minigpt.training.config import TrainConfig
+if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__ imports each on first use
+    from minigpt.api import MiniGPT, load, train  # noqa: F401
+    from minigpt.errors import MiniGPTError  # noqa: F401
+    from minigpt.evaluate import Evaluation  # noqa: F401
+    from minigpt.inspection.attention import Attention  # noqa: F401
+    from minigpt.sample import SamplingSettings  # noqa: F401
+    from minigpt.training.config import TrainConfig  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,6 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +27,15 @@ from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt import tokenizer as tok
 from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
-from minigpt.evaluate import corpus_tokens, score
-from minigpt.inspection import ablation
-from minigpt.inspection.maps import AGGREGATES, top_heads
+from minigpt.evaluate import Evaluation, corpus_tokens, score
+from minigpt.inspection.maps import AGGREGATES
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import Payload
 from minigpt.sample import SamplingSettings
 from minigpt.sample import stream as stream_pieces
 
 if TYPE_CHECKING:
-    from minigpt.inspection.report import Analysis
+    from minigpt.inspection.attention import Attention
     from minigpt.training.config import TrainConfig
 
 
@@ -89,27 +87,6 @@ def _progress_shown() -> Iterator[None]:
     finally:
         ours.removeHandler(handler)
         ours.setLevel(level)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A model's loss on every token of a text, as ``minigpt eval`` reports it."""
-
-    data: str
-    split: str
-    tokens: int
-    bytes: int
-    loss: float
-    """Mean nats per token."""
-    bits_per_byte: float
-    """Loss x tokens / bytes / ln 2: compares models with different tokenizers."""
-    perplexity: float
-
-    def __str__(self) -> str:
-        return (
-            f"{self.data} ({self.split}): {self.tokens:,} tokens, {self.bytes:,} bytes: loss {self.loss:.4f} "
-            f"nats/token, {self.bits_per_byte:.4f} bits/byte, perplexity {self.perplexity:.2f}"
-        )
 
 
 def _check_text(text: object, what: str) -> None:
@@ -209,10 +186,11 @@ class MiniGPT:
             bad = [i for i in chosen or () if not 0 <= i < count]
             if bad:
                 raise MiniGPTError(f"{what} {bad[0]} does not exist: the model has {count} {what}s, 0 to {count - 1}")
-        from minigpt.inspection import report  # matplotlib: only once maps are asked for
+        from minigpt.inspection.attention import Attention  # matplotlib: only once maps are asked for
+        from minigpt.inspection.report import analyse
 
-        analysis = report.analyse(self.model, self.tokenizer, ids, layers=layers, heads=heads, aggregate=aggregate)
-        return Attention(analysis, self, ids)
+        analysis = analyse(self.model, self.tokenizer, ids, layers=layers, heads=heads, aggregate=aggregate)
+        return Attention(analysis, self.model, self.tokenizer, ids, self.val_fraction)
 
     def eval(
         self, data: str, *, split: str = "val", val_fraction: float | None = None, stride: int | None = None,
@@ -235,68 +213,3 @@ class MiniGPT:
         out = Path(out_dir)
         export.export(Loaded(self.model, self.tokenizer, self.payload), out)
         return out
-
-
-class Attention:
-    """The attention of one text: maps of every layer and head, head statistics and, after `ablate`, how much
-    the loss needs each head. In Jupyter it shows as the attention page (model view and head view)."""
-
-    def __init__(self, analysis: Analysis, lm: MiniGPT, ids: list[int]) -> None:
-        self.analysis = analysis
-        self._lm = lm
-        self._ids = ids  # the whole text: the maps show its last block_size tokens, ablation scores all of it
-
-    @property
-    def weights(self) -> torch.Tensor:
-        """(n_layer, n_head, T, T): row i is what query token i attends to."""
-        return self.analysis.maps.weights
-
-    @property
-    def tokens(self) -> list[str]:
-        """Each token as text."""
-        return self.analysis.tokens
-
-    @property
-    def stats(self) -> dict[str, torch.Tensor]:
-        """Each statistic's (n_layer, n_head) scores by name: previous_token, first_token, induction, entropy,
-        and loss_change after `ablate`."""
-        kinds = self.analysis.stats.kinds()
-        if self.analysis.importance is not None:
-            kinds["loss_change"] = self.analysis.importance.loss_change
-        return kinds
-
-    def top_heads(self, kind: str = "previous_token", k: int = 3) -> list[tuple[int, int, float]]:
-        """The `k` heads that score highest on `kind` (lowest for entropy) as (layer, head, score)."""
-        stats = self.stats
-        if kind not in stats:
-            raise MiniGPTError(f"unknown statistic {kind!r}: use one of {', '.join(stats)}")
-        return top_heads(stats[kind], k, largest=kind != "entropy")
-
-    def ablate(self, data: str | None = None, *, windows: int = ablation.DEFAULT_WINDOWS) -> Attention:
-        """This attention with each head's importance: how much the loss rises when the head's output is zeroed,
-        on this text, or with `data` on `windows` windows of that corpus's validation split."""
-        lm = self._lm
-        block_size = lm.config.block_size
-        if data is None:
-            on = ablation.text_windows(self._ids, block_size, "the text")
-        else:
-            on = ablation.corpus_windows(data, lm.tokenizer, block_size, lm.val_fraction, windows)
-        importance = ablation.head_importance(lm.model, on)
-        return Attention(dataclasses.replace(self.analysis, importance=importance), lm, self._ids)
-
-    def save(self, folder: str | os.PathLike[str], *, per_head: bool = False, top: int = 3) -> list[Path]:
-        """Write the files ``minigpt attention --out folder`` writes (PNGs, attention.html, attention.npz,
-        heads.json, importance.png after `ablate`); return their paths."""
-        from minigpt.inspection import report
-
-        return report.write_report(Path(folder), self.analysis, per_head=per_head, top=top)
-
-    def __repr__(self) -> str:
-        n_layer, n_head = self.weights.shape[:2]
-        best = ", ".join(f"{kind} L{l}H{h} {s:.3f}" for kind in ("previous_token", "induction") for l, h, s in self.top_heads(kind, 1))
-        return f"Attention({len(self.tokens)} tokens, {n_layer} layers x {n_head} heads; strongest: {best or 'n/a'})"
-
-    def _repr_html_(self) -> str:
-        from minigpt.inspection.notebook import notebook_html
-
-        return notebook_html(self.analysis)

@@ -64,6 +64,27 @@ class Score:
         return self.nats / n_bytes / math.log(2)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's loss on every token of a text, as ``minigpt eval`` reports it."""
+
+    data: str
+    split: str
+    tokens: int
+    bytes: int
+    loss: float
+    """Mean nats per token."""
+    bits_per_byte: float
+    """Loss x tokens / bytes / ln 2: compares models with different tokenizers."""
+    perplexity: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.data} ({self.split}): {self.tokens:,} tokens, {self.bytes:,} bytes: loss {self.loss:.4f} "
+            f"nats/token, {self.bits_per_byte:.4f} bits/byte, perplexity {self.perplexity:.2f}"
+        )
+
+
 def corpus_tokens(
     spec: str, enc: tiktoken.Encoding, split: str = "all", val_fraction: float = DEFAULT_VAL_FRACTION,
     cache_dir: Path | None = None,
