@@ -14,7 +14,7 @@ import pytest
 from minigpt.cli import attention, export, generate, train
 from minigpt.cli import eval as evaluate
 from minigpt.cli.common import canonical_options
-from minigpt.training import config as train_config
+from minigpt.training import options as train_options
 from tests.helpers import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -64,9 +64,9 @@ def test_each_command_parses(page, line, tmp_path, monkeypatch):
     if name == "train":
         run = tmp_path / "run"  # --resume needs a run folder; the page's is not there
         run.mkdir()
-        shutil.copy(train_config.DEFAULT_CONFIG, run / "config.yaml")
+        shutil.copy(train_options.DEFAULT_CONFIG, run / "config.yaml")
         (run / "last.ckpt").touch()
-        monkeypatch.setattr(train_config, "resume_path", lambda path: run / "last.ckpt")
+        monkeypatch.setattr(train_options, "resume_path", lambda path: run / "last.ckpt")
         if "--list_configs" in args or "--help" in args:  # these print and exit before parsing
             return
         train.parse(args)

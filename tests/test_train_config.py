@@ -13,7 +13,8 @@ import yaml
 from minigpt.cli.train import parse
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
-from minigpt.training.config import DEFAULT_CONFIG, OptimConfig, TrainConfig
+from minigpt.training.config import OptimConfig, TrainConfig
+from minigpt.training.options import DEFAULT_CONFIG
 from tests.helpers import REPO, TEXT, tiny_config
 
 

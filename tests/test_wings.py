@@ -16,7 +16,7 @@ LIGHTNING_FREE = sorted(
     info.name
     for info in pkgutil.walk_packages(minigpt.__path__, "minigpt.")
     if not info.name.startswith(("minigpt.training", "minigpt.cli"))
-) + ["minigpt.training", "minigpt.training.config", "minigpt.training.launch"]
+) + ["minigpt.training", "minigpt.training.config", "minigpt.training.options", "minigpt.training.launch"]
 
 
 def imported_after(code: str) -> set[str]:

@@ -8,7 +8,8 @@ from minigpt.cli import USER_ERROR_EXIT, configure_logging, run
 from minigpt.cli.common import canonical_options
 from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.training import launch
-from minigpt.training.config import CONFIGS, TrainConfig, build_parser, bundled_configs
+from minigpt.training.config import TrainConfig
+from minigpt.training.options import CONFIGS, build_parser, bundled_configs
 
 
 def parse(argv: Sequence[str]) -> TrainConfig:

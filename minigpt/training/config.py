@@ -1,7 +1,6 @@
-"""A training run's settings as one typed record, `TrainConfig`, and the one way to resolve them: the bundled
-defaults (configs/default.yaml), then a config file or a bundled config by name, then single options, as
-`minigpt train` does. `TrainConfig.load` is that resolution for Python callers; the command hands it its argv
-(`TrainConfig.from_options`).
+"""A training run's settings as one typed record, `TrainConfig`, with its checks; `TrainConfig.load` (Python)
+and `TrainConfig.from_options` (the command's argv) resolve one from the bundled defaults, a config file and
+single options as `minigpt train` does (the resolution itself: `minigpt.training.options`).
 
 Each default is written once. A field default (here, in `OptimConfig`, `GPTConfig` or Lightning's Trainer) holds
 unless default.yaml, the quickstart recipe (what a plain run trains on, its size and length), sets another value;
@@ -13,42 +12,19 @@ that `TrainConfig` can be built, read and written where Lightning is not wanted.
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import math
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
-from minigpt import checkpoint
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
 from minigpt.training.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-"""The bundled configs (package data); `default.yaml` holds the recipe a plain run uses."""
-DEFAULT_CONFIG = CONFIGS / "default.yaml"
-# Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
-TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing", "enable_autolog_hparams"}
-COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows every one, with Lightning's own words
-    "max_steps": "optimizer steps to train for",
-    "val_check_interval": "validate, log and save best.ckpt every N steps",
-    "accelerator": "cpu, gpu, mps or auto",
-    "devices": "devices (processes) per machine, e.g. 2",
-    "strategy": "auto, ddp, ddp_spawn, fsdp, ... (see More than one device in the README)",
-    "num_nodes": "machines taking part in a distributed run",
-    "precision": "32-true, bf16-mixed, 16-mixed; unset: bf16-mixed on GPUs that support it, else 32-true",
-    "accumulate_grad_batches": "batches whose gradients make one optimizer step",
-    "gradient_clip_val": "clip the gradient norm to this value (0: off)",
-    "log_every_n_steps": "log the training metrics every N steps",
-}
-USAGE = "minigpt train [--config NAME|FILE] [--resume RUN] [--OPTION VALUE ...]"
 GROUPS = ("model", "optim", "trainer")
 """The nested option groups; every other option is top-level."""
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
@@ -147,18 +123,22 @@ class TrainConfig:
         defaults, then `config` (a YAML file or a bundled config's name), then `overrides` by option name, the
         groups as dicts: `load("shakespeare_cpu", data="my.txt", model={"n_layer": 2}, trainer={"max_steps": 200})`.
         `resume="runs/x"` starts from that run's own config, as --resume does. Raises `MiniGPTError`."""
+        from minigpt.training.options import config_path, resolve  # it builds on TrainConfig: imported on use
+
         files = ["--config", config_path(str(config))] if config is not None else []
         # A YAML text is a config too: the values keep their Python types, and resolve exactly as the command's.
         values = ["--config", yaml.safe_dump(overrides, sort_keys=False)] if overrides else []
         given = {f"{key}.{sub}" for key in GROUPS if isinstance(overrides.get(key), Mapping) for sub in overrides[key]}
-        return _resolve([*files, *values], given | {key for key in overrides if key not in GROUPS})
+        return resolve([*files, *values], given | {key for key in overrides if key not in GROUPS})
 
     @classmethod
     def from_options(cls, options: Sequence[str]) -> TrainConfig:
         """The checked settings of command-line options (`--config NAME|FILE`, `--resume RUN`, `--a.b VALUE`,
         with underscores), each applied in turn over the bundled defaults. Raises `MiniGPTError`."""
+        from minigpt.training.options import resolve, with_config_paths  # see load
+
         given = {arg[2:].split("=", 1)[0] for arg in options if arg.startswith("--")}
-        return _resolve(_with_config_paths(list(options)), given)
+        return resolve(with_config_paths(list(options)), given)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], **extra: Any) -> TrainConfig:
@@ -230,127 +210,3 @@ def _check_ranges(config: TrainConfig) -> None:
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
-
-
-# ---- resolution: jsonargparse applies the defaults, config files and options in turn -------------------------
-
-
-class HelpFormatter(DefaultHelpFormatter):
-    """jsonargparse's help without each option's type (its default shows it), so --help stays short."""
-
-    def _get_type_str(self, action: argparse.Action) -> None:
-        return None
-
-
-def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
-    """The options of `minigpt train`: each has a dotted name and can also be set in a YAML config; defaults
-    come from `TrainConfig`'s fields and the bundled default.yaml (what --help shows is what a plain run uses)."""
-    from jsonargparse import set_parsing_settings
-    from lightning import Trainer  # here, not at the top: TrainConfig itself needs no Lightning
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the model's and optimizer's field docs
-    parser = ArgumentParser(
-        prog="minigpt train", usage=USAGE, description="Train a GPT with PyTorch Lightning.",
-        default_config_files=[str(DEFAULT_CONFIG)], exit_on_error=False, formatter_class=HelpFormatter,
-    )  # fmt: skip
-    parser.add_argument(
-        "--config", action=ActionConfigFile,
-        help="a YAML file, or a bundled config's name (--list_configs lists them)",
-    )  # fmt: skip
-    types = typing.get_type_hints(TrainConfig)
-    for option in fields(TrainConfig):
-        if "help" in option.metadata:
-            default = {} if option.default is MISSING else {"default": option.default}
-            parser.add_argument(f"--{option.name}", type=types[option.name], help=option.metadata["help"], **default)
-    parser.add_class_arguments(GPTConfig, "model", skip={"vocab_size"})
-    parser.add_class_arguments(OptimConfig, "optim")
-    if every_trainer_option:
-        parser.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP, instantiate=False)
-    else:
-        group = parser.add_argument_group("Lightning Trainer, the options used most (every one: --help_all)")
-        lightning_defaults = inspect.signature(Trainer).parameters
-        for name, text in COMMON_TRAINER.items():
-            group.add_argument(f"--trainer.{name}", help=text, default=lightning_defaults[name].default)
-    return parser
-
-
-def bundled_configs() -> list[str]:
-    """The names of the bundled configs (`--config NAME`)."""
-    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-
-
-def config_path(value: str) -> str:
-    """The YAML file that `--config value` names: a file, else the bundled config of that name (so also
-    `configs/shakespeare_cpu.yaml` from any folder, as the README writes it)."""
-    if Path(value).is_file():
-        return value
-    name = Path(value).stem if value.endswith((".yaml", ".yml")) else value
-    if name in bundled_configs() and Path(value).parent in (Path("."), Path("configs")):
-        return str(CONFIGS / f"{name}.yaml")
-    raise MiniGPTError(
-        f"no config '{value}': give a YAML file or a bundled config by name ({', '.join(bundled_configs())})"
-    )
-
-
-def resume_path(path: str) -> Path:
-    """The checkpoint file `--resume path` continues, checked to be a run's."""
-    p = checkpoint.file_to_resume(path)
-    if not p.is_file():
-        raise MiniGPTError(f"cannot resume: {p} not found; pass a run's last.ckpt (or its folder) to --resume")
-    if not (p.parent / "config.yaml").is_file():
-        raise MiniGPTError(f"cannot resume: no config.yaml beside {p}; resume only runs written by train.py")
-    return p
-
-
-def _resolve(options: list[str], given: set[str]) -> TrainConfig:
-    """`options` (each --config a file or YAML text) applied over the bundled defaults; --resume starts from the
-    run's own config, and from then on names the checkpoint file it resolves to."""
-    parser = build_parser()
-    cfg = _parse_args(parser, options)
-    if cfg.resume:  # the same options again, over the resumed run's own config
-        resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
-        cfg = _parse_args(parser, ["--config", _resumed_config(resume.parent / "config.yaml"), *options])
-        cfg.resume = str(resume)
-    files = [str(path) for path in cfg.get("config") or [] if path is not None]  # None: a YAML text
-    config = TrainConfig.from_dict(_plain(parser, cfg), config=files[-1] if files else None, given=frozenset(given))
-    config.validate()
-    return config
-
-
-def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
-    try:
-        return parser.parse_args(options)
-    except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
-        raise MiniGPTError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
-
-
-def _plain(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
-    """The parsed options as plain data (strings, numbers, lists), unset ones as None."""
-    clean = cfg.clone()
-    for key in ("config", "__default_config__"):
-        clean.pop(key, None)
-    return yaml.safe_load(parser.dump(clean, skip_none=False, skip_validation=True))
-
-
-def _resumed_config(path: Path) -> str:
-    """A run's config.yaml as YAML text, without the Trainer settings minigpt now sets itself (a run written
-    by an older version may hold one, such as enable_autolog_hparams)."""
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise MiniGPTError(f"cannot resume: {path} is unreadable ({type(err).__name__}); restore the run's config.yaml") from None
-    if not isinstance(config, dict):
-        raise MiniGPTError(f"cannot resume: {path} is not a training config; restore the run's config.yaml")
-    if isinstance(config.get("trainer"), dict):
-        config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in TRAINER_SKIP}
-    return yaml.safe_dump(config, sort_keys=False)
-
-
-def _with_config_paths(options: list[str]) -> list[str]:
-    out = list(options)
-    for i, arg in enumerate(out):
-        if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = config_path(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + config_path(arg.split("=", 1)[1])
-    return out
