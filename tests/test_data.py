@@ -60,7 +60,10 @@ def test_validation_windows_are_fixed_and_cover_the_shard(shard_dir):
 
 def test_corpus_shorter_than_one_window_is_a_user_error(tmp_path):
     (tmp_path / "tiny.txt").write_text("too short " * 5)
-    dm = TokenDataModule(str(tmp_path / "tiny.txt"), "bytes", block_size=64, batch_size=2, cache_dir=str(tmp_path / "c"))
+    dm = TokenDataModule(
+        str(tmp_path / "tiny.txt"), "bytes", block_size=64, batch_size=2, val_fraction=0.1, val_windows=8, seed=0,
+        num_workers=0, cache_dir=str(tmp_path / "c"), val_data=None,
+    )  # fmt: skip
     with pytest.raises(MiniGPTError, match="fewer than one window"):
         dm.prepare()
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from minigpt.errors import MiniGPTError
-from minigpt.data.prepare import DEFAULT_VAL_FRACTION, prepare
+from minigpt.data.prepare import prepare
 from minigpt.data.shards import Prepared, ShardMeta
 
 
@@ -104,15 +104,16 @@ class TokenDataModule(L.LightningDataModule):
         tokenizer: str,
         block_size: int,
         batch_size: int,
-        val_fraction: float = DEFAULT_VAL_FRACTION,
-        val_windows: int = 256,
-        seed: int = 1337,
-        num_workers: int = 0,
-        cache_dir: str | None = None,
+        *,
+        val_fraction: float,
+        val_windows: int,
+        seed: int,
+        num_workers: int,
+        cache_dir: str | None,
+        val_data: str | None,
         progress: bool = True,
-        val_data: str | None = None,
         encoding: tiktoken.Encoding | None = None,
-    ) -> None:
+    ) -> None:  # the settings' defaults are TrainConfig's alone
         super().__init__()
         self.data, self.tokenizer, self.val_data = data, tokenizer, val_data
         self.val_fraction, self.cache_dir, self.progress = val_fraction, cache_dir, progress

@@ -78,9 +78,10 @@ def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | 
         run_dir = folder.path.resolve() if rank_zero else shared_run_folder(config)
         L.seed_everything(config.seed, workers=True, verbose=False)
         data = TokenDataModule(
-            config.data, config.tokenizer, config.model.block_size, config.batch_size, config.val_fraction,
-            config.val_windows, config.seed, config.num_workers, config.cache_dir, progress=rank_zero,
-            val_data=config.val_data, encoding=encoding,
+            config.data, config.tokenizer, config.model.block_size, config.batch_size,
+            val_fraction=config.val_fraction, val_windows=config.val_windows, seed=config.seed,
+            num_workers=config.num_workers, cache_dir=config.cache_dir, val_data=config.val_data,
+            progress=rank_zero, encoding=encoding,
         )  # fmt: skip
         prepared = data.prepare()  # fails fast, with a one-line error, before the run folder gets a config
         check_fits_in_memory(config.model_config(prepared.tokenizer.n_vocab), config.batch_size, accelerator)
