@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import tiktoken
 import torch
 
-from minigpt import sources
+from minigpt import checkpoint
 from minigpt.checkpoint import Loaded
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt import tokenizer as tok
@@ -40,10 +40,17 @@ if TYPE_CHECKING:
 
 
 def load(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> MiniGPT:
-    """The model of `source`: a minigpt checkpoint or run folder (its best checkpoint), a Hugging Face GPT-2
-    folder, or ``hf:REPO_ID``; on `device`, ready for inference. Anything unusable is a `MiniGPTError`."""
-    source = os.fspath(source)
-    return MiniGPT(sources.load(source, torch.device(device)), source)
+    """The model of `source`: a minigpt checkpoint or run folder (its best checkpoint, see
+    `minigpt.checkpoint.file_to_use`), a Hugging Face GPT-2 folder, or ``hf:REPO_ID``; on `device`, ready for
+    inference. Every command that takes a model (generate, attention, eval, export, train --init) loads it here.
+    Anything unusable is a `MiniGPTError`."""
+    from minigpt.hf import pretrained  # safetensors and huggingface_hub: only for a Hugging Face model
+
+    source, device = os.fspath(source), torch.device(device)
+    if pretrained.is_pretrained_source(source):
+        return MiniGPT(pretrained.load_pretrained(source, device), source, source)
+    path = checkpoint.file_to_use(source)
+    return MiniGPT(checkpoint.load(path, device), source, str(path))
 
 
 def train(config: TrainConfig | str | os.PathLike[str] | None = None, **overrides: Any) -> Path:
@@ -97,7 +104,7 @@ def _check_text(text: object, what: str) -> None:
 class MiniGPT:
     """A model with its tokenizer, as `load` returns it: sample, inspect, score or export it."""
 
-    def __init__(self, loaded: Loaded, source: str) -> None:
+    def __init__(self, loaded: Loaded, source: str, path: str) -> None:
         self.model: GPT = loaded.model
         """The plain PyTorch `GPT`, in eval mode."""
         self.tokenizer: tiktoken.Encoding = loaded.tokenizer
@@ -106,7 +113,9 @@ class MiniGPT:
         """What its checkpoint records besides the weights (its run's training config and data); None for a
         Hugging Face model."""
         self.source = source
-        """What it was loaded from."""
+        """What it was loaded from, as given."""
+        self.path = path
+        """The checkpoint file that `source` means (a run folder's best.ckpt), or the Hugging Face source."""
 
     @property
     def val_fraction(self) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt import checkpoint, sources
+from minigpt.api import MiniGPT, load
 from minigpt.inspection import ablation
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
@@ -119,7 +119,7 @@ def selected_layers_and_heads(args: argparse.Namespace, config: GPTConfig) -> tu
 
 
 def report_attention(
-    args: argparse.Namespace, loaded: checkpoint.Loaded, ids: list[int], ablate_on: Windows | None = None,
+    args: argparse.Namespace, loaded: MiniGPT, ids: list[int], ablate_on: Windows | None = None,
     text_name: str = "the prompt",
 ) -> None:  # fmt: skip
     """Write the attention report of `ids` into ``args.attention_dir`` and print the top heads. With --ablate,
@@ -178,7 +178,7 @@ def check_ablation_options(args: argparse.Namespace) -> None:
         raise MiniGPTError("--ablate_windows counts windows of the --data corpus: add --data SPEC, or drop it")
 
 
-def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded) -> Windows:
+def validation_windows(args: argparse.Namespace, loaded: MiniGPT) -> Windows:
     """The validation windows that `loaded`'s run held out of the --data corpus, to measure head importance on;
     a corpus that cannot be read is a one-line error naming --data."""
     most, block_size = args.ablate_windows or DEFAULT_WINDOWS, loaded.model.config.block_size
@@ -188,10 +188,10 @@ def validation_windows(args: argparse.Namespace, loaded: checkpoint.Loaded) -> W
         raise MiniGPTError(f"--data {args.data!r}: {err}") from None
 
 
-def load_for_report(args: argparse.Namespace, device: torch.device) -> tuple[checkpoint.Loaded, Windows | None]:
+def load_for_report(args: argparse.Namespace, device: torch.device) -> tuple[MiniGPT, Windows | None]:
     """--ckpt's model and, with --data, the validation windows to measure head importance on; bad --layers or
     --heads fail as soon as the model is known, before the corpus is read or anything is sampled."""
-    loaded = sources.load(args.ckpt, device)
+    loaded = load(args.ckpt, device)
     selected_layers_and_heads(args, loaded.model.config)
     return loaded, validation_windows(args, loaded) if args.data is not None else None
 

@@ -10,7 +10,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from minigpt import sources
 from minigpt.api import load
 from minigpt.cli import run
 from minigpt.cli.common import (
@@ -64,14 +63,13 @@ def main(argv: Sequence[str]) -> None:
     argv = canonical_options(argv)
     args = build_parser().parse_args(argv)
     check_stdout_open()
-    path = sources.resolve(args.ckpt)
-    lm = load(path, resolve_device(args.device))
+    lm = load(args.ckpt, resolve_device(args.device))
     result = lm.eval(
         args.data, split=args.split, val_fraction=args.val_fraction, stride=args.stride, batch_size=args.batch_size,
         cache_dir=args.cache_dir,
     )  # fmt: skip
     with writing_stdout():  # e.g. eval RUN/best.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24
-        print(f"eval {path} on {result}")
+        print(f"eval {lm.path} on {result}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> None:
     """Parse `argv` and export the checkpoint."""
     args = build_parser().parse_args(canonical_options(argv))
-    MiniGPT(checkpoint.load(args.ckpt), args.ckpt).export(args.out)  # minigpt checkpoints only: see CHECKPOINT_HELP
+    MiniGPT(checkpoint.load(args.ckpt), args.ckpt, str(checkpoint.file_to_use(args.ckpt))).export(args.out)  # minigpt checkpoints only: see CHECKPOINT_HELP
     print(f"wrote {args.out}: load it with transformers.AutoModelForCausalLM.from_pretrained('{args.out}')")
 
 

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from minigpt import sources
+from minigpt.api import load
 from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.attention import (
@@ -122,7 +122,7 @@ def main(argv: Sequence[str]) -> None:
     else:
         check_attention_options_unused(args)
     device = resolve_device(args.device)
-    loaded, ablate_on = load_for_report(args, device) if args.attention_dir else (sources.load(args.ckpt, device), None)
+    loaded, ablate_on = load_for_report(args, device) if args.attention_dir else (load(args.ckpt, device), None)
     sample = functools.partial(stream, loaded.model, loaded.tokenizer, settings=settings)
     if prompt is None:  # --interactive: the prompts come now that the model is loaded
         with writing_stdout(), autocast(device):

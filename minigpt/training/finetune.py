@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from minigpt import checkpoint, sources
+from minigpt.api import MiniGPT, load
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.training.config import TrainConfig
@@ -14,7 +14,7 @@ from minigpt.training.config import TrainConfig
 SHAPE = ("n_layer", "n_head", "n_embd", "bias", "activation")  # what a pretrained start fixes
 
 
-def pretrained_start(config: TrainConfig) -> tuple[TrainConfig, checkpoint.Loaded | None]:
+def pretrained_start(config: TrainConfig) -> tuple[TrainConfig, MiniGPT | None]:
     """`config` as a run starting from --init's model trains it (with that model's shape and tokenizer), and the
     model; `config` itself and None for a run without --init, or one that resumes (its weights are the run's).
     Options set one by one (`config.given`) that contradict the model are refused; the context
@@ -23,7 +23,7 @@ def pretrained_start(config: TrainConfig) -> tuple[TrainConfig, checkpoint.Loade
         raise MiniGPTError("--init starts a new run and --resume continues one: use one of them")
     if not config.init or config.resume:
         return config, None
-    start = sources.load(config.init)
+    start = load(config.init)
     source = start.model.config
     for field in SHAPE:
         ours, theirs = getattr(config.model, field), getattr(source, field)

@@ -24,6 +24,7 @@ import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from minigpt import checkpoint, signals
+from minigpt.api import MiniGPT
 from minigpt import tokenizer as tok
 from minigpt.data.shards import Prepared
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
@@ -185,7 +186,7 @@ def build_trainer(
 
 def fit(
     config: TrainConfig, trainer: L.Trainer, data: TokenDataModule, prepared: Prepared,
-    start: checkpoint.Loaded | None = None,
+    start: MiniGPT | None = None,
 ) -> None:  # fmt: skip
     """Build the LightningModule for `config` and the prepared data (with `start`'s weights, if given), and train it."""
     meta, train_config = prepared.meta, config.to_dict()
