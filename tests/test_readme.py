@@ -122,3 +122,13 @@ def test_each_relative_link_resolves(page, target):
     assert linked.exists(), f"{page}: {target} points at {linked}, which does not exist"
     if anchor and linked.suffix == ".md":
         assert anchor in anchors(linked), f"{page}: {target}: {name(linked)} has no heading with anchor #{anchor}"
+
+
+@pytest.mark.slow
+def test_the_readme_python_api_example_runs(tmp_path, monkeypatch, shakespeare):
+    """The front page's Python example, as written, on tiny-shakespeare (a 25 s shakespeare_cpu run)."""
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    exec(compile(block.replace("../shared/data/tinyshakespeare.txt", str(shakespeare)), "README.md", "exec"), {})
+    assert (tmp_path / "attention" / "heads.json").is_file() and (tmp_path / "hf_model" / "config.json").is_file()
