@@ -27,6 +27,15 @@ TINY = [
 ]  # fmt: skip
 
 
+API_STEP = """
+import minigpt
+lm = minigpt.load("runs/default")
+att = lm.attention("the quick brown fox")
+print(len(att._repr_html_()), *att.save("api_maps"))
+"""
+"""The Python API from the installed wheel: the notebook view and the files need the page shipped in it."""
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh virtualenv holding the minigpt wheel; its bin folder."""
@@ -73,17 +82,20 @@ def test_the_wheel_trains_generates_inspects_and_evaluates_from_another_folder(i
         ("minigpt", "generate", "--ckpt", "runs/default", "--prompt", "line", "--max_new_tokens", "8", "--seed", "1"),
         ("minigpt", "attention", "--ckpt", "runs/default", "--prompt", "the quick brown fox", "--out", "maps"),
         ("minigpt", "eval", "--ckpt", "runs/default", "--data", str(corpus), "--split", "val"),
+        ("python", "-c", API_STEP),
     ]
     results = [command(installed, tmp_path, *step) for step in steps]
     for step, done in zip(steps, results):
         assert done.returncode == 0, (step, done.stdout, done.stderr)
-    help_text, configs, trained, generated, _, evaluated = (r.stdout for r in results)
+    help_text, configs, trained, generated, _, evaluated, from_python = (r.stdout for r in results)
     assert "train" in help_text and "eval" in help_text
     assert "shakespeare_cpu" in configs
     assert "--- sample 1 ---" in trained and (tmp_path / "runs" / "default" / "README.md").is_file()
     assert generated.startswith("line")
     assert (tmp_path / "maps" / "overview.png").is_file()
     assert "bits/byte" in evaluated
+    shown, saved, *_ = from_python.split()
+    assert int(shown) > 10_000 and (tmp_path / "api_maps" / "attention.html").is_file(), from_python
 
 
 @pytest.mark.parametrize("module", ["minigpt", "minigpt.cli.main", "minigpt.cli.train", "minigpt.cli.generate",
