@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import checkpoint
+from minigpt import checkpoint, tokenizer
 from minigpt.cli import run
 from minigpt.cli.train import main
+from minigpt.data.shards import ShardMeta
+from minigpt.payload import Payload
 from minigpt.training.module import LitGPT, lr_factor, next_token_loss
-from tests.helpers import tiny_config
+from tests.helpers import WRITTEN_BEFORE, tiny_config
 from tests.helpers import train_in_process as train
 
 @pytest.fixture(scope="module")
@@ -116,12 +118,26 @@ def test_last_checkpoint_holds_the_final_step_even_between_validations(tmp_path)
     assert torch.load(tmp_path / "odd" / "last.ckpt", weights_only=True)["global_step"] == 5
 
 
+def payload_on(fingerprint: str) -> Payload:
+    meta = ShardMeta.from_json({**WRITTEN_BEFORE, "fingerprint": fingerprint})
+    return Payload(tiny_config(), tokenizer.byte_tokenizer(), {}, meta)
+
+
 def test_resuming_on_changed_data_warns_and_keeps_this_runs_payload(caplog):
-    module = LitGPT(asdict(tiny_config()), {}, payload={"data": {"fingerprint": "new"}})
+    module = LitGPT(asdict(tiny_config()), {}, payload=payload_on("new"))
     with caplog.at_level("WARNING", logger="minigpt.training.module"):
-        module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: {"data": {"fingerprint": "old"}}})
+        module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: payload_on("old").to_dict()})
     assert "corpus changed" in caplog.text
-    assert module.payload["data"]["fingerprint"] == "new"
+    saved = {}
+    module.on_save_checkpoint(saved)
+    assert saved[checkpoint.PAYLOAD_KEY]["data"]["fingerprint"] == "new"
+
+
+def test_resuming_on_the_same_data_says_nothing(caplog):
+    module = LitGPT(asdict(tiny_config()), {}, payload=payload_on("same"))
+    with caplog.at_level("WARNING", logger="minigpt.training.module"):
+        module.on_load_checkpoint({checkpoint.PAYLOAD_KEY: payload_on("same").to_dict()})
+    assert "corpus changed" not in caplog.text
 
 
 def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ from minigpt.training.config import OptimConfig
 from minigpt.training.datamodule import batch_seed, rank_seed
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
+from minigpt.payload import Payload
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def next_token_loss(model: GPT, batch: torch.Tensor) -> torch.Tensor:
 class LitGPT(L.LightningModule):
     """Trains a `GPT` with next-token cross-entropy; logs loss, bits per byte, perplexity and lr.
 
-    `payload` (`minigpt.payload.checkpoint_payload`) is written into every checkpoint so that a
-    checkpoint alone is enough to sample from or inspect the model.
+    `payload` (a `minigpt.payload.Payload`) is written into every checkpoint so that a checkpoint alone is
+    enough to sample from or inspect the model.
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class LitGPT(L.LightningModule):
         model_config: dict[str, Any],
         optim_config: dict[str, Any],
         val_bytes_per_token: float = 1.0,
-        payload: dict[str, Any] | None = None,
+        payload: Payload | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -69,7 +70,8 @@ class LitGPT(L.LightningModule):
         self.model = GPT(GPTConfig(**model_config))
         self.optim = OptimConfig(**optim_config)
         self.val_bytes_per_token = val_bytes_per_token
-        self.payload = payload or {}
+        self.payload = payload
+        self._saved_payload = payload.to_dict() if payload is not None else {}  # plain data, made once for every save
         self.seed = seed
         self._last_loss: torch.Tensor | None = None
         self.compile_loss = False
@@ -242,10 +244,11 @@ class LitGPT(L.LightningModule):
     def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise Diverged(f"training diverged by step {self.global_step}: the weights are no longer finite")
-        ckpt[checkpoint.PAYLOAD_KEY] = self.payload
+        ckpt[checkpoint.PAYLOAD_KEY] = self._saved_payload
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         # The payload stays the one built for this run (its config overrides, its data); only compare.
-        saved = ckpt.get(checkpoint.PAYLOAD_KEY, {}).get("data", {}).get("fingerprint")
-        if saved is not None and saved != self.payload.get("data", {}).get("fingerprint"):
+        # The resumed checkpoint was read and checked before training started (`minigpt.checkpoint.read`).
+        saved, ours = checkpoint.payload_of(ckpt).data, self.payload.data if self.payload is not None else None
+        if saved is not None and ours is not None and saved.fingerprint != ours.fingerprint:
             log.warning("the corpus changed since this run's checkpoint; training continues on the new shards")

@@ -191,7 +191,7 @@ def fit(
     """Build the LightningModule for `config` and the prepared data (with `start`'s weights, if given), and train it."""
     meta, train_config = prepared.meta, config.to_dict()
     model_config = {**train_config["model"], "vocab_size": prepared.tokenizer.n_vocab}
-    payload = Payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta).to_dict()
+    payload = Payload(GPTConfig(**model_config), prepared.tokenizer, train_config, meta)
     module = LitGPT(model_config, asdict(config.optim), meta.val.bytes_per_token, payload, config.seed)
     module.compile_loss = config.compile if config.compile is not None else uses_cuda(config.trainer.get("accelerator"))
     if start is not None:
