@@ -119,27 +119,24 @@ def selected_layers_and_heads(args: argparse.Namespace, config: GPTConfig) -> tu
 
 
 def report_attention(
-    args: argparse.Namespace, loaded: MiniGPT, ids: list[int], ablate_on: Windows | None = None,
-    text_name: str = "the prompt",
-) -> None:  # fmt: skip
-    """Write the attention report of `ids` into ``args.attention_dir`` and print the top heads. With --ablate,
-    head importance is measured on `ablate_on`, by default on `ids` themselves (called `text_name`)."""
-    from minigpt.inspection import report  # matplotlib is slow to import: only when maps are written
-
+    args: argparse.Namespace, lm: MiniGPT, text: str, ablate_on: Windows | None = None, text_name: str = "the prompt"
+) -> None:
+    """Write the attention report of `text` into ``args.attention_dir`` (`MiniGPT.attention`, then `save`) and print
+    the top heads. With --ablate, head importance is measured on `ablate_on`, by default on `text` itself (called
+    `text_name`)."""
+    ids = tok.encode(lm.tokenizer, text)
     if not ids:
         raise MiniGPTError("the prompt is empty: pass some text with --prompt")
-    layers, heads = selected_layers_and_heads(args, loaded.model.config)
-    if args.ablate and ablate_on is None:
-        ablate_on = ablation.text_windows(ids, loaded.model.config.block_size, text_name)
+    layers, heads = selected_layers_and_heads(args, lm.config)
+    att = lm.attention(text, layers=layers, heads=heads, aggregate=args.aggregate)
+    if args.ablate:
+        att = att.ablate_on(ablate_on or ablation.text_windows(ids, lm.config.block_size, text_name))
     # check_out_dir ran before sampling, but the folder can change meanwhile, or the disk fill up.
-    analysis = report.analyse(
-        loaded.model, loaded.tokenizer, ids, layers=layers, heads=heads, aggregate=args.aggregate, ablate_on=ablate_on
-    )
-    report.write_report(args.attention_dir, analysis, per_head=args.per_head, top=args.top_heads)
-    logger.info("wrote the attention maps of %d tokens to %s", len(analysis.tokens), args.attention_dir)
-    print_top_heads(analysis.stats, args.top_heads)
-    if analysis.importance is not None:
-        print_importance(analysis.importance, args.top_heads)
+    att.save(args.attention_dir, per_head=args.per_head, top=args.top_heads)
+    logger.info("wrote the attention maps of %d tokens to %s", len(att.tokens), args.attention_dir)
+    print_top_heads(att.analysis.stats, args.top_heads)
+    if att.analysis.importance is not None:
+        print_importance(att.analysis.importance, args.top_heads)
 
 
 def print_top_heads(stats: attention.HeadStats, k: int) -> None:
@@ -204,7 +201,7 @@ def main(argv: Sequence[str]) -> None:
     check_out_dir(args.attention_dir)
     loaded, ablate_on = load_for_report(args, resolve_device(args.device))
     with writing_stdout():
-        report_attention(args, loaded, tok.encode(loaded.tokenizer, args.prompt), ablate_on)
+        report_attention(args, loaded, args.prompt, ablate_on)
 
 
 if __name__ == "__main__":

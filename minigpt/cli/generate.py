@@ -17,7 +17,6 @@ from typing import TextIO
 from tqdm import tqdm
 
 from minigpt.api import load
-from minigpt import tokenizer as tok
 from minigpt.cli import run
 from minigpt.cli.attention import (
     add_attention_arguments,
@@ -138,7 +137,7 @@ def main(argv: Sequence[str]) -> None:
         analysed = prompt + completions[0] if args.attention_completion else prompt
         name = "the prompt and its completion" if args.attention_completion else "the prompt"
         with writing_stdout():
-            report_attention(args, loaded, tok.encode(loaded.tokenizer, analysed), ablate_on, text_name=name)
+            report_attention(args, loaded, analysed, ablate_on, text_name=name)
 
 
 ATTENTION_OPTIONS = ("ablate", "data", "ablate_windows", "layers", "heads", "aggregate", "per_head", "attention_completion")

@@ -62,10 +62,12 @@ class Attention:
         on this text, or with `data` on `windows` windows of that corpus's validation split."""
         block_size = self._model.config.block_size
         if data is None:
-            on = ablation.text_windows(self._ids, block_size, "the text")
-        else:
-            on = ablation.corpus_windows(data, self._tokenizer, block_size, self._val_fraction, windows)
-        importance = ablation.head_importance(self._model, on)
+            return self.ablate_on(ablation.text_windows(self._ids, block_size, "the text"))
+        return self.ablate_on(ablation.corpus_windows(data, self._tokenizer, block_size, self._val_fraction, windows))
+
+    def ablate_on(self, windows: ablation.Windows) -> Attention:
+        """`ablate` measured on any windows (`minigpt.inspection.ablation.text_windows`, `corpus_windows`)."""
+        importance = ablation.head_importance(self._model, windows)
         with_importance = dataclasses.replace(self.analysis, importance=importance)
         return Attention(with_importance, self._model, self._tokenizer, self._ids, self._val_fraction)
 
