@@ -28,6 +28,7 @@ from minigpt import tokenizer as tok
 from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import Evaluation, corpus_tokens, score
+from minigpt.hf import pretrained
 from minigpt.inspection.maps import AGGREGATES
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import Payload
@@ -44,8 +45,6 @@ def load(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> 
     `minigpt.checkpoint.file_to_use`), a Hugging Face GPT-2 folder, or ``hf:REPO_ID``; on `device`, ready for
     inference. Every command that takes a model (generate, attention, eval, export, train --init) loads it here.
     Anything unusable is a `MiniGPTError`."""
-    from minigpt.hf import pretrained  # safetensors and huggingface_hub: only for a Hugging Face model
-
     source, device = os.fspath(source), torch.device(device)
     if pretrained.is_pretrained_source(source):
         return MiniGPT(pretrained.load_pretrained(source, device), source, source)
@@ -145,8 +144,9 @@ class MiniGPT:
 
     def samples(self, prompt: str = "", n: int = 2, **sampling: Any) -> list[str]:
         """`n` completions of `prompt`, drawn together in one batch; sample i depends only on (seed, i)."""
-        texts = [""] * n
-        for i, piece in self._pieces(prompt, self._settings(sampling, n)):
+        settings = self._settings(sampling, n)
+        texts = [""] * settings.num_samples
+        for i, piece in self._pieces(prompt, settings):
             texts[i] += piece
         return texts
 
@@ -202,11 +202,12 @@ class MiniGPT:
         return Attention(analysis, self.model, self.tokenizer, ids, self.val_fraction)
 
     def eval(
-        self, data: str, *, split: str = "val", val_fraction: float | None = None, stride: int | None = None,
+        self, data: str, *, split: str = "all", val_fraction: float | None = None, stride: int | None = None,
         batch_size: int = 8, cache_dir: str | os.PathLike[str] | None = None,
     ) -> Evaluation:  # fmt: skip
-        """The loss of every token of the corpus `data` (a file, folder, glob, ``hf:`` dataset or builtin): its
-        ``val`` or ``train`` split as the model's run made it (`val_fraction`, unless given), or ``all`` of it."""
+        """The loss of every token of the corpus `data` (a file, folder, glob, ``hf:`` dataset or builtin): ``all``
+        of it, as ``minigpt eval`` by default, or its ``val`` or ``train`` split as the model's run made it (with its
+        recorded `val_fraction`, unless given)."""
         fraction = val_fraction if val_fraction is not None else self.val_fraction if split != "all" else DEFAULT_VAL_FRACTION
         tokens = corpus_tokens(data, self.tokenizer, split, fraction, Path(cache_dir) if cache_dir else None)
         with autocast(self.device):

@@ -113,7 +113,7 @@ def test_eval_scores_what_the_eval_command_prints(lm, tiny_checkpoint, tmp_path,
     corpus.write_text("".join(f"{i} {PROMPT}\n" for i in range(40)))
     assert run(eval_main, ["--ckpt", str(tiny_checkpoint), "--data", str(corpus), "--split", "all"]) == 0
     printed = capsys.readouterr().out
-    result = lm.eval(str(corpus), split="all")
+    result = lm.eval(str(corpus))  # the command's default split, all
     assert f"loss {result.loss:.4f} nats/token, {result.bits_per_byte:.4f} bits/byte" in printed
     assert f"{result.tokens:,} tokens, {result.bytes:,} bytes" in printed and str(result) in printed
 
@@ -146,6 +146,7 @@ def test_the_package_offers_its_api_by_name():
         (lambda lm: lm.generate("a", temperature="hot"), "temperature must be a number, got 'hot'"),
         (lambda lm: lm.generate("a", max_new_tokens=2.5), "max_new_tokens must be a whole number"),
         (lambda lm: lm.generate("a", top_k=True), "top_k must be a whole number or None, got True"),
+        (lambda lm: lm.samples("a", n="2"), "num_samples must be a whole number, got '2'"),
         (lambda lm: lm.attention(b"bytes"), "the text must be a str, got bytes"),
         (lambda lm: lm.attention("hello", aggregate="bogus"), "unknown aggregate 'bogus'"),
         (lambda lm: lm.export("/dev/null/inside"), "cannot export to /dev/null/inside"),
