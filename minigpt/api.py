@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import tiktoken
 import torch
 
-from minigpt import checkpoint
+from minigpt import checkpoint, signals
 from minigpt.checkpoint import Loaded
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt import tokenizer as tok
@@ -70,7 +70,8 @@ def train(config: TrainConfig | str | os.PathLike[str] | None = None, **override
             raise MiniGPTError("pass either a TrainConfig or a config name with options, not both")
     else:
         config = TrainConfig.load(config, **overrides)
-    with _progress_shown():
+    # Ctrl-C (a notebook's interrupt too) and SIGTERM stop at a step boundary with last.ckpt saved, as in the command.
+    with _progress_shown(), signals.installed():
         run_dir = run_training(config)
     assert run_dir is not None, "a single Python process is global rank 0 and knows its run folder"
     return run_dir

@@ -6,6 +6,9 @@ from __future__ import annotations
 import html
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from minigpt.cli.eval import main as eval_main
 from minigpt.errors import MiniGPTError
 from minigpt.inspection import ablation, maps, report
 from minigpt.sample import SamplingSettings, generate
+from tests.helpers import environment
 
 PROMPT = "the quick brown fox jumps over the lazy dog"
 
@@ -156,3 +160,31 @@ def test_values_of_the_wrong_kind_from_python_are_one_line_user_errors(lm, call,
     with pytest.raises(MiniGPTError) as err:
         call(lm)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+TRAIN_UNTIL_STOPPED = """
+import minigpt
+minigpt.train(data="corpus.txt", model={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}, batch_size=4,
+              val_windows=4, samples=0, trainer={"max_steps": 100000, "val_check_interval": 20, "log_every_n_steps": 10,
+              "accelerator": "cpu"})
+"""
+
+
+@pytest.mark.e2e
+def test_ctrl_c_in_python_training_saves_the_step_and_says_how_to_resume(tmp_path):
+    """A notebook's interrupt is a SIGINT: training stops at a step boundary with last.ckpt saved, as the command does."""
+    (tmp_path / "corpus.txt").write_text("".join(f"{i} {PROMPT}\n" for i in range(2000)))
+    env = {**environment(), "MINIGPT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_UNTIL_STOPPED], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until it is really training
+        lines.append(line)
+        if line.startswith("step 40/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, "".join(lines) + rest
+    assert "Interrupted: training stopped; step" in rest and "--resume" in rest, rest
+    saved = torch.load(tmp_path / "runs" / "default" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved >= 40
+    assert minigpt.load(tmp_path / "runs" / "default").config.n_layer == 1  # the saved run loads
