@@ -28,9 +28,9 @@ import torch
 from bench_lightning_overhead import SameBatch, StepTimer
 from torch.utils.data import DataLoader
 
+from minigpt.model import GPTConfig
 from minigpt.training.flops import flops_per_token, peak_flops
 from minigpt.training.module import LitGPT
-from minigpt.model import GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

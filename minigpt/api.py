@@ -22,9 +22,9 @@ import tiktoken
 import torch
 
 from minigpt import checkpoint, signals
+from minigpt import tokenizer as tok
 from minigpt.checkpoint import Loaded
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
-from minigpt import tokenizer as tok
 from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import Evaluation, corpus_tokens, score

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from minigpt import tokenizer as tok
 from minigpt.data.corpus import open_corpus
+from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction, split_documents
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT
-from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction, split_documents
 
 SPLITS = ("all", "train", "val")
 

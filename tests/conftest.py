@@ -11,7 +11,6 @@ import torch
 from minigpt import checkpoint, tokenizer
 from minigpt.model import GPT
 from minigpt.payload import MODEL_PREFIX, Payload
-
 from tests.helpers import REPO, tiny_config
 
 

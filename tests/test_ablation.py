@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from minigpt import evaluate
-from minigpt.inspection import ablation
 from minigpt.errors import MiniGPTError
+from minigpt.inspection import ablation
 from minigpt.model import GPT
 from tests.helpers import tiny_config
 

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
-from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
 
 from minigpt import tokenizer
 from minigpt.inspection import maps as attention
-from minigpt.training.callbacks.views import AttentionLogger
 from minigpt.model import GPT
+from minigpt.training.callbacks.views import AttentionLogger
 from tests.helpers import tiny_config
 
 

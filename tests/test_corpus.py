@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from minigpt.data import builtin as builtin_corpora
-from minigpt.data import hub as hfcorpus
 from minigpt.data import cache as shardcache
+from minigpt.data import hub as hfcorpus
 from minigpt.data.corpus import open_corpus
 from minigpt.errors import MiniGPTError
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.training.datamodule import FixedWindows, RandomWindows, TokenDataModule
 from minigpt.errors import MiniGPTError
+from minigpt.training.datamodule import FixedWindows, RandomWindows, TokenDataModule
 
 
 @pytest.fixture

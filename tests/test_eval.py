@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from minigpt import checkpoint, tokenizer
 from minigpt.cli import run
 from minigpt.cli.eval import main
+from minigpt.data.prepare import prepare
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import corpus_tokens, score, windows
 from minigpt.model import GPT
 from minigpt.payload import MODEL_PREFIX, Payload
-from minigpt.data.prepare import prepare
 
 LINE = re.compile(
     r"eval (?P<ckpt>.+) on (?P<data>.+) \((?P<split>\w+)\): (?P<tokens>[\d,]+) tokens, (?P<bytes>[\d,]+) bytes: "

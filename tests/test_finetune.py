@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from minigpt import checkpoint
-from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt import tokenizer as tok
 from minigpt.cli import attention, export, generate, run
 from minigpt.cli.train import main as train
+from minigpt.hf import tokenizer as hf_tokenizer
 from tests.helpers import REPO
 
 transformers = pytest.importorskip("transformers")

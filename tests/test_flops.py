@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from minigpt.training import flops
 from minigpt.model import GPT, GPTConfig
+from minigpt.training import flops
 
 
 def test_flops_per_token_counts_every_multiplying_weight_and_the_attention():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from minigpt import checkpoint
-from minigpt.training.module import LitGPT, next_token_loss
 from minigpt.sample import SamplingSettings, make_generators, sample_tokens
+from minigpt.training.module import LitGPT, next_token_loss
 from tests.helpers import tiny_config
 from tests.helpers import train_in_process as train
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from minigpt import checkpoint, tokenizer
-from minigpt.hf import pretrained as hf
-from minigpt.hf import export as hf_export
-from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.errors import MiniGPTError
+from minigpt.hf import export as hf_export
+from minigpt.hf import pretrained as hf
+from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.model import GPT
 from tests.helpers import tiny_config
 

@@ -16,6 +16,7 @@ from minigpt.training.module import LitGPT, lr_factor, next_token_loss
 from tests.helpers import WRITTEN_BEFORE, tiny_config
 from tests.helpers import train_in_process as train
 
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("run")

@@ -13,8 +13,7 @@ from minigpt import tokenizer as tok
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt.data.shards import ShardMeta
 from minigpt.payload import MODEL_PREFIX, Payload
-from tests.helpers import REPO, tiny_config
-from tests.helpers import WRITTEN_BEFORE
+from tests.helpers import REPO, WRITTEN_BEFORE, tiny_config
 
 
 def test_every_weight_of_the_lightning_module_is_saved_under_the_model_prefix() -> None:

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from minigpt.data import prepare as prep
-from minigpt.data import cache as shardcache
-from minigpt.data import shards
 from minigpt import tokenizer as tok
+from minigpt.data import cache as shardcache
+from minigpt.data import prepare as prep
+from minigpt.data import shards
 from minigpt.data.corpus import open_corpus
-from minigpt.errors import MiniGPTError
 from minigpt.data.prepare import prepare
 from minigpt.data.shards import Prepared
+from minigpt.errors import MiniGPTError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from minigpt import checkpoint
-from minigpt.inspection import heatmaps
-from minigpt.inspection import report
 from minigpt.cli import run
 from minigpt.cli.attention import IMPORTANCE_TITLE, STAT_TITLES, main
+from minigpt.inspection import heatmaps, report
 
 PROMPT = "To be, or not to be:\n\tthat is"  # 29 byte tokens, within block_size 32
 

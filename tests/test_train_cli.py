@@ -51,8 +51,8 @@ def test_help_shows_the_defaults_a_plain_run_uses_and_describes_every_option(cap
                           ("--trainer.max_steps", cfg.trainer["max_steps"]),
                           ("--trainer.val_check_interval", cfg.trainer["val_check_interval"])]:  # fmt: skip
         assert re.search(re.escape(option) + r" \S+ .*?default: " + re.escape(str(value)) + r"\)", out), option
-    from minigpt.training.config import OptimConfig
     from minigpt.model import GPTConfig
+    from minigpt.training.config import OptimConfig
 
     for group, config in (("model", GPTConfig), ("optim", OptimConfig)):
         for field in dataclasses.fields(config):

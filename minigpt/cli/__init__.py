@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from minigpt import signals
-from minigpt.training import launch
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
+from minigpt.training import launch
 
 
 def configure_logging(label: str | None) -> None:

@@ -17,11 +17,8 @@ from pathlib import Path
 
 import torch
 
-from minigpt.api import MiniGPT, load
-from minigpt.inspection import ablation
-from minigpt.inspection import maps as attention
-from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
 from minigpt import tokenizer as tok
+from minigpt.api import MiniGPT, load
 from minigpt.cli import run
 from minigpt.cli.common import (
     CKPT_HELP,
@@ -34,6 +31,9 @@ from minigpt.cli.common import (
     writing_stdout,
 )
 from minigpt.errors import MiniGPTError
+from minigpt.inspection import ablation
+from minigpt.inspection import maps as attention
+from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
 from minigpt.model import GPTConfig
 
 logger = logging.getLogger(__name__)

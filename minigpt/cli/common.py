@@ -14,7 +14,6 @@ import torch
 
 from minigpt.errors import MiniGPTError
 
-
 CHECKPOINT_HELP = "a checkpoint file or run folder (its best.ckpt, else its last.ckpt)"
 CKPT_HELP = CHECKPOINT_HELP + ", a Hugging Face GPT-2 folder, or hf:REPO_ID"
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from minigpt.errors import MiniGPTError
-from minigpt.data.files import HASH_CHUNK, Corpus, FileCorpus, non_empty
 from minigpt.data.cache import cache_dir_error
+from minigpt.data.files import HASH_CHUNK, Corpus, FileCorpus, non_empty
+from minigpt.errors import MiniGPTError
 
 BUILTINS = ("pydoc", "stdlib", "shakespeare")
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

@@ -22,8 +22,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from minigpt.errors import MiniGPTError
 from minigpt.data.shards import FORMAT_VERSION, Prepared, Unusable, verified
+from minigpt.errors import MiniGPTError
 
 logger = logging.getLogger(__name__)
 

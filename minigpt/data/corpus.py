@@ -27,10 +27,10 @@ import glob
 from pathlib import Path
 
 from minigpt.data.builtin import BUILTINS, builtin
-from minigpt.errors import MiniGPTError
+from minigpt.data.cache import default_cache_dir
 from minigpt.data.files import SNIFF_BYTES, Corpus, FileCorpus, folder_files, glob_files, has_nul
 from minigpt.data.hub import HFCorpus
-from minigpt.data.cache import default_cache_dir
+from minigpt.errors import MiniGPTError
 
 
 def open_corpus(spec: str, cache_dir: Path | None = None) -> Corpus:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from minigpt.errors import MiniGPTError
 from minigpt.data.files import FileCorpus, non_empty
+from minigpt.errors import MiniGPTError
 
 OPTIONS = ("split", "field", "streaming", "limit", "data_files")
 

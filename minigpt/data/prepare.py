@@ -31,12 +31,12 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from minigpt.data import shards
 from minigpt import tokenizer as tok
-from minigpt.data.corpus import default_cache_dir, open_corpus
-from minigpt.errors import MiniGPTError
-from minigpt.data.cache import cache_key, new_build_dir, publish, sweep_dead_builds
+from minigpt.data import shards
+from minigpt.data.cache import cache_key, default_cache_dir, new_build_dir, publish, sweep_dead_builds
+from minigpt.data.corpus import open_corpus
 from minigpt.data.shards import LITTLE_ENDIAN, SPLITS, Prepared, ShardMeta, SplitStats, Unusable, shard_dtype
+from minigpt.errors import MiniGPTError
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from minigpt import checkpoint
-from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
+from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.hf.pretrained import CONV1D, LAYER_NORM_EPS
 from minigpt.model import GPTConfig
 

@@ -28,8 +28,8 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from minigpt import checkpoint
-from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.errors import MiniGPTError
+from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.model import GPT, GPTConfig
 
 HUB_PREFIX = "hf:"

@@ -24,13 +24,12 @@ import tiktoken
 import torch
 from torch import Tensor
 
-from minigpt.inspection import ablation
-from minigpt.inspection import maps as attention
-from minigpt.inspection import heatmaps
-from minigpt.inspection.ablation import Importance, Windows
-from minigpt.inspection.maps import AttentionMaps, HeadStats, top_heads
 from minigpt.errors import MiniGPTError
+from minigpt.inspection import ablation, heatmaps
+from minigpt.inspection import maps as attention
+from minigpt.inspection.ablation import Importance, Windows
 from minigpt.inspection.heatmaps import Panels
+from minigpt.inspection.maps import AttentionMaps, HeadStats, top_heads
 from minigpt.model import GPT
 
 PAGE_TEMPLATE = "page.html"

@@ -14,9 +14,9 @@ import tiktoken
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from minigpt.errors import MiniGPTError
 from minigpt.data.prepare import prepare
 from minigpt.data.shards import Prepared, ShardMeta
+from minigpt.errors import MiniGPTError
 
 
 def open_shard(folder: Path, split: str, dtype: str) -> np.memmap:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from minigpt.api import MiniGPT, load
 from minigpt import tokenizer as tok
+from minigpt.api import MiniGPT, load
 from minigpt.errors import MiniGPTError
 from minigpt.training.config import TrainConfig
 

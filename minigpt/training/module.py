@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from minigpt import checkpoint
-from minigpt.training.config import OptimConfig
-from minigpt.training.datamodule import batch_seed, rank_seed
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import Payload
+from minigpt.training.config import OptimConfig
+from minigpt.training.datamodule import batch_seed, rank_seed
 
 log = logging.getLogger(__name__)
 

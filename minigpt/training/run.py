@@ -24,8 +24,8 @@ import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from minigpt import checkpoint, signals
-from minigpt.api import MiniGPT
 from minigpt import tokenizer as tok
+from minigpt.api import MiniGPT
 from minigpt.data.shards import Prepared
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
 from minigpt.model import GPTConfig

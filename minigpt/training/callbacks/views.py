@@ -15,8 +15,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
-from minigpt.training.module import whole_model_here
 from minigpt.sample import SamplingSettings, generate
+from minigpt.training.module import whole_model_here
 
 log = logging.getLogger(__name__)
 
