@@ -52,8 +52,9 @@ def load(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> 
     return MiniGPT(checkpoint.load(path, device), source, str(path))
 
 
-def train(config: TrainConfig | str | os.PathLike[str] | None = None, **overrides: Any) -> Path:
-    """Train a model, as ``minigpt train`` does, and return its run folder.
+def train(config: TrainConfig | str | os.PathLike[str] | None = None, **overrides: Any) -> Path | None:
+    """Train a model, as ``minigpt train`` does, and return its run folder (None in the other processes of a
+    distributed run, which global rank 0 alone writes; under torchrun every process calls this).
 
     `config` is a `TrainConfig`, or a bundled config's name or a YAML file to read over the defaults (None: the
     defaults alone), with `overrides` by option name; groups take dicts: ``train("shakespeare_cpu",
@@ -72,9 +73,7 @@ def train(config: TrainConfig | str | os.PathLike[str] | None = None, **override
         config = TrainConfig.load(config, **overrides)
     # Ctrl-C (a notebook's interrupt too) and SIGTERM stop at a step boundary with last.ckpt saved, as in the command.
     with _progress_shown(), signals.installed():
-        run_dir = run_training(config)
-    assert run_dir is not None, "a single Python process is global rank 0 and knows its run folder"
-    return run_dir
+        return run_training(config)
 
 
 @contextmanager
