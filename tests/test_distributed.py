@@ -162,3 +162,28 @@ def test_a_bad_value_is_reported_by_rank_0_alone_before_anything_is_prepared(tmp
     err = capsys.readouterr().err
     assert code == 2 and err.count("--val_fraction 0.9 is out of range") == lines, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+PYTHON_TRAIN = """
+import os, sys
+import minigpt
+run = minigpt.train(data=sys.argv[1], cache_dir=sys.argv[2], out_dir="run", **{
+    "model": {"block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 64}, "batch_size": 8, "val_windows": 64,
+    "sample_tokens": 20, "trainer": {"max_steps": %d, "val_check_interval": %d, "accelerator": "cpu",
+    "devices": 2, "strategy": "ddp", "enable_progress_bar": False, "enable_model_summary": False},
+})
+print(f"rank {os.environ['RANK']} returned {run}")
+""" % (STEPS, EVERY)
+
+
+@pytest.mark.slow
+def test_minigpt_train_from_a_script_under_torchrun_makes_one_run(tmp_path):
+    """Under torchrun every process runs the script; rank 0 gets the run folder, the other None, one run is made."""
+    script = tmp_path / "script.py"
+    script.write_text(PYTHON_TRAIN)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(corpus(tmp_path)), str(tmp_path / "cache")]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, output(done)
+    assert f"rank 0 returned {tmp_path / 'run'}" in done.stdout and "rank 1 returned None" in done.stdout, output(done)
+    assert_one_run(tmp_path / "run", output(done))
