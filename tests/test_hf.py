@@ -6,6 +6,7 @@ transformers is used here only, as the reference that the mapping must match num
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -271,6 +272,19 @@ def test_export_then_read_round_trips(tmp_path: Path, tiny_checkpoint: Path):
     assert all(torch.equal(state[k], pretrained.state_dict[k]) for k in state)
     card = (tmp_path / "out" / "README.md").read_text()
     assert 'pipeline("text-generation", model="out")' in card
+
+
+@pytest.mark.parametrize("block_size", [64, 8])
+def test_the_model_cards_example_runs_as_written_for_a_short_context(monkeypatch, tmp_path: Path, block_size: int):
+    torch.manual_seed(0)
+    loaded = checkpoint.Loaded(perturbed(GPT(tiny_config(block_size=block_size))).eval(), ENC)
+    hf_export.export(loaded, tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
+    assert f"{block_size} tokens" in card
+    monkeypatch.chdir(tmp_path)  # the card names the folder as it was exported: "out"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    exec(compile(example, "README.md", "exec"), {})
 
 
 def test_export_without_biases_is_refused(tmp_path: Path):

@@ -102,9 +102,15 @@ def config_to_hf(config: GPTConfig, eot: int, dtype: str = "float32") -> dict[st
     }
 
 
+EXAMPLE_PROMPT = "Once upon a time"
+EXAMPLE_NEW_TOKENS = 50
+
+
 def model_card(config: GPTConfig, enc: tiktoken.Encoding, name: str) -> str:
-    """A short README.md for the exported folder: what the model is and how to load it."""
+    """A short README.md for the exported folder: what the model is and how to load it, with an example that
+    runs as written: prompt and new tokens together fit in the model's context."""
     params = config.num_parameters()
+    prompt, new_tokens = example_prompt(config.block_size, enc)
     return f"""---
 library_name: transformers
 tags: [gpt2, minigpt]
@@ -119,11 +125,28 @@ and the `{enc.name}` tokenizer ({enc.n_vocab} tokens; `<|endoftext|>` separates 
 ```python
 from transformers import pipeline
 generate = pipeline("text-generation", model="{name}")
-print(generate("Once upon a time", max_new_tokens=50)[0]["generated_text"])
+print(generate({prompt!r}, max_new_tokens={new_tokens})[0]["generated_text"])
 ```
+
+The prompt and the tokens generated after it must fit in the context, {config.block_size} tokens in all: the
+model has no position beyond it, and transformers stops with an `IndexError` there. Keep
+`max_new_tokens` at most {config.block_size} minus the prompt's length in tokens.
 
 `AutoModelForCausalLM.from_pretrained("{name}")` and `AutoTokenizer.from_pretrained("{name}")` load it too.
 """
+
+
+def example_prompt(block_size: int, enc: tiktoken.Encoding) -> tuple[str, int]:
+    """The card's example prompt (its first words, as many as fit in half the context) and how many new tokens
+    fit after it."""
+    words = EXAMPLE_PROMPT.split(" ")
+    prompt = words[0]
+    for n in range(len(words), 0, -1):
+        if len(enc.encode_ordinary(" ".join(words[:n]))) <= block_size // 2:
+            prompt = " ".join(words[:n])
+            break
+    ids = enc.encode_ordinary(prompt)[: max(1, block_size // 2)]  # a context too short for a word: its first tokens
+    return enc.decode(ids), min(EXAMPLE_NEW_TOKENS, block_size - len(ids))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
