@@ -77,6 +77,15 @@ def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert [line.split()[0] for line in listed] == sorted(c.stem for c in CONFIGS)
 
 
+def test_list_configs_gives_one_aligned_whole_sentence_per_config(capsys):
+    assert run(main, ["--list_configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(CONFIGS)
+    columns = {re.match(r"\S+ +", line).end() for line in listed}
+    assert len(columns) == 1, listed
+    assert all(line.endswith(".") for line in listed), listed
+
+
 def test_dashed_option_names_mean_the_same_as_underscored_ones():
     dashed = parse(["--batch-size", "3", "--trainer.max-steps", "7", "--model.n-layer=1"])
     assert (dashed.batch_size, dashed.trainer["max_steps"], dashed.model.n_layer) == (3, 7, 1)

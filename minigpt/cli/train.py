@@ -23,11 +23,14 @@ def parse(argv: Sequence[str]) -> TrainConfig:
 
 
 def list_configs() -> str:
-    """One line per bundled config: its name and the first line of its header comment."""
+    """One line per bundled config: its name, then the first line of its header comment (one sentence) in a
+    column that clears the longest name."""
+    names = bundled_configs()
+    width = max(map(len, names))
     lines = []
-    for name in bundled_configs():
+    for name in names:
         first = (CONFIGS / f"{name}.yaml").read_text().splitlines()[0]
-        lines.append(f"{name:<18} {first.lstrip('#').strip()}")
+        lines.append(f"{name:<{width}}  {first.lstrip('#').strip()}")
     return "\n".join(lines)
 
 
