@@ -32,7 +32,7 @@ from minigpt.model import GPTConfig
 from minigpt.payload import Payload
 from minigpt.training import launch
 from minigpt.training.callbacks.checkpoints import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
-from minigpt.training.callbacks.progress import ProgressLines
+from minigpt.training.callbacks.progress import ProgressLines, StepBar
 from minigpt.training.callbacks.record import RunRecord, TensorBoard
 from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
 from minigpt.training.card import RunCard, model_card, print_samples
@@ -157,6 +157,8 @@ def build_trainer(
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     if trainer_args.get("enable_progress_bar") is None:  # a bar on a terminal; in a log file, plain lines
         trainer_args["enable_progress_bar"] = sys.stderr.isatty()
+    if trainer_args.get("enable_model_summary") is None:  # `fit` says the parameter count in one line instead
+        trainer_args["enable_model_summary"] = False
     root = run_dir or Path(os.devnull)
     callbacks = [
         ProcessSetup(setup_process),
@@ -170,6 +172,8 @@ def build_trainer(
     every = trainer_args.get("log_every_n_steps") or 50
     callbacks.append(RunRecord(root, config.to_dict(), every))
     callbacks.append(ProgressLines(every, lines=not trainer_args["enable_progress_bar"]))
+    if trainer_args["enable_progress_bar"]:
+        callbacks.append(StepBar())
     preloaded = (config.resume, resumed) if resumed is not None else None
     try:
         return L.Trainer(
@@ -243,7 +247,7 @@ def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_di
 
 
 def quiet_lightning() -> None:
-    """Hide the Lightning warnings in `QUIET_WARNINGS` and its advertisements ("💡 Tip: try ..."), and send its
+    """Hide the Lightning warnings in `QUIET_WARNINGS` and the messages in `LIGHTNING_NOISE`, and send its
     messages through the command's own logging (one copy, its format, its level per rank). Every process of
     a run calls it (see `ProcessSetup`)."""
     for noise in QUIET_WARNINGS:
@@ -259,8 +263,13 @@ def _quiet_process(label: str | None) -> None:
     quiet_lightning()
 
 
+LIGHTNING_NOISE = ("💡", "GPU available", "TPU available", "HPU available", "`Trainer.fit` stopped", "Trainer.fit stopped")
+"""Lightning messages that tell a minigpt user nothing: its adverts, which accelerators exist (the run's own
+choice shows in its precision and speed), and that training stopped at --trainer.max_steps, as asked."""
+
+
 def _not_an_advert(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(("💡", "TPU available", "HPU available"))
+    return not str(record.msg).startswith(LIGHTNING_NOISE)
 
 
 def _one_line(err: BaseException) -> str:
