@@ -152,21 +152,33 @@ def alone(ckpt: Path, prompt: str) -> str:
     return out
 
 
+def piped(*answers: str) -> str:
+    """What --interactive prints for `answers` read from a pipe or file: each under a divider line."""
+    return "".join(f"{'-' * 20} prompt {n} {'-' * 20}\n{answer}" for n, answer in enumerate(answers, 1))
+
+
 def test_interactive_prints_each_answer_as_a_run_of_its_prompt_alone_with_the_same_seed(tiny_checkpoint: Path) -> None:
     code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin="ROMEO:\nJULIET:\n")
     assert code == 0 and err == ""
-    assert out == alone(tiny_checkpoint, "ROMEO:") + alone(tiny_checkpoint, "JULIET:")
+    assert out == piped(alone(tiny_checkpoint, "ROMEO:"), alone(tiny_checkpoint, "JULIET:"))
+
+
+def test_interactive_with_piped_input_puts_a_divider_line_before_each_answer(tiny_checkpoint: Path) -> None:
+    out = cli(sampled(tiny_checkpoint, "--interactive"), stdin="ROMEO:\nJULIET:\n")[1]
+    lines = out.splitlines()
+    assert lines[0] == "-" * 20 + " prompt 1 " + "-" * 20 and lines[1].startswith("ROMEO:")
+    assert lines.index("-" * 20 + " prompt 2 " + "-" * 20) > 1
 
 
 def test_interactive_skips_empty_lines_and_joins_lines_ending_in_a_backslash(tiny_checkpoint: Path) -> None:
     code, out, _ = cli(sampled(tiny_checkpoint, "--interactive"), stdin="\nROMEO:\\\n\\\nO\n\n")
     assert code == 0
-    assert out == alone(tiny_checkpoint, "ROMEO:\n\nO")
+    assert out == piped(alone(tiny_checkpoint, "ROMEO:\n\nO"))
 
 
 def test_interactive_reads_windows_line_breaks_and_a_last_line_without_one(tiny_checkpoint: Path) -> None:
     out = cli(sampled(tiny_checkpoint, "--interactive"), stdin="a\r\nb")[1]
-    assert out == alone(tiny_checkpoint, "a") + alone(tiny_checkpoint, "b")
+    assert out == piped(alone(tiny_checkpoint, "a"), alone(tiny_checkpoint, "b"))
 
 
 def test_interactive_shows_its_markers_on_stderr_only_on_a_terminal(tiny_checkpoint: Path) -> None:
@@ -181,7 +193,7 @@ def test_interactive_ends_with_exit_0_when_the_input_ends(tiny_checkpoint: Path)
 
 def test_ctrl_c_at_the_interactive_prompt_stops_with_one_line_and_exit_130(tiny_checkpoint: Path) -> None:
     code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin=CtrlCAtTheEnd("a\n"))
-    assert (code, out, err) == (130, alone(tiny_checkpoint, "a"), "stopped by Ctrl-C\n")
+    assert (code, out, err) == (130, piped(alone(tiny_checkpoint, "a")), "stopped by Ctrl-C\n")
 
 
 def test_ctrl_c_during_an_interactive_answer_stops_with_one_line_and_exit_130(tiny_checkpoint: Path) -> None:
@@ -191,7 +203,7 @@ def test_ctrl_c_during_an_interactive_answer_stops_with_one_line_and_exit_130(ti
 
     with mock.patch("minigpt.cli.generate.stream", interrupted):
         code, out, err = cli(sampled(tiny_checkpoint, "--interactive"), stdin="a\nb\n")
-    assert (code, out, err) == (130, "a so far", "stopped by Ctrl-C\n")
+    assert (code, out, err) == (130, piped("a so far"), "stopped by Ctrl-C\n")
 
 
 @pytest.mark.parametrize(
@@ -421,7 +433,7 @@ def test_generate_py_interactive_answers_piped_prompts_like_single_runs(tiny_che
     assert result.returncode == 0, result.stderr
     singles = [cli([*argv, "--prompt", prompt]) for prompt in ("a", "b")]
     assert [code for code, _, _ in singles] == [0, 0]
-    assert result.stdout == "".join(out for _, out, _ in singles).encode()
+    assert result.stdout == piped(*(out for _, out, _ in singles)).encode()
 
 
 def test_generate_py_bad_argument_exits_2_with_one_line_and_no_traceback(tiny_checkpoint: Path) -> None:

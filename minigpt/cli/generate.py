@@ -171,8 +171,12 @@ def check_interactive(args: argparse.Namespace) -> None:
 
 def answer_each_prompt(stdin: TextIO, sample: Callable[[str], Iterator[tuple[int, str]]]) -> None:
     """--interactive: print each prompt of `stdin` with its completion from `sample`, as a run of that prompt
-    alone prints it, until `stdin` ends."""
-    for prompt in read_prompts(stdin):
+    alone prints it, until `stdin` ends. Prompts from a pipe or file, which nobody sees typed, get a divider line
+    before each answer, so that one answer's end and the next prompt's start are told apart."""
+    divided = not stdin.isatty()
+    for n, prompt in enumerate(read_prompts(stdin), 1):
+        if divided:
+            print(f"{DIVIDER} prompt {n} {DIVIDER}", flush=True)
         print_completions(prompt, sample(prompt), 1, keep=False)
 
 
