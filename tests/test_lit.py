@@ -41,6 +41,22 @@ def test_weight_decay_applies_to_matrices_only():
         assert (id(param) in decayed) == (param.dim() >= 2), name
 
 
+@pytest.mark.parametrize("warmup", [100, 60, 10])
+def test_a_warmup_longer_than_training_is_clamped_to_it_with_one_warning(caplog, warmup):
+    module = LitGPT(asdict(tiny_config()), {"warmup_steps": warmup})
+    module.trainer = type("T", (), {"estimated_stepping_batches": 60})()  # --trainer.max_steps 60
+    with caplog.at_level("WARNING", logger="minigpt.training.module"):
+        schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factors = [schedule.lr_lambdas[0](step) for step in range(60)]
+    assert max(factors) == pytest.approx(1.0)  # the peak lr is reached
+    warnings = [r.getMessage() for r in caplog.records]
+    if warmup > 60:
+        assert len(warnings) == 1 and "--optim.warmup_steps 100 is longer than the 60 steps" in warnings[0]
+        assert factors[-1] == pytest.approx(1.0)
+    else:
+        assert not warnings and factors == [lr_factor(step, warmup, 60, 0.1) for step in range(60)]
+
+
 def test_fit_writes_last_and_best_checkpoints_and_logs(trained_run):
     assert (trained_run / "last.ckpt").is_file() and (trained_run / "best.ckpt").is_file()
     assert (trained_run / "config.yaml").is_file()

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from minigpt import checkpoint
 from minigpt.errors import MiniGPTError
@@ -34,6 +35,20 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_within(warmup_steps: int, total_steps: int) -> int:
+    """`warmup_steps`, clamped to the `total_steps` of training with a warning (in global rank 0) when longer: a
+    warmup longer than the run would never reach the peak learning rate."""
+    if warmup_steps <= total_steps:
+        return warmup_steps
+    if rank_zero_only.rank == 0:
+        log.warning(
+            "--optim.warmup_steps %d is longer than the %d steps of training: warming up over all %d instead, so the "
+            "peak lr is reached only at the last step; set --optim.warmup_steps lower to train longer at it",
+            warmup_steps, total_steps, total_steps,
+        )  # fmt: skip
+    return total_steps
 
 
 def whole_model_here(trainer: L.Trainer) -> bool:
@@ -143,9 +158,8 @@ class LitGPT(L.LightningModule):
         fused = all(p.device.type in ("cpu", "cuda") for p in params) and not self._grad_scaler()
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, o.warmup_steps, total, o.min_lr_ratio)
-        )
+        warmup = warmup_within(o.warmup_steps, total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
