@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn
 
 import torch
 
@@ -33,10 +34,50 @@ def canonical_options(argv: Sequence[str]) -> list[str]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (exit code 2 stays)."""
+    """argparse whose usage errors are one line (exit code 2 stays), an unknown option's with the closest real
+    one."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(unknown, option_names(self))}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def option_names(parser: argparse.ArgumentParser) -> list[str]:
+    """Every long option of `parser`, as `--name`."""
+    return [name for action in parser._actions for name in action.option_strings if name.startswith("--")]
+
+
+def did_you_mean(unrecognized: Sequence[str], options: Iterable[str]) -> str:
+    """'; did you mean --trainer.max_steps?' for the arguments argparse left over (`unrecognized`): the closest
+    real option to each unknown one that is close to any; '' when none is."""
+    guesses = []
+    for arg in unrecognized:
+        if arg.startswith("--") and len(arg) > 2:
+            name = arg.split("=", 1)[0]
+            closest = closest_option(name, options)
+            if closest is not None:
+                guesses.append((name, closest))
+    if len(guesses) == 1:
+        return f"; did you mean {guesses[0][1]}?"
+    if guesses:
+        return "; did you mean " + ", ".join(f"{closest} for {name}" for name, closest in guesses) + "?"
+    return ""
+
+
+def closest_option(name: str, options: Iterable[str]) -> str | None:
+    """The option of `options` closest to `name` (difflib's measure), comparing whole names and also their last
+    dotted part, so that nanoGPT's and Hugging Face's `--max_steps` finds `--trainer.max_steps`."""
+    options = list(options)
+    by_spelling = {option: option for option in options}
+    for option in options:  # a whole name wins over another option's last part
+        by_spelling.setdefault("--" + option.rsplit(".", 1)[-1], option)
+    spelling = difflib.get_close_matches(name, by_spelling, n=1)
+    return by_spelling[spelling[0]] if spelling else None
 
 
 def positive_int(text: str) -> int:

@@ -19,6 +19,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
 from minigpt import checkpoint
+from minigpt.cli.common import did_you_mean, option_names
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
 from minigpt.training.config import OptimConfig, TrainConfig
@@ -40,6 +41,7 @@ COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows eve
     "gradient_clip_val": "clip the gradient norm to this value (0: off)",
     "log_every_n_steps": "log the training metrics every N steps",
 }
+UNRECOGNIZED = "unrecognized arguments: "  # how jsonargparse's message for unknown options starts
 USAGE = "minigpt train [--config NAME|FILE] [--resume RUN] [--OPTION VALUE ...]"
 
 class HelpFormatter(DefaultHelpFormatter):
@@ -128,7 +130,10 @@ def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
     try:
         return parser.parse_args(options)
     except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
-        raise MiniGPTError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        if message.startswith(UNRECOGNIZED):
+            message += did_you_mean(message.removeprefix(UNRECOGNIZED).split(), option_names(parser))
+        raise MiniGPTError(message) from None
 
 
 def _plain(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
