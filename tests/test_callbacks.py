@@ -119,3 +119,40 @@ def test_views_wait_every_s_from_the_start_and_the_final_model_is_always_shown(t
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
     # Hourly: validations 2 and 4 come too soon after the start; the final model is shown all the same.
     assert [e.step for e in events.Images("attention/overview")] == steps
+
+
+def test_attention_logger_draws_each_layer_with_the_probes_tokens_as_labels(tmp_path: Path, monkeypatch) -> None:
+    from minigpt.inspection import heatmaps
+
+    drawn = []
+    layer_figure = heatmaps.layer_figure
+    monkeypatch.setattr(heatmaps, "layer_figure", lambda maps, titles, tokens: drawn.append(list(tokens)) or layer_figure(maps, titles, tokens))
+    sequences = torch.randint(0, 256, (4, 17))
+    trainer = L.Trainer(
+        max_steps=2, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=""), callbacks=[AttentionLogger(
+            tokenizer.byte_tokenizer(), "To be, or not", every_s=0)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(TinyModule(), DataLoader(sequences, batch_size=2), DataLoader(sequences[:2], batch_size=2))
+
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    assert {"attention/layer_0", "attention/layer_1"} <= set(events.Tags()["images"])
+    assert drawn == [list("To be, or not")] * 2  # one labelled figure per layer
+
+
+def test_the_attention_probe_is_a_window_of_varied_text_not_a_banner(tmp_path: Path) -> None:
+    from minigpt.training.datamodule import TokenDataModule
+    from minigpt.training.run import probe_text
+
+    words = "the quick brown fox jumps over a lazy dog while seven wizards box and hum".split()
+    prose = "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(60))
+    (tmp_path / "train.txt").write_text(prose * 3)
+    (tmp_path / "val.txt").write_text("*" * 70 + "\n" + ("*" + " " * 68 + "*\n") * 8 + "*" * 70 + "\n" + prose)
+    data = TokenDataModule(
+        str(tmp_path / "train.txt"), "bytes", 32, 4, val_fraction=0.0, val_windows=8, seed=0, num_workers=0,
+        cache_dir=str(tmp_path / "cache"),
+        val_data=str(tmp_path / "val.txt"), progress=False,
+    )  # fmt: skip
+    probe = probe_text(data.prepare(), block_size=32)
+    assert len(probe) == 33 and max(probe.count(c) for c in set(probe)) < len(probe) / 3, repr(probe)

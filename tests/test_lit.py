@@ -130,6 +130,19 @@ def test_training_logs_attention_maps_and_samples_to_tensorboard(trained_run):
     assert "samples/0/text_summary" in tags["tensors"]
 
 
+def test_tensorboard_logs_training_and_validation_on_the_steps_the_terminal_names(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train(tmp_path, "run", "--trainer.log_every_n_steps", "2") == 0
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    for tag in ("train/loss", "lr", "train/grad_norm", "perf/tokens_per_s"):
+        assert steps[tag] == [2, 4, 6], tag
+    for tag in ("val/loss", "val/bpb", "val/train_loss"):
+        assert steps[tag] == [3, 6], tag
+
+
 def test_last_checkpoint_holds_the_final_step_even_between_validations(tmp_path):
     assert train(tmp_path, "odd", "--trainer.max_steps", "5") == 0  # validations at step 3 only
     assert torch.load(tmp_path / "odd" / "last.ckpt", weights_only=True)["global_step"] == 5
@@ -261,7 +274,7 @@ def test_the_logged_step_axis_has_no_gap_or_duplicate_across_a_signal_and_resume
     for events_file in sorted((tmp_path / "run" / "tb").glob("events.out.tfevents.*")):
         events = EventAccumulator(str(events_file)).Reload()
         steps += [e.step for e in events.Scalars("train/loss")]
-    assert sorted(steps) == list(range(6)) and len(set(steps)) == len(steps)
+    assert sorted(steps) == list(range(1, 7)) and len(set(steps)) == len(steps)
 
 
 def test_fused_adamw_updates_equal_the_per_tensor_loop():

@@ -50,7 +50,7 @@ def test_tensorboard_holds_the_whole_config_with_final_metrics_and_no_meaningles
     scalars = events.Tags()["scalars"]
     assert "epoch" not in scalars and "hp_metric" not in scalars
     assert {"val/loss", "val/train_loss", "hp/best_val_loss"} <= set(scalars)
-    assert [e.step for e in events.Scalars("val/loss")] == [3, 6] and [e.step for e in events.Scalars("train/loss")][0] == 0
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 6] and [e.step for e in events.Scalars("train/loss")][0] == 1
     start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
     assert {"data", "tokenizer", "batch_size", "seed", "model.n_layer", "optim.lr", "trainer.max_steps"} <= set(hparams)
@@ -58,17 +58,17 @@ def test_tensorboard_holds_the_whole_config_with_final_metrics_and_no_meaningles
 
 def test_tensorboard_gets_each_logged_steps_own_loss_lr_and_gradient_norm(tmp_path):
     # Per-step metrics are logged only on the steps that reach the loggers: those must still carry their own step's
-    # values, not a stale one. TensorBoard numbers a step from 0, metrics.csv (as the log line does) from 1.
+    # values, not a stale one. TensorBoard numbers the steps as metrics.csv and the log lines do, from 1.
     assert train(tmp_path, "run", "--trainer.log_every_n_steps", "2") == 0
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0}).Reload()
     table = {int(r["step"]): r for r in rows(tmp_path / "run") if r["train_loss"]}
-    logged = {e.step + 1: e.value for e in events.Scalars("train/loss")}
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
     assert sorted(logged) == [2, 4, 6] == sorted(table)
     for step, loss in logged.items():
         assert loss == pytest.approx(float(table[step]["train_loss"]), rel=1e-6)
-    assert [e.step + 1 for e in events.Scalars("lr")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("lr")] == [2, 4, 6]
     norms = [e.value for e in events.Scalars("train/grad_norm")]
-    assert [e.step + 1 for e in events.Scalars("train/grad_norm")] == [2, 4, 6] and len(set(norms)) == 3
+    assert [e.step for e in events.Scalars("train/grad_norm")] == [2, 4, 6] and len(set(norms)) == 3
 
 
 def test_flatten_names_nested_settings_with_dots():

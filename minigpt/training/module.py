@@ -114,6 +114,9 @@ class LitGPT(L.LightningModule):
         if self._logged_step():
             self.log("train/loss", loss, prog_bar=True)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+            # The step this batch completes, as the terminal, metrics.csv and validation name it (Lightning would
+            # log at the one before: 24, 49, ... beside val/loss at 25, 50, ...).
+            self.log("step", float(self.global_step + 1))
         return loss
 
     def _logged_step(self) -> bool:

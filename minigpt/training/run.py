@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -205,10 +206,15 @@ def fit(
     trainer.fit(module, datamodule=data, ckpt_path=config.resume)
 
 
-def probe_text(prepared: Prepared, block_size: int, tokens: int = 48) -> str:
-    """A fixed piece of validation text whose attention maps are logged at every validation."""
-    val = open_shard(prepared.dir, "val", prepared.meta.dtype)[: min(tokens, block_size) + 1].tolist()
-    return prepared.tokenizer.decode([t for t in val if t != tok.eot_id(prepared.tokenizer)])
+def probe_text(prepared: Prepared, block_size: int, tokens: int = 48, candidates: int = 8) -> str:
+    """A fixed piece of validation text whose attention maps are logged at every validation: of `candidates`
+    windows spread evenly over the validation shard, the one with the most distinct tokens, so that it is real
+    text and not, say, a banner of asterisks at the top of a page (the first such window on a tie)."""
+    val = open_shard(prepared.dir, "val", prepared.meta.dtype)
+    length, eot = min(tokens, block_size) + 1, tok.eot_id(prepared.tokenizer)
+    starts = sorted({int(s) for s in np.linspace(0, max(0, len(val) - length), candidates)})
+    windows = [[t for t in val[s : s + length].tolist() if t != eot] for s in starts]
+    return prepared.tokenizer.decode(max(windows, key=lambda w: len(set(w))))
 
 
 @contextmanager

@@ -96,7 +96,8 @@ class RankZeroView(L.Callback):
 
 class AttentionLogger(RankZeroView):
     """At validations (see `RankZeroView`), log the attention of `probe_text` to TensorBoard: the overview
-    grid of `layers` (default: all) as an image, and every head's statistics as scalars
+    grid of `layers` (default: all) as an image, each of those layers' heads with the probe's tokens as labels
+    (``attention/layer_{l}``), and every head's statistics as scalars
     ``attention/{kind}/L{l}H{h}`` (kinds: previous_token, first_token, induction, entropy; see
     `minigpt.inspection.maps.head_stats`), so that one can watch heads form over training.
 
@@ -123,10 +124,15 @@ class AttentionLogger(RankZeroView):
         from minigpt.inspection import heatmaps, report  # matplotlib: only once there is something to draw
 
         analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
-        image = heatmaps.figure_pixels(heatmaps.overview_figure(analysis.png))
+        panels = analysis.png
+        images = {"attention/overview": heatmaps.figure_pixels(heatmaps.overview_figure(panels))}
+        titles = [heatmaps.column_title(c) for c in panels.cols]
+        for r, layer in enumerate(panels.rows):  # each layer's heads, with the probe's tokens on both axes
+            images[f"attention/layer_{layer}"] = heatmaps.figure_pixels(heatmaps.layer_figure(panels.maps[r], titles, analysis.tokens))
         step = trainer.global_step
         for writer in writers:
-            writer.add_image("attention/overview", image, step, dataformats="HWC")
+            for tag, image in images.items():
+                writer.add_image(tag, image, step, dataformats="HWC")
             for kind, scores in analysis.stats.kinds().items():  # (L, H) each
                 for (layer, head), score in np.ndenumerate(scores.numpy()):
                     if not np.isnan(score):  # previous- and first-token scores of a one-token probe
