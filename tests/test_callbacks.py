@@ -155,4 +155,4 @@ def test_the_attention_probe_is_a_window_of_varied_text_not_a_banner(tmp_path: P
         val_data=str(tmp_path / "val.txt"), progress=False,
     )  # fmt: skip
     probe = probe_text(data.prepare(), block_size=32)
-    assert len(probe) == 33 and max(probe.count(c) for c in set(probe)) < len(probe) / 3, repr(probe)
+    assert len(probe) == 32 and max(probe.count(c) for c in set(probe)) < len(probe) / 3, repr(probe)

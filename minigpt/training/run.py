@@ -211,9 +211,9 @@ def probe_text(prepared: Prepared, block_size: int, tokens: int = 48, candidates
     windows spread evenly over the validation shard, the one with the most distinct tokens, so that it is real
     text and not, say, a banner of asterisks at the top of a page (the first such window on a tie)."""
     val = open_shard(prepared.dir, "val", prepared.meta.dtype)
-    length, eot = min(tokens, block_size) + 1, tok.eot_id(prepared.tokenizer)
-    starts = sorted({int(s) for s in np.linspace(0, max(0, len(val) - length), candidates)})
-    windows = [[t for t in val[s : s + length].tolist() if t != eot] for s in starts]
+    length, eot = min(tokens, block_size), tok.eot_id(prepared.tokenizer)  # the model sees at most block_size
+    starts = sorted({int(s) for s in np.linspace(0, max(0, len(val) - length - 1), candidates)})
+    windows = [[t for t in val[s : s + length + 1].tolist() if t != eot][:length] for s in starts]
     return prepared.tokenizer.decode(max(windows, key=lambda w: len(set(w))))
 
 
