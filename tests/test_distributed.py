@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minigpt.cli import run
@@ -57,6 +58,29 @@ def test_torchrun_makes_one_run_and_every_process_exits_0(tmp_path, out_dir):
     done = train(tmp_path, *DDP, *out_dir, launcher=torchrun)
     assert done.returncode == 0, output(done)  # torchrun fails if any process does
     assert_one_run(tmp_path / ("run" if out_dir else "runs/default"), output(done))
+
+
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+
+
+@pytest.mark.slow
+def test_torchrun_without_device_options_makes_one_ddp_run_of_its_processes(tmp_path):
+    """Not two independent copies of the run: devices, num_nodes and strategy come from torchrun's variables."""
+    done = train(tmp_path, "--out_dir", "run", launcher=TORCHRUN)
+    assert done.returncode == 0, output(done)
+    assert_one_run(tmp_path / "run", output(done))
+    trainer = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["trainer"]
+    assert (trainer["devices"], trainer["num_nodes"], trainer["strategy"]) == (2, 1, "ddp")
+    assert "8 windows per batch × 2 processes" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_torchrun_with_devices_that_disagree_is_refused_by_rank_0_in_one_line_before_anything_is_written(tmp_path):
+    done = train(tmp_path, "--trainer.devices", "3", "--out_dir", "run", launcher=TORCHRUN)
+    text = output(done)
+    assert done.returncode != 0, text  # torchrun exits 1 when a process does, and says so in its own words
+    assert text.count("error: torchrun started 2 processes per node on 1 node, one device each, but --trainer.devices 3") == 1, text
+    assert "ValueError" not in text and "minigpt/" not in text, text  # no traceback of ours in any process
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from minigpt import signals
+from minigpt.errors import MiniGPTError
 from minigpt.training import launch
 
 LAUNCH_VARIABLES = ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", launch.RUN_ENV)
@@ -50,6 +51,54 @@ def test_launchers_that_forward_signals_are_recognised(env, variables, external)
     for name, value in variables.items():
         env.setenv(name, value)
     assert launch.external() == external
+
+
+UNSET = {"devices": "auto", "num_nodes": 1, "strategy": "auto"}  # what every config holds unless told
+TORCHRUN_2 = {"TORCHELASTIC_RUN_ID": "x", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+SRUN_2X4 = {"SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4", "SLURM_NNODES": "2", "SLURM_PROCID": "5", "SLURM_JOB_NAME": "train"}
+
+
+@pytest.mark.parametrize(
+    "environ, trainer, fitted",
+    [
+        ({}, UNSET, UNSET),  # no launcher
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1", "NODE_RANK": "0"}, UNSET, UNSET),  # a process Lightning's launcher started
+        ({**SRUN_2X4, "SLURM_JOB_NAME": "bash"}, UNSET, UNSET),  # an allocation used as a shell, as Lightning ignores it
+        (TORCHRUN_2, UNSET, {"devices": 2, "num_nodes": 1, "strategy": "ddp"}),
+        (TORCHRUN_2, {**UNSET, "strategy": "ddp_find_unused_parameters_true"}, {"devices": 2, "num_nodes": 1, "strategy": "ddp_find_unused_parameters_true"}),
+        (TORCHRUN_2, {"devices": "0,1"}, {"devices": "0,1", "num_nodes": 1, "strategy": "ddp"}),  # which devices: kept
+        ({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}, UNSET, {"devices": 4, "num_nodes": 2, "strategy": "ddp"}),
+        ({"WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}, UNSET, {**UNSET, "devices": 1}),
+        (SRUN_2X4, UNSET, {"devices": 4, "num_nodes": 2, "strategy": "ddp"}),
+        (SRUN_2X4, {**UNSET, "devices": 4, "num_nodes": 2, "strategy": "ddp"}, {"devices": 4, "num_nodes": 2, "strategy": "ddp"}),
+        ({"SLURM_NTASKS": "6", "SLURM_TASKS_PER_NODE": "2(x3)", "SLURM_NNODES": "3"}, UNSET, {"devices": 2, "num_nodes": 3, "strategy": "ddp"}),
+        ({"SLURM_NTASKS": "2", "SLURM_NNODES": "1"}, UNSET, {"devices": 2, "num_nodes": 1, "strategy": "ddp"}),
+        ({**SRUN_2X4, **TORCHRUN_2}, UNSET, {"devices": 2, "num_nodes": 1, "strategy": "ddp"}),  # torchrun inside a job
+    ],
+    ids=["none", "lightnings-child", "slurm-shell", "torchrun", "torchrun-strategy-kept", "torchrun-device-ids",
+         "torchrun-2-nodes", "torchrun-1", "srun", "srun-agrees", "srun-tasks-per-node", "srun-1-node", "torchrun-in-slurm"],
+)  # fmt: skip
+def test_under_a_launcher_unset_device_options_come_from_its_processes(environ, trainer, fitted):
+    assert launch.fit_to_launcher(trainer, environ) == fitted
+
+
+@pytest.mark.parametrize(
+    "environ, trainer, message",
+    [
+        (TORCHRUN_2, {**UNSET, "devices": 3}, "torchrun started 2 processes per node on 1 node, one device each, but "
+         "--trainer.devices 3 asks for another number: leave it unset or use --trainer.devices 2"),
+        (TORCHRUN_2, {**UNSET, "num_nodes": 2}, "--trainer.num_nodes 2 asks for another number"),
+        (SRUN_2X4, {**UNSET, "devices": 2, "num_nodes": 4}, "SLURM started 4 processes per node on 2 nodes, one device each, "
+         "but --trainer.devices 2 and --trainer.num_nodes 4 ask for another number: leave them unset or use --trainer.devices 4 --trainer.num_nodes 2"),
+        ({"SLURM_NTASKS": "1", "SLURM_NNODES": "1"}, {**UNSET, "devices": 2}, "use --trainer.devices 1"),
+        ({"SLURM_NTASKS": "3", "SLURM_TASKS_PER_NODE": "2,1", "SLURM_NNODES": "2"}, UNSET, "not the same number on each node"),
+    ],
+    ids=["torchrun-devices", "torchrun-nodes", "srun-both", "srun-one-task", "srun-uneven"],
+)  # fmt: skip
+def test_under_a_launcher_device_options_that_disagree_with_its_processes_are_refused(environ, trainer, message):
+    with pytest.raises(MiniGPTError) as refused:
+        launch.fit_to_launcher(trainer, environ)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_the_run_folder_reaches_only_processes_rank_0_started(env, tmp_path):

@@ -23,6 +23,7 @@ import yaml
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
+from minigpt.training import launch
 from minigpt.training.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
 
 GROUPS = ("model", "optim", "trainer")
@@ -175,7 +176,7 @@ class TrainConfig:
             model = self.model_config(vocab_size=257)  # the smallest vocabulary; checked again with the real one
         except ValueError as err:
             raise MiniGPTError(f"--model.{err}") from None
-        trainer = self.trainer
+        trainer = self.trainer = launch.fit_to_launcher(self.trainer)  # torchrun's or SLURM's processes, or refused
         check_devices(trainer.get("accelerator"), trainer.get("strategy"), trainer.get("devices"))
         check_fits_in_memory(model, self.batch_size, trainer.get("accelerator"))
 
