@@ -66,6 +66,38 @@ def test_help_is_short_and_help_all_lists_every_trainer_option(capsys):
     assert "--trainer.limit_val_batches" in help_text(capsys, "--help_all")
 
 
+@pytest.mark.parametrize("flag", ["--help", "--help_all"])
+def test_help_reads_as_written_for_people_without_jsonargparses_boilerplate(capsys, flag):
+    out = help_text(capsys, flag)
+    for boilerplate in ("site-packages", "default.yaml']", "Note: default values", "default config file locations",
+                        "Path to a configuration file", "--model CONFIG", "--optim CONFIG"):  # fmt: skip
+        assert boilerplate not in out, boilerplate
+    assert out.splitlines()[0].startswith("usage: minigpt train")
+
+
+def test_the_short_helps_trainer_defaults_are_lightnings_own():
+    import inspect
+
+    from lightning import Trainer
+
+    from minigpt.training.options import COMMON_TRAINER
+
+    lightning = inspect.signature(Trainer).parameters
+    assert {name: default for name, (default, _) in COMMON_TRAINER.items()} == {
+        name: lightning[name].default for name in COMMON_TRAINER
+    }
+
+
+def test_train_help_does_not_import_lightning():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "minigpt", "train", "--help"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and "--trainer.max_steps" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "lightning" not in imported and "lightning.pytorch" not in imported
+
+
 def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     by_path = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml")])

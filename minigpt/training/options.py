@@ -3,13 +3,12 @@
 jsonargparse; --resume starts from the run's own config.yaml. The parser is also `--help`'s text.
 
 `TrainConfig.load` (Python) and `TrainConfig.from_options` (the command's argv) both come here. Building the
-parser imports Lightning, for the Trainer's options; importing this module does not.
+parser imports Lightning, for the Trainer's options, except for the short --help; importing this module does not.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -29,18 +28,22 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
 # Set by minigpt itself (run folder, logger, checkpointing); not offered as --trainer.* options.
 TRAINER_SKIP = {"logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing", "enable_autolog_hparams"}
-COMMON_TRAINER = {  # the Trainer options `--help` shows; `--help_all` shows every one, with Lightning's own words
-    "max_steps": "optimizer steps to train for",
-    "val_check_interval": "validate, log and save best.ckpt every N steps",
-    "accelerator": "cpu, gpu, mps or auto",
-    "devices": "devices (processes) per machine, e.g. 2",
-    "strategy": "auto, ddp, ddp_spawn, fsdp, ... (see More than one device in the README)",
-    "num_nodes": "machines taking part in a distributed run",
-    "precision": "32-true, bf16-mixed, 16-mixed; unset: bf16-mixed on GPUs that support it, else 32-true",
-    "accumulate_grad_batches": "batches whose gradients make one optimizer step",
-    "gradient_clip_val": "clip the gradient norm to this value (0: off)",
-    "log_every_n_steps": "log the training metrics every N steps",
+COMMON_TRAINER = {  # the Trainer options `--help` shows, with Lightning's defaults (a test checks them against the
+    # Trainer's signature), so that --help needs no Lightning; `--help_all` shows every one, in Lightning's own words
+    "max_steps": (-1, "optimizer steps to train for"),
+    "val_check_interval": (None, "validate, log and save best.ckpt every N steps"),
+    "accelerator": ("auto", "cpu, gpu, mps or auto"),
+    "devices": ("auto", "devices (processes) per machine, e.g. 2"),
+    "strategy": ("auto", "auto, ddp, ddp_spawn, fsdp, ... (see More than one device in the README)"),
+    "num_nodes": (1, "machines taking part in a distributed run"),
+    "precision": (None, "32-true, bf16-mixed, 16-mixed; unset: bf16-mixed on GPUs that support it, else 32-true"),
+    "accumulate_grad_batches": (1, "batches whose gradients make one optimizer step"),
+    "gradient_clip_val": (None, "clip the gradient norm to this value (0: off)"),
+    "log_every_n_steps": (None, "log the training metrics every N steps"),
 }
+DESCRIPTION = """Train a GPT with PyTorch Lightning. Each option shows the value a plain run uses: the bundled
+default config's (see --list_configs), else its own default. A --config file overrides these, and each option given
+overrides both; any option can also be set in a YAML file, under its dotted name."""
 UNRECOGNIZED = "unrecognized arguments: "  # how jsonargparse's message for unknown options starts
 USAGE = "minigpt train [--config NAME|FILE] [--resume RUN] [--OPTION VALUE ...]"
 
@@ -55,11 +58,10 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     """The options of `minigpt train`: each has a dotted name and can also be set in a YAML config; defaults
     come from `TrainConfig`'s fields and the bundled default.yaml (what --help shows is what a plain run uses)."""
     from jsonargparse import set_parsing_settings
-    from lightning import Trainer  # here, not at the top: TrainConfig itself needs no Lightning
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # the model's and optimizer's field docs
     parser = ArgumentParser(
-        prog="minigpt train", usage=USAGE, description="Train a GPT with PyTorch Lightning.",
+        prog="minigpt train", usage=USAGE, description=DESCRIPTION,
         default_config_files=[str(DEFAULT_CONFIG)], exit_on_error=False, formatter_class=HelpFormatter,
     )  # fmt: skip
     parser.add_argument(
@@ -74,13 +76,30 @@ def build_parser(every_trainer_option: bool = True) -> ArgumentParser:
     parser.add_class_arguments(GPTConfig, "model", skip={"vocab_size"})
     parser.add_class_arguments(OptimConfig, "optim")
     if every_trainer_option:
+        from lightning import Trainer  # here, not at the top: TrainConfig and --help need no Lightning
+
         parser.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP, instantiate=False)
+        parser.groups["trainer"].title = "Lightning Trainer, every option (in Lightning's own words)"
     else:
         group = parser.add_argument_group("Lightning Trainer, the options used most (every one: --help_all)")
-        lightning_defaults = inspect.signature(Trainer).parameters
-        for name, text in COMMON_TRAINER.items():
-            group.add_argument(f"--trainer.{name}", help=text, default=lightning_defaults[name].default)
+        for name, (default, text) in COMMON_TRAINER.items():
+            group.add_argument(f"--trainer.{name}", help=text, default=default)
+    _help_in_our_words(parser)
     return parser
+
+
+def _help_in_our_words(parser: ArgumentParser) -> None:
+    """Drop jsonargparse's boilerplate from --help: the group naming default.yaml's path (the description says
+    where defaults come from), the --model and --optim options that read a group from a file ("Path to a
+    configuration file."; --config does that), and the long texts of --help and --print_config."""
+    parser._action_groups = [g for g in parser._action_groups if g is not parser._default_config_files_group]
+    for action in parser._actions:
+        if action.dest in ("model", "optim", "trainer"):  # the whole group's option, not one dotted field
+            action.help = argparse.SUPPRESS
+        elif "--help" in action.option_strings:
+            action.help = "show this help and exit (--help_all: with every Trainer option)"
+        elif "--print_config" in action.option_strings:
+            action.help = "print the config the other options resolve to, as YAML, and exit"
 
 
 def bundled_configs() -> list[str]:
