@@ -1,6 +1,7 @@
 """The wing rule: only minigpt.training (and the train command) import Lightning; the core, data, hf and
 inspection packages, and the public API short of `train`, never do. `import minigpt` imports neither torch nor
-Lightning. Each import runs in a fresh interpreter, so nothing another test imported can hide a violation."""
+Lightning, and no library module imports the command line (arrows point from cli/ down, never back). Each import
+runs in a fresh interpreter, so nothing another test imported can hide a violation."""
 
 from __future__ import annotations
 
@@ -19,11 +20,27 @@ LIGHTNING_FREE = sorted(
 ) + ["minigpt.training", "minigpt.training.config", "minigpt.training.options", "minigpt.training.launch"]
 
 
-def imported_after(code: str) -> set[str]:
-    """The top-level names of the modules a fresh interpreter holds after running `code`."""
-    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+LIBRARY = sorted(
+    info.name for info in pkgutil.walk_packages(minigpt.__path__, "minigpt.")
+    if not info.name.startswith(("minigpt.cli", "minigpt.__main__"))
+)  # fmt: skip
+
+
+def modules_after(code: str) -> set[str]:
+    """The names of the modules a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     return set(done.stdout.split())
+
+
+def imported_after(code: str) -> set[str]:
+    """The top-level names of the modules a fresh interpreter holds after running `code`."""
+    return {name.split(".")[0] for name in modules_after(code)}
+
+
+def test_no_library_module_imports_the_command_line():
+    code = "\n".join(f"import {module}" for module in LIBRARY)
+    assert "minigpt.training.run" in LIBRARY and not {m for m in modules_after(code) if m.startswith("minigpt.cli")}
 
 
 def test_the_wing_rule_covers_every_package():

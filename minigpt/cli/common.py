@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import torch
 
 from minigpt.errors import MiniGPTError
+from minigpt.suggest import did_you_mean, option_names
 
 CHECKPOINT_HELP = "a checkpoint file or run folder (its best.ckpt, else its last.ckpt)"
 CKPT_HELP = CHECKPOINT_HELP + ", a Hugging Face GPT-2 folder, or hf:REPO_ID"
@@ -45,39 +45,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def option_names(parser: argparse.ArgumentParser) -> list[str]:
-    """Every long option of `parser`, as `--name`."""
-    return [name for action in parser._actions for name in action.option_strings if name.startswith("--")]
-
-
-def did_you_mean(unrecognized: Sequence[str], options: Iterable[str]) -> str:
-    """'; did you mean --trainer.max_steps?' for the arguments argparse left over (`unrecognized`): the closest
-    real option to each unknown one that is close to any; '' when none is."""
-    guesses = []
-    for arg in unrecognized:
-        if arg.startswith("--") and len(arg) > 2:
-            name = arg.split("=", 1)[0]
-            closest = closest_option(name, options)
-            if closest is not None:
-                guesses.append((name, closest))
-    if len(guesses) == 1:
-        return f"; did you mean {guesses[0][1]}?"
-    if guesses:
-        return "; did you mean " + ", ".join(f"{closest} for {name}" for name, closest in guesses) + "?"
-    return ""
-
-
-def closest_option(name: str, options: Iterable[str]) -> str | None:
-    """The option of `options` closest to `name` (difflib's measure), comparing whole names and also their last
-    dotted part, so that nanoGPT's and Hugging Face's `--max_steps` finds `--trainer.max_steps`."""
-    options = list(options)
-    by_spelling = {option: option for option in options}
-    for option in options:  # a whole name wins over another option's last part
-        by_spelling.setdefault("--" + option.rsplit(".", 1)[-1], option)
-    spelling = difflib.get_close_matches(name, by_spelling, n=1)
-    return by_spelling[spelling[0]] if spelling else None
 
 
 def positive_int(text: str) -> int:

@@ -18,9 +18,9 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
 from minigpt import checkpoint
-from minigpt.cli.common import did_you_mean, option_names
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
+from minigpt.suggest import did_you_mean, option_names
 from minigpt.training.config import OptimConfig, TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
