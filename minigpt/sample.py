@@ -101,6 +101,10 @@ def make_generators(seed: int | None, n: int, device: str | torch.device = "cpu"
 # ---- the settings: one checked object for every layer --------------------------------------------
 
 
+MAX_NUM_SAMPLES = 1024
+"""Samples drawn in one batch at most: more is a typo, which would build its rows for minutes before failing."""
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How to complete a prompt. Made once and checked then: an out-of-range value raises `MiniGPTError`
@@ -139,8 +143,8 @@ class SamplingSettings:
             raise MiniGPTError(f"repetition_penalty must be a finite number >= 1 (1 = off), got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
             raise MiniGPTError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.num_samples < 1:
-            raise MiniGPTError(f"num_samples must be at least 1, got {self.num_samples}")
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise MiniGPTError(f"num_samples must be from 1 to {MAX_NUM_SAMPLES}, got {self.num_samples}")
         if any(not s for s in self.stop):
             raise MiniGPTError("stop strings must not be empty")
 

@@ -508,3 +508,33 @@ def test_attention_options_without_attention_are_refused_not_ignored(tiny_checkp
     result = cli(greedy(tiny_checkpoint, "--prompt", "hello", *option))
     assert_one_line_error(*result)
     assert f"{option[0]} belongs to the attention report: add --attention OUT_DIR" in result[2]
+
+
+# ---- unbounded inputs are refused, not read until memory runs out ---------------------------------------
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_prompt_file_is_a_one_line_error(tiny_checkpoint: Path, device: str) -> None:
+    code, out, err = cli(greedy(tiny_checkpoint, "--prompt_file", device))
+    assert_one_line_error(code, out, err)
+    assert f"prompt file '{device}'" in err and ("longer than 16,777,216 characters" in err or "utf-8" in err)
+
+
+def test_an_endless_piped_prompt_is_a_one_line_error(tiny_checkpoint: Path) -> None:
+    with open("/dev/zero", encoding="utf-8") as zeros:
+        code, out, err = cli(greedy(tiny_checkpoint, "--prompt", "-"), stdin=zeros)
+    assert_one_line_error(code, out, err)
+    assert "the prompt on standard input is longer than" in err
+
+
+def test_an_endless_line_in_interactive_mode_is_a_one_line_error(tiny_checkpoint: Path) -> None:
+    with open("/dev/zero", encoding="utf-8") as zeros:
+        code, out, err = cli(greedy(tiny_checkpoint, "--interactive"), stdin=zeros)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert "a prompt from standard input is longer than" in err
+
+
+def test_an_absurd_number_of_samples_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    code, out, err = cli(["--ckpt", str(tmp_path / "missing.ckpt"), "--prompt", "a", "--num_samples", "100000000"])
+    assert_one_line_error(code, out, err)
+    assert "num_samples must be from 1 to 1024, got 100000000" in err

@@ -38,6 +38,9 @@ from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
 from minigpt.sample import SamplingSettings, stream
 
+MAX_PROMPT_CHARS = 1 << 24
+"""The longest prompt read (16 Mi characters): the model sees only its last block_size tokens, and /dev/zero or
+/dev/urandom as a prompt file would otherwise be read until memory runs out."""
 DIVIDER = "-" * 20
 PROMPT_MARKER = "> "  # shown on a terminal before each prompt
 CONTINUATION_MARKER = "... "  # and before each further line of a prompt whose line ended in a backslash
@@ -190,9 +193,11 @@ def read_prompts(stdin: TextIO) -> Iterator[str]:
         if terminal:
             print(CONTINUATION_MARKER if prompt else PROMPT_MARKER, end="", file=sys.stderr, flush=True)
         try:
-            line = stdin.readline()
+            line = stdin.readline(MAX_PROMPT_CHARS + 1)
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read a prompt from standard input: {err}") from None
+        if len(prompt) + len(line) > MAX_PROMPT_CHARS:
+            raise MiniGPTError(too_long("a prompt from standard input"))
         if not line:  # the end of the input, or Ctrl-D on a terminal
             if terminal:
                 print(file=sys.stderr)  # so the shell's prompt starts on its own line
@@ -209,12 +214,26 @@ def read_prompts(stdin: TextIO) -> Iterator[str]:
         prompt = ""
 
 
+def bounded(text: str, what: str) -> str:
+    """`text`, read as at most MAX_PROMPT_CHARS + 1 characters, unless it is longer than a prompt may be."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise MiniGPTError(too_long(what))
+    return text
+
+
+def too_long(what: str) -> str:
+    return (
+        f"{what} is longer than {MAX_PROMPT_CHARS:,} characters (a device or an endless stream?): only its last "
+        "block_size tokens would be used, so pass the end of it"
+    )
+
+
 def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
     """The prompt from --prompt, --prompt_file, or a piped standard input; empty when there is none."""
     if prompt_file is not None:
         try:
             with open(prompt_file, encoding="utf-8") as f:
-                return f.read()
+                return bounded(f.read(MAX_PROMPT_CHARS + 1), f"prompt file {prompt_file!r}")
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read prompt file {prompt_file!r}: {err}") from None
     # A closed standard input (`<&-`) is None: like a terminal, it holds no prompt unless `-` asks for one.
@@ -222,7 +241,7 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         if sys.stdin is None:
             raise MiniGPTError("--prompt - reads standard input, but it is closed: pass --prompt TEXT or --prompt_file")
         try:
-            return sys.stdin.read()
+            return bounded(sys.stdin.read(MAX_PROMPT_CHARS + 1), "the prompt on standard input")
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read the prompt from standard input: {err}") from None
     return prompt or ""
