@@ -185,6 +185,15 @@ def _check_record(data: Any) -> None:
     ids = list(specials.values()) if isinstance(specials, dict) else []
     if not isinstance(specials, dict) or not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
         raise ValueError("tokenizer special_tokens must map strings to integer ids")
-    if len(set(ids)) != len(ids) or any(i < len(ranks) for i in ids):
-        raise ValueError("tokenizer special token ids must be distinct and follow the ranks")
+    if not specials_follow_ranks(len(ranks), ids):
+        raise ValueError(
+            f"tokenizer special token ids must be distinct and follow the ranks with no gap, as ids {len(ranks)} to "
+            f"{len(ranks) + len(ids) - 1}"
+        )
+
+
+def specials_follow_ranks(n_ranks: int, ids: list[int]) -> bool:
+    """Whether special token `ids` number on from the `n_ranks` ordinary tokens with no id skipped: an id in a gap
+    belongs to no token, and sampling it could not be decoded."""
+    return sorted(ids) == list(range(n_ranks, n_ranks + len(ids)))
 

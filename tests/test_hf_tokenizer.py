@@ -190,6 +190,14 @@ def specials_first(hf_json: dict) -> dict:
     return json.loads(trained._tokenizer.to_str())
 
 
+def gap_before_specials(hf_json: dict) -> dict:
+    """<|endoftext|> numbered 1000 after fewer ordinary tokens: the ids in between are no token at all."""
+    data = edited(hf_json, "added_tokens.0.id", 1000)
+    if tok.EOT in data["model"]["vocab"]:
+        data["model"]["vocab"][tok.EOT] = 1000
+    return data
+
+
 def word_piece(hf_json: dict) -> dict:
     return json.loads(Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1, "##b": 2}, unk_token="[UNK]")).to_str())
 
@@ -202,6 +210,7 @@ REFUSALS = {
     "no_endoftext": (lambda data: edited(data, "added_tokens", []), "no special <\\|endoftext\\|>"),
     "non_special_added": (lambda data: edited(data, "added_tokens.0.special", False), "non-special token"),
     "specials_first": (specials_first, "special tokens before"),
+    "gap_before_specials": (gap_before_specials, "after a gap of unused ids"),
     "merges_out_of_order": (swapped_merges, "ids that grow with merges"),
     "merge_unlike_tiktoken": (merge_unlike_tiktoken, "tiktoken would build 'abc'"),
     "missing_model": (lambda data: {k: v for k, v in data.items() if k != "model"}, "not a valid tokenizers file"),

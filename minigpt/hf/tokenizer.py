@@ -26,7 +26,7 @@ import tiktoken
 
 from minigpt.errors import MiniGPTError
 from minigpt.hf.regex_dialects import from_oniguruma, to_oniguruma
-from minigpt.tokenizer import EOT, GPT2_PATTERN
+from minigpt.tokenizer import EOT, GPT2_PATTERN, specials_follow_ranks
 
 
 def _byte_chars() -> list[str]:
@@ -222,8 +222,10 @@ def _encoding(
         raise MiniGPTError(f"{path} has no special {EOT} token, which minigpt needs to separate documents")
     ranks = _ranks(path, vocab, specials)
     ids = list(specials.values())
-    if not all(type(i) is int and i >= len(ranks) for i in ids) or len(set(ids)) != len(ids):
-        raise MiniGPTError(f"{path} numbers its special tokens before or among the others; minigpt needs them after")
+    if not (all(type(i) is int for i in ids) and specials_follow_ranks(len(ranks), ids)):
+        after = all(type(i) is int and i >= len(ranks) for i in ids) and len(set(ids)) == len(ids)
+        where = "after a gap of unused ids (no token to decode)" if after else "before or among the others"
+        raise MiniGPTError(f"{path} numbers its special tokens {where}; minigpt needs them right after the others")
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise MiniGPTError(f"{path} does not number its ordinary tokens 0 to {len(ranks) - 1}, as minigpt needs")
     _check_merges(path, ranks, merges, shortcut)
