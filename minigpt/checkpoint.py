@@ -160,15 +160,10 @@ def _in_run_folder(path: Path, first: str, fallback: str) -> Path:
     return path / fallback if (path / fallback).is_file() and not (path / first).is_file() else path / first
 
 
-def read(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Payload]:
     """The verified, validated checkpoint dict of a file or run folder (`file_to_use`), loaded safely onto the
-    CPU; `MiniGPTError` for any bad file."""
-    return _read(file_to_use(path))[0]
-
-
-def payload_of(ckpt: dict[str, Any]) -> Payload:
-    """The payload record of a checkpoint dict that `read` returned."""
-    return Payload.from_dict(ckpt[PAYLOAD_KEY])
+    CPU, and its payload record; `MiniGPTError` for any bad file."""
+    return _read(file_to_use(path))
 
 
 def _read(path: Path) -> tuple[dict[str, Any], Payload]:

@@ -84,7 +84,7 @@ class Payload:
             config,
             tok.from_dict(data["tokenizer"]),
             train_config if isinstance(train_config, dict) else {},
-            _shard_meta(data.get("data")),
+            data_of(data),
         )
 
 
@@ -106,8 +106,10 @@ def model_config_of(data: Any) -> GPTConfig:
     return GPTConfig(**raw)
 
 
-def _shard_meta(raw: Any) -> ShardMeta | None:
-    """The data's shard meta; None for none (``{}``) and for an older format, which no reader needs to load."""
+def data_of(data: dict[str, Any]) -> ShardMeta | None:
+    """The shard meta of a payload dict, read without building its tokenizer; None for none (``{}``) and for an
+    older format, which no reader needs to load."""
+    raw = data.get("data")
     try:
         return ShardMeta.from_json(raw) if raw else None
     except ValueError:

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from minigpt import checkpoint
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
-from minigpt.payload import Payload
+from minigpt.payload import Payload, data_of
 from minigpt.training.config import OptimConfig
 from minigpt.training.datamodule import batch_seed, rank_seed
 
@@ -266,6 +266,6 @@ class LitGPT(L.LightningModule):
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         # The payload stays the one built for this run (its config overrides, its data); only compare.
         # The resumed checkpoint was read and checked before training started (`minigpt.checkpoint.read`).
-        saved, ours = checkpoint.payload_of(ckpt).data, self.payload.data if self.payload is not None else None
+        saved, ours = data_of(ckpt[checkpoint.PAYLOAD_KEY]), self.payload.data if self.payload is not None else None
         if saved is not None and ours is not None and saved.fingerprint != ours.fingerprint:
             log.warning("the corpus changed since this run's checkpoint; training continues on the new shards")

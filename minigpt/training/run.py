@@ -69,9 +69,9 @@ def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | 
     config.validate()  # again: a config made or changed in Python may not have been checked
     config, start = pretrained_start(config)  # --init fixes the model's shape and tokenizer
     # A resumed checkpoint is verified (checksum, plain data only) before anything else happens.
-    resumed = checkpoint.read(config.resume) if config.resume else None
+    resumed, resumed_payload = checkpoint.read(config.resume) if config.resume else (None, None)
     # The data is tokenized with the model's own tokenizer when there is one (a pretrained or resumed model).
-    encoding = start.tokenizer if start else checkpoint.payload_of(resumed).tokenizer if resumed else None
+    encoding = start.tokenizer if start else resumed_payload.tokenizer if resumed_payload else None
     quiet_lightning()
     accelerator = config.trainer.get("accelerator")
     set_arithmetic(config.threads, accelerator)
