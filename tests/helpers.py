@@ -4,10 +4,17 @@ other; fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import random
+import resource
+import signal
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -117,3 +124,65 @@ WRITTEN_BEFORE = {
     "train_sha256": "1" * 64,
     "val_sha256": "2" * 64,
 }
+
+
+MEMORY_HEADROOM = 4 << 30
+"""Bytes of address space one guarded command may add on top of what the test process has."""
+
+
+class Hang(Exception):
+    """A guarded command ran past its time limit."""
+
+
+@contextlib.contextmanager
+def guarded(time_limit_s: int) -> Iterator[None]:
+    """A memory ceiling and a time limit for one command run in-process, so a product that tries to allocate an
+    enormous model or batch fails (MemoryError / torch's "can't allocate memory") instead of taking the machine
+    down, and one that hangs raises `Hang`."""
+    with open("/proc/self/statm") as f:
+        in_use = int(f.read().split()[0]) * resource.getpagesize()
+    previous = resource.getrlimit(resource.RLIMIT_AS)
+    ceiling = in_use + MEMORY_HEADROOM
+    if previous[1] != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, previous[1])
+
+    def timeout(signum, frame):
+        raise Hang(f"the command ran longer than {time_limit_s} s")
+
+    old_handler = signal.signal(signal.SIGALRM, timeout)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, previous[1]))
+    signal.alarm(time_limit_s)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+        resource.setrlimit(resource.RLIMIT_AS, previous)
+
+
+def run_captured(
+    main: Callable[[Sequence[str]], None], argv: list[str], time_limit_s: int, stdin: str = ""
+) -> tuple[int, str, str]:
+    """A command's `main` in-process as its entry point runs it (`minigpt.cli.run`), guarded; (exit code,
+    stdout, stderr). stdin reads `stdin`; a SystemExit gives its code, as it would to the shell.
+
+    stderr is what the command prints itself. Python warnings are recorded, not printed, and log records never
+    reach it (run()'s logging.basicConfig finds a handler already there), under pytest and outside it alike.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    quiet = logging.NullHandler()
+    root.addHandler(quiet)
+    saved_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with guarded(time_limit_s), warnings.catch_warnings(record=True), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.simplefilter("ignore")
+            try:
+                code = run(main, argv)
+            except SystemExit as exit:  # argparse's own exit for a bad option, as the console script ends
+                code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        sys.stdin = saved_stdin
+        root.removeHandler(quiet)
+    return code, out.getvalue(), err.getvalue()

@@ -20,18 +20,12 @@ counts above the limit are drawn, and refused).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
-import logging
 import random
-import resource
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,14 +34,11 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 from minigpt import checkpoint
-from minigpt.cli import run
 from minigpt.cli.train import main
 from minigpt.training.run_folder import holds_run
+from tests.helpers import run_captured
 
 REPO = Path(__file__).resolve().parents[1]
-
-MEMORY_HEADROOM = 4 << 30  # bytes of address space one example may add on top of what the test process has
-TIME_LIMIT_S = 60  # one example: tiny runs take well under a second, BPE training a few seconds
 
 # ---- values ------------------------------------------------------------------------------------------
 
@@ -267,53 +258,10 @@ def write_corpus(path: Path) -> Path:
     return path
 
 
-class Hang(Exception):
-    """An example ran past TIME_LIMIT_S."""
-
-
-@contextlib.contextmanager
-def guarded() -> Iterator[None]:
-    """A memory ceiling and a time limit for one example, so a product that tries to allocate an enormous model
-    or batch fails (MemoryError / torch's "can't allocate memory") instead of taking the machine down."""
-    with open("/proc/self/statm") as f:
-        in_use = int(f.read().split()[0]) * resource.getpagesize()
-    previous = resource.getrlimit(resource.RLIMIT_AS)
-    ceiling = in_use + MEMORY_HEADROOM
-    if previous[1] != resource.RLIM_INFINITY:
-        ceiling = min(ceiling, previous[1])
-
-    def timeout(signum, frame):
-        raise Hang(f"the command ran longer than {TIME_LIMIT_S} s")
-
-    old_handler = signal.signal(signal.SIGALRM, timeout)
-    resource.setrlimit(resource.RLIMIT_AS, (ceiling, previous[1]))
-    signal.alarm(TIME_LIMIT_S)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old_handler)
-        resource.setrlimit(resource.RLIMIT_AS, previous)
-
-
 def train(argv: list[str]) -> tuple[int, str, str]:
-    """train.py in-process, as its entry point runs it; (exit code, stdout, stderr).
-
-    stderr is what the command prints itself. Python warnings are recorded, not printed, and log records never
-    reach it (run()'s logging.basicConfig finds a handler already there), under pytest and outside it alike:
-    `test_a_late_mistake_prints_one_line_on_the_real_command` checks the real command's whole stderr.
-    """
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    quiet = logging.NullHandler()
-    root.addHandler(quiet)
-    try:
-        with guarded(), warnings.catch_warnings(record=True), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            warnings.simplefilter("ignore")
-            code = run(main, argv)
-    finally:
-        root.removeHandler(quiet)
-    return code, out.getvalue(), err.getvalue()
+    """train.py in-process, as its entry point runs it, under a memory ceiling and a minute's limit (tiny runs
+    take well under a second, BPE training a few seconds); (exit code, stdout, stderr)."""
+    return run_captured(main, argv, time_limit_s=60)
 
 
 class Workspace:
