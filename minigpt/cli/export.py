@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer files, generation config and a model card.",
     )
     parser.add_argument("--ckpt", required=True, help=CHECKPOINT_HELP)
-    parser.add_argument("--out", required=True, type=Path, help="the folder to write; it must not exist or be empty")
+    parser.add_argument("--out", required=True, type=Path, help="the folder to write (a new or empty one, not the current folder; a link to an empty folder writes there)")
     return parser
 
 

@@ -3,10 +3,15 @@ code (the mapping is `minigpt.hf.pretrained`'s, run backwards)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
-import uuid
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +26,130 @@ from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.hf.pretrained import CONV1D, LAYER_NORM_EPS
 from minigpt.model import GPTConfig
 
+logger = logging.getLogger(__name__)
+
 
 def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> None:
     """Write a Hugging Face GPT-2 folder (config, safetensors, tokenizer, generation config, model card) for a
     loaded model or a checkpoint file / run folder, that ``transformers.AutoModelForCausalLM`` loads.
 
-    The folder appears complete or not at all; an existing non-empty `out` is refused.
+    The folder appears complete or not at all: it is written under a temporary sibling, locked while this
+    process runs, and renamed into place; an existing non-empty `out` is refused and a link to a folder is
+    followed. Temporary folders that killed exports left beside `out` are removed first.
     """
     loaded = source if isinstance(source, checkpoint.Loaded) else checkpoint.load(source)
     config = loaded.model.config
     if not config.bias:
         raise MiniGPTError("GPT-2's format has biases in every Linear and LayerNorm: train with --model.bias true to export")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MiniGPTError(f"{out} already exists and is not an empty folder: pass a new folder to export into")
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    shown = Path(out)
     try:
+        out = destination(shown)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        _write_folder(loaded, tmp, out.name)
+        sweep_dead_exports(out.parent)
+        tmp, lock = _new_temporary(out)
+    except OSError as err:
+        raise _write_error(shown, err) from None
+    try:
+        _write_folder(loaded, tmp, shown.name or out.name)
         os.replace(tmp, out)  # replaces an empty `out` too
-    except OSError as err:  # a parent that is a file, no permission, a full disk: nothing is left behind
-        raise MiniGPTError(f"cannot export to {out}: {err.strerror or err}; pass a folder you can write") from None
+    except OSError as err:  # a full disk, or another export that published `out` meanwhile
+        raise _write_error(shown, err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
+
+
+def destination(out: Path) -> Path:
+    """The folder that exporting to `out` replaces, checked before anything is written: links followed to the
+    folder they name, and a `MiniGPTError` for what cannot be exported into (the current folder, a file, a
+    non-empty folder, a path under a file)."""
+    try:
+        resolved = out.resolve()
+    except RuntimeError:  # a loop of links (an OSError from Python 3.13)
+        raise MiniGPTError(f"cannot export to {out}: its links form a loop; pass another folder") from None
+    if out.is_symlink() and not resolved.is_dir():
+        raise MiniGPTError(f"cannot export to {out}: it is a link to {os.readlink(out)}, which is not a folder; pass a folder")
+    if resolved == Path.cwd().resolve():  # renaming over it would leave the shell in a deleted folder
+        raise MiniGPTError(f"cannot export to {out}: it is the current folder; name a new folder, such as {out / 'hf'}")
+    if os.path.lexists(resolved) and (not resolved.is_dir() or not resolved.name or _holds_anything(resolved)):
+        raise MiniGPTError(f"{out} already exists and is not an empty folder: pass a new folder to export into")
+    for above in resolved.parents:
+        if os.path.lexists(above):
+            if not above.is_dir():
+                raise MiniGPTError(f"cannot export to {out}: {above} is a file, not a folder; pass a folder")
+            break
+    return resolved
+
+
+def _holds_anything(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except OSError:  # unreadable: not known to be empty
+        return True
+
+
+# ``.<name, at most NAME_KEPT characters>.<random>.export.tmp``: a name of 255 characters still has a legal twin.
+NAME_KEPT = 64
+_TEMP_NAME = re.compile(rf"\..{{1,{NAME_KEPT}}}\.[0-9a-f]{{16}}\.export\.tmp", re.DOTALL)
+
+
+def _new_temporary(out: Path) -> tuple[Path, int]:
+    """A new temporary sibling of `out` and a descriptor holding its lock, which the kernel drops when this
+    process ends however it ends: a folder whose lock anyone can take belongs to a dead export."""
+    while True:
+        tmp = out.with_name(f".{out.name[:NAME_KEPT]}.{secrets.token_hex(8)}.export.tmp")
+        tmp.mkdir()
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # a sweep removed it before this process could lock it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return tmp, fd
+        except (BlockingIOError, FileNotFoundError):  # a sweep took it between mkdir and flock
+            pass
+        os.close(fd)
+
+
+def sweep_dead_exports(folder: Path) -> None:
+    """Remove the temporary folders in `folder` of exports that were killed (``kill -9``, power loss); a running
+    export holds its folder's lock, so its folder is never touched."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if _TEMP_NAME.fullmatch(name) is None:
+            continue
+        try:
+            fd = os.open(folder / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # gone already, or not a folder of ours
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder / name)
+            logger.info("removed %s, left behind by an export that was killed", folder / name)
+        except OSError:  # BlockingIOError: a live export; or another sweep removed it first
+            pass
+        finally:
+            os.close(fd)
+
+
+def _write_error(out: Path, err: OSError) -> MiniGPTError:
+    """The one line for an export to `out` that the file system refused."""
+    parent = Path(os.path.abspath(out)).parent
+    if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.lexists(out):
+        reason = "it was written by another export meanwhile, which is kept"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason = f"{parent} cannot be written ({err.strerror})"
+    elif err.errno == errno.ENAMETOOLONG:
+        reason = "the name is longer than the file system allows"
+    elif err.errno == errno.ENOENT and parent.is_dir():
+        reason = f"{parent} does not accept new folders"
+    else:
+        reason = err.strerror or str(err)
+    return MiniGPTError(f"cannot export to {out}: {reason}; pass a folder you can write")
 
 
 def _write_folder(loaded: checkpoint.Loaded, folder: Path, name: str) -> None:
@@ -54,7 +159,9 @@ def _write_folder(loaded: checkpoint.Loaded, folder: Path, name: str) -> None:
     dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     _write_json(folder / "config.json", config_to_hf(config, eot, dtype))
     _write_json(folder / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
-    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})  # transformers needs the format
+    weights = folder / "model.safetensors"
+    save_file(state, weights, metadata={"format": "pt"})  # transformers needs the format
+    weights.chmod(stat.S_IMODE((folder / "config.json").stat().st_mode))  # safetensors writes 0600 whatever the umask
     hf_tokenizer.save(enc, folder)
     (folder / "README.md").write_text(model_card(config, enc, name), encoding="utf-8")
 

@@ -1,0 +1,222 @@
+"""`minigpt export --out DEST` for every kind of destination: a folder appears complete or the user reads one line
+(exit 2) and nothing that existed is touched; exports killed mid-write leave nothing that stays."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from minigpt.cli import export, run
+from minigpt.hf import export as hf_export
+from tests.helpers import REPO, environment
+
+EXPORTED = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+AS_ROOT = os.geteuid() == 0
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `folder` (links not followed) with its mode and size: what a refused export must keep."""
+    found = {}
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        found[str(path)] = (info.st_mode, info.st_size if not stat.S_ISDIR(info.st_mode) else 0)
+    return found
+
+
+def export_cli(ckpt: Path, out: str | Path, capsys) -> tuple[int, str]:
+    code = run(export.main, ["--ckpt", str(ckpt), "--out", str(out)])
+    return code, capsys.readouterr().err
+
+
+def under_a_file(tmp: Path) -> str:
+    (tmp / "notes.txt").write_text("mine")
+    return str(tmp / "notes.txt" / "model")
+
+
+def dangling_link(tmp: Path) -> str:
+    (tmp / "link").symlink_to(tmp / "gone")
+    return str(tmp / "link")
+
+
+def link_to_a_file(tmp: Path) -> str:
+    (tmp / "notes.txt").write_text("mine")
+    (tmp / "link").symlink_to(tmp / "notes.txt")
+    return str(tmp / "link")
+
+
+def read_only_parent(tmp: Path) -> str:
+    (tmp / "locked").mkdir()
+    (tmp / "locked").chmod(0o555)
+    return str(tmp / "locked" / "model")
+
+
+def immutable_parent(tmp: Path) -> str:
+    (tmp / "frozen").mkdir()
+    if subprocess.run(["chattr", "+i", str(tmp / "frozen")], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    return str(tmp / "frozen" / "model")
+
+
+def name_past_the_limit(tmp: Path) -> str:
+    return str(tmp / ("m" * 300))
+
+
+@pytest.fixture
+def unfreeze(tmp_path):
+    yield
+    for folder in (tmp_path / "frozen", tmp_path / "locked"):
+        if folder.exists():
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True, check=False)
+            folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (under_a_file, "notes.txt is a file, not a folder"),
+        (dangling_link, "is a link to"),
+        (link_to_a_file, "is a link to"),
+        (lambda tmp: "/proc/minigpt-export", "cannot export to /proc/minigpt-export"),
+        (name_past_the_limit, "longer than the file system allows"),
+        pytest.param(read_only_parent, "locked", marks=pytest.mark.skipif(AS_ROOT, reason="root writes anywhere")),
+        (immutable_parent, "frozen"),
+    ],
+    ids=["under-a-file", "dangling-link", "link-to-a-file", "proc", "name-too-long", "read-only-parent", "immutable-parent"],
+)
+def test_an_unusable_destination_is_one_line_exit_2_and_nothing_changes(tmp_path, tiny_checkpoint, capsys, unfreeze, make, needle):
+    out = make(tmp_path)
+    before = tree(tmp_path)
+    code, err = export_cli(tiny_checkpoint, out, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot export to {out}") and needle in err, err
+    assert tree(tmp_path) == before
+
+
+def test_dot_is_refused_in_one_line_and_the_current_folder_stays(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, err = export_cli(tiny_checkpoint, ".", capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "is the current folder" in err, err
+    assert Path.cwd().samefile(here) and list(here.iterdir()) == []
+
+
+def test_a_link_to_an_empty_folder_exports_into_that_folder(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    code, _ = export_cli(tiny_checkpoint, tmp_path / "link", capsys)
+    assert code == 0
+    assert (tmp_path / "link").is_symlink() and {p.name for p in (tmp_path / "target").iterdir()} == EXPORTED
+
+
+def test_a_name_of_250_characters_exports(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / ("m" * 250)
+    code, err = export_cli(tiny_checkpoint, out, capsys)
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == EXPORTED
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_every_exported_file_gets_the_umask_mode(tmp_path, tiny_checkpoint):
+    previous = os.umask(0o027)
+    try:
+        hf_export.export(tiny_checkpoint, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert modes == dict.fromkeys(EXPORTED, 0o640)
+
+
+def test_exports_racing_into_one_new_folder_leave_one_complete_folder_and_one_line_each(tmp_path, tiny_checkpoint, monkeypatch):
+    """All three pass the emptiness check and write before any renames: one wins, the others say so."""
+    together = threading.Barrier(3, timeout=60)
+    write = hf_export._write_folder
+
+    def write_then_wait(*args):
+        write(*args)
+        together.wait()
+
+    monkeypatch.setattr(hf_export, "_write_folder", write_then_wait)
+    results: list[str] = []
+
+    def one() -> None:
+        try:
+            hf_export.export(tiny_checkpoint, tmp_path / "new" / "out")
+            results.append("ok")
+        except hf_export.MiniGPTError as err:
+            results.append(str(err))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count("ok") == 1, results
+    assert all("written by another export" in r and "\n" not in r for r in results if r != "ok"), results
+    assert {p.name for p in (tmp_path / "new" / "out").iterdir()} == EXPORTED
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["out"]
+
+
+HANG_MID_EXPORT = """
+import sys, time
+from minigpt.hf import export
+
+def write_then_hang(loaded, folder, name):
+    (folder / "config.json").write_text("{}")
+    print("writing", flush=True)
+    time.sleep(600)
+
+export._write_folder = write_then_hang
+export.export(sys.argv[1], sys.argv[2])
+"""
+
+
+def temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_killed_exports_temporary_folder_is_swept_and_a_live_ones_is_kept(tmp_path, tiny_checkpoint):
+    parent = tmp_path / "exports"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HANG_MID_EXPORT, str(tiny_checkpoint), str(parent / "slow")],
+        cwd=REPO, env=environment(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline() == "writing\n"
+        live = temporaries(parent)
+        assert len(live) == 1
+        hf_export.export(tiny_checkpoint, parent / "beside")  # sweeps, but the running export's folder is its own
+        assert temporaries(parent) == live
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    hf_export.export(tiny_checkpoint, parent / "after")
+    assert temporaries(parent) == []
+    assert sorted(p.name for p in parent.iterdir()) == ["after", "beside"]
+
+
+def test_an_export_killed_at_random_moments_leaves_nothing_after_the_next_export(tmp_path, tiny_checkpoint):
+    parent = tmp_path / "exports"
+    command = [sys.executable, "-m", "minigpt", "export", "--ckpt", str(tiny_checkpoint)]
+    for attempt in range(3):
+        child = subprocess.Popen([*command, "--out", str(parent / f"k{attempt}")], cwd=REPO, env=environment())
+        deadline = time.monotonic() + 60
+        while not (parent.exists() and temporaries(parent)) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    hf_export.export(tiny_checkpoint, parent / "after")
+    assert temporaries(parent) == []
+    for folder in parent.iterdir():  # a killed export either published its whole folder or nothing
+        assert {p.name for p in folder.iterdir()} == EXPORTED
+    shutil.rmtree(parent)
