@@ -5,21 +5,28 @@
     warmup steps and cosine decay over 2000, weight decay 0.1, clipping 1.0), the same GPT class, bytes as
     tokens, nanoGPT's 90/10 split, and an evaluation every 250 steps on fixed validation windows.
 (b) The real `minigpt train --config shakespeare_cpu` command, as shipped (its own recipe and stop).
+(c) The engine pair: the same reference loop given exactly the shipped recipe (shape, batch, lr, warmup,
+    cosine sized for the config's max_steps, min lr, betas, weight decay, clipping, fused AdamW, validation
+    cadence and window count), run for the number of steps (b) took. (b) / (a) measures the recipe;
+    (b) / (c) measures the engine: the command, Lightning included, against a careful hand-written loop.
 
-Each runs in a fresh process (imports, preparation, validation, samples: everything counts), the two
-alternating for several rounds; the medians and their ratio are reported.
+Each runs in a fresh process (imports, preparation, validation, samples: everything counts), the three
+alternating for several rounds; the medians and their ratios are reported.
 Usage: python bench/bench_time_to_quality.py [--rounds 3] [--target 1.89] [--data FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -29,16 +36,19 @@ import math, sys, time
 import numpy as np, torch, torch.nn.functional as F
 from minigpt.model import GPT, GPTConfig
 
-path, target = sys.argv[1], float(sys.argv[2])
+import json
+path, target, recipe = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
 torch.manual_seed(1337)
 data = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
 cut = int(len(data) * 0.9)
 train, val = torch.from_numpy(data[:cut].astype(np.int64)), torch.from_numpy(data[cut:].astype(np.int64))
-block, batch, steps, warmup, lr, min_lr, every, windows = 64, 12, 2000, 100, 1e-3, 1e-4, 250, 512
-model = GPT(GPTConfig(vocab_size=257, block_size=block, n_layer=4, n_head=4, n_embd=128, dropout=0.0))
+block, batch, steps, warmup = recipe["block"], recipe["batch"], recipe["steps"], recipe["warmup"]
+lr, min_lr, every, windows, run_steps = recipe["lr"], recipe["min_lr"], recipe["every"], recipe["windows"], recipe["run_steps"]
+model = GPT(GPTConfig(vocab_size=257, block_size=block, n_layer=recipe["n_layer"], n_head=recipe["n_head"], n_embd=recipe["n_embd"], dropout=0.0))
 decay = [p for p in model.parameters() if p.dim() >= 2]
 rest = [p for p in model.parameters() if p.dim() < 2]
-opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
+opt = torch.optim.AdamW(groups, lr=lr, betas=recipe["betas"], fused=recipe["fused"] or None)
 offsets = np.unique(np.linspace(0, len(val) - block - 1, num=windows).astype(np.int64))
 val_x = torch.stack([val[o : o + block + 1] for o in offsets])
 
@@ -54,7 +64,7 @@ def evaluate():
     model.train()
     return sum(losses) / len(losses)
 
-for step in range(1, steps + 1):
+for step in range(1, run_steps + 1):
     for group in opt.param_groups:
         group["lr"] = rate(step - 1)
     ix = torch.randint(len(train) - block - 1, (batch,))
@@ -70,6 +80,20 @@ for step in range(1, steps + 1):
         if v <= target:
             break
 """
+
+NANOGPT = dict(block=64, batch=12, steps=2000, warmup=100, lr=1e-3, min_lr=1e-4, every=250, windows=512, run_steps=2000,
+               n_layer=4, n_head=4, n_embd=128, weight_decay=0.1, betas=[0.9, 0.99], fused=False)  # fmt: skip
+"""nanoGPT's CPU recipe for character-level Shakespeare, as nanoGPT's README gives it (its AdamW is not fused)."""
+
+
+def shipped_recipe(run_steps: int) -> dict:
+    """The bundled shakespeare_cpu recipe as the reference loop's settings, run for `run_steps` steps."""
+    config = yaml.safe_load((REPO / "minigpt" / "configs" / "shakespeare_cpu.yaml").read_text())
+    model, optim, trainer = config["model"], config["optim"], config["trainer"]
+    return dict(block=model["block_size"], batch=config["batch_size"], steps=trainer["max_steps"], warmup=optim["warmup_steps"],
+                lr=optim["lr"], min_lr=optim["lr"] * optim["min_lr_ratio"], every=trainer["val_check_interval"],
+                windows=config["val_windows"], run_steps=run_steps, n_layer=model["n_layer"], n_head=model["n_head"],
+                n_embd=model["n_embd"], weight_decay=optim["weight_decay"], betas=[optim["beta1"], optim["beta2"]], fused=True)  # fmt: skip
 
 
 def timed(command: list[str], cwd: Path) -> tuple[float, str]:
@@ -92,23 +116,38 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=1.89, help="validation loss to reach, nats per byte")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
-    times: dict[str, list[float]] = {"reference": [], "minigpt": []}
+    times: dict[str, list[float]] = {"reference": [], "minigpt": [], "same recipe": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
             folder = Path(tmp) / str(round_)
             folder.mkdir()
             runs = {
-                "reference": [sys.executable, "-c", REFERENCE, str(args.data), str(args.target)],
+                "reference": [sys.executable, "-c", REFERENCE, str(args.data), str(args.target), json.dumps(NANOGPT)],
                 "minigpt": [sys.executable, "-m", "minigpt", "train", "--config", "shakespeare_cpu", "--data", str(args.data),
                             "--cache_dir", str(folder / "cache"), "--out_dir", str(folder / "run")],
             }  # fmt: skip
             for name, command in runs.items():
                 seconds, output = timed(command, folder)
                 times[name].append(seconds)
-                print(f"round {round_} {name:>9}: {seconds:6.1f} s ({last_validation(output)})", flush=True)
-    reference, ours = statistics.median(times["reference"]), statistics.median(times["minigpt"])
-    print(f"median: reference {reference:.1f} s, minigpt {ours:.1f} s; ratio minigpt / reference: {ours / reference:.2f}")
+                print(f"round {round_} {name:>11}: {seconds:6.1f} s ({last_validation(output)})", flush=True)
+            steps = last_step(output)
+            same = [sys.executable, "-c", REFERENCE, str(args.data), "0", json.dumps(shipped_recipe(steps))]
+            seconds, output = timed(same, folder)
+            times["same recipe"].append(seconds)
+            print(f"round {round_} same recipe: {seconds:6.1f} s ({steps} steps, {last_validation(output)})", flush=True)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"median: reference {median['reference']:.1f} s, minigpt {median['minigpt']:.1f} s, "
+          f"reference loop on minigpt's recipe {median['same recipe']:.1f} s")  # fmt: skip
+    print(f"recipe: minigpt / reference = {median['minigpt'] / median['reference']:.2f}; "
+          f"engine: minigpt / same-recipe loop = {median['minigpt'] / median['same recipe']:.2f}")  # fmt: skip
 
+
+def last_step(output: str) -> int:
+    """The step of the minigpt command's last validation: how many steps the same-recipe loop runs."""
+    lines = [line for line in output.splitlines() if ": val loss" in line]
+    if not lines:
+        raise SystemExit("the minigpt run printed no validation")
+    return int(lines[-1].split(":")[0].split()[-1].split("/")[0])
 
 if __name__ == "__main__":
     main()
