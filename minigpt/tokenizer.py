@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import tiktoken
 
+from minigpt import split_patterns
 from minigpt.errors import MiniGPTError
 
 EOT = "<|endoftext|>"
@@ -106,21 +108,41 @@ def eot_id(enc: tiktoken.Encoding) -> int:
 
 
 def encode(enc: tiktoken.Encoding, text: str) -> list[int]:
-    """Encode `text` with every special token treated as ordinary text."""
-    return enc.encode_ordinary(text)
+    """Encode `text` with every special token treated as ordinary text; MiniGPTError if the split pattern fails."""
+    with _pattern_failures(enc):
+        return enc.encode(text, allowed_special=set(), disallowed_special=())
 
 
 def encode_batch(enc: tiktoken.Encoding, texts: list[str], threads: int) -> list[list[int]]:
     """`encode` over many texts at once, on `threads` threads (tiktoken releases the GIL)."""
-    return enc.encode_ordinary_batch(texts, num_threads=threads)
+    with _pattern_failures(enc):
+        return enc.encode_batch(texts, num_threads=threads, allowed_special=set(), disallowed_special=())
+
+
+@contextmanager
+def _pattern_failures(enc: tiktoken.Encoding) -> Iterator[None]:
+    """Turn a split pattern's failure on some text into one line. tiktoken's `encode` (unlike `encode_ordinary`,
+    which panics) raises ValueError when the regex engine gives up; a pattern matching empty text still makes it
+    panic, with a pyo3 PanicException that derives from BaseException, not Exception. The patterns of files are
+    checked when loaded (`split_patterns`), so this is for text that the check's probe did not foresee."""
+    try:
+        yield
+    except ValueError as err:
+        raise MiniGPTError(f"tokenizer {enc.name} cannot split this text with its pattern ({err})") from None
+    except BaseException as err:
+        if type(err).__module__ != "pyo3_runtime":
+            raise
+        first = str(err).splitlines()[0] if str(err) else "no message"
+        raise MiniGPTError(f"tokenizer {enc.name} failed inside tiktoken on this text ({first}): its split pattern is unusable") from None
 
 
 def to_dict(enc: tiktoken.Encoding) -> dict[str, Any]:
-    """Plain data (str, int, bytes, list, dict) that rebuilds `enc` with `from_dict`, for checkpoints."""
+    """Plain data (str, int, bytes, list, dict) that rebuilds `enc` with `from_dict`, for checkpoints: the ordinary
+    tokens in id order take the ids 0, 1, 2, ... that no special token has."""
     ranks = enc._mergeable_ranks  # tiktoken has no public accessor for its ranks
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
-    if [rank for _, rank in by_rank] != list(range(len(by_rank))):
-        raise ValueError(f"tokenizer {enc.name} has non-contiguous ranks")
+    if [rank for _, rank in by_rank] != ordinary_ids(len(by_rank), list(enc._special_tokens.values())):
+        raise ValueError(f"tokenizer {enc.name} leaves ids unused or gives one id two tokens")
     return {
         "name": enc.name,
         "pattern": enc._pat_str,
@@ -146,13 +168,14 @@ def from_dict(data: Any) -> tiktoken.Encoding:
     checked before tiktoken sees it, since tiktoken aborts on duplicate ids instead of raising.
     """
     _check_record(data)
-    ranks = {token: rank for rank, token in enumerate(data["ranks"])}
-    try:
-        return tiktoken.Encoding(
-            data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
-        )
-    except ValueError as err:  # the split pattern does not compile
-        raise ValueError(f"tokenizer pattern is not a valid regular expression ({err})") from None
+    problem = split_patterns.problem(data["pattern"])
+    if problem:
+        raise ValueError(f"tokenizer split pattern {problem}")
+    ids = ordinary_ids(len(data["ranks"]), list(data["special_tokens"].values()))
+    ranks = dict(zip(data["ranks"], ids))
+    return tiktoken.Encoding(
+        data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
+    )
 
 
 def save(enc: tiktoken.Encoding, path: Path) -> None:
@@ -185,15 +208,23 @@ def _check_record(data: Any) -> None:
     ids = list(specials.values()) if isinstance(specials, dict) else []
     if not isinstance(specials, dict) or not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
         raise ValueError("tokenizer special_tokens must map strings to integer ids")
-    if not specials_follow_ranks(len(ranks), ids):
+    if not specials_leave_no_gap(len(ranks), ids):
         raise ValueError(
-            f"tokenizer special token ids must be distinct and follow the ranks with no gap, as ids {len(ranks)} to "
-            f"{len(ranks) + len(ids) - 1}"
+            f"tokenizer special token ids must be distinct and below {len(ranks) + len(ids)}, so that with the "
+            f"{len(ranks)} ordinary tokens they number 0 to {len(ranks) + len(ids) - 1} with no gap"
         )
 
 
-def specials_follow_ranks(n_ranks: int, ids: list[int]) -> bool:
-    """Whether special token `ids` number on from the `n_ranks` ordinary tokens with no id skipped: an id in a gap
-    belongs to no token, and sampling it could not be decoded."""
-    return sorted(ids) == list(range(n_ranks, n_ranks + len(ids)))
+def specials_leave_no_gap(n_ranks: int, ids: list[int]) -> bool:
+    """Whether special token `ids` and `n_ranks` ordinary tokens can number 0 to n - 1 with no id skipped (the
+    specials first, last or anywhere between): an id in a gap belongs to no token, and sampling it could not be
+    decoded."""
+    return len(set(ids)) == len(ids) and all(0 <= i < n_ranks + len(ids) for i in ids)
+
+
+def ordinary_ids(n_ranks: int, special_ids: list[int]) -> list[int]:
+    """The ids of `n_ranks` ordinary tokens, in order, beside special tokens numbered `special_ids`: those that
+    the specials leave free, from 0 up."""
+    taken = set(special_ids)
+    return [i for i in range(n_ranks + len(taken)) if i not in taken][:n_ranks]
 

@@ -137,10 +137,7 @@ def test_vocab_and_merges_load_with_the_hf_ids(hf_bpe, tmp_path):
 
 def test_split_regex_loads_with_the_hf_ids_where_the_regex_engines_differ(hf_json, tmp_path):
     # Oniguruma reads `$` as the end of a line and `\p{N}{1,3}+` as (\p{N}{1,3})+; tiktoken's engine does not.
-    pattern = CL100K_PATTERN.replace(r"\s++$", r"\s+$")
-    split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-    data = edited(hf_json, "pre_tokenizer", {"type": "Sequence", "pretokenizers": [split, byte_level]})
+    data = split_pattern(hf_json, CL100K_PATTERN.replace(r"\s++$", r"\s+$"))
     hf = Tokenizer.from_str(json.dumps(data))
     loaded = load(write_json(tmp_path, data))
     texts = [*TEXTS, "x  \n\n y"]  # Oniguruma: "  \n", "\n"; tiktoken's engine: "  \n\n"
@@ -184,10 +181,11 @@ def merge_unlike_tiktoken(hf_json: dict) -> dict:
     return edited(data, "added_tokens.0.id", 259)
 
 
-def specials_first(hf_json: dict) -> dict:
-    trained = ByteLevelBPETokenizer()
-    trained.train_from_iterator(TRAINING_TEXT, vocab_size=300, special_tokens=[tok.EOT], show_progress=False)
-    return json.loads(trained._tokenizer.to_str())
+def split_pattern(hf_json: dict, pattern: str) -> dict:
+    """`hf_json` splitting with the regex `pattern` before its ByteLevel step, as minigpt's export writes it."""
+    split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    return edited(hf_json, "pre_tokenizer", {"type": "Sequence", "pretokenizers": [split, byte_level]})
 
 
 def gap_before_specials(hf_json: dict) -> dict:
@@ -209,11 +207,13 @@ REFUSALS = {
     "prefix_space": (lambda data: edited(data, "pre_tokenizer.add_prefix_space", True), "add_prefix_space"),
     "no_endoftext": (lambda data: edited(data, "added_tokens", []), "no special <\\|endoftext\\|>"),
     "non_special_added": (lambda data: edited(data, "added_tokens.0.special", False), "non-special token"),
-    "specials_first": (specials_first, "special tokens before"),
-    "gap_before_specials": (gap_before_specials, "after a gap of unused ids"),
+    "backtracking_pattern": (lambda data: split_pattern(data, r"((a+)+)+(?=b)|\S|\s"), "backtracks too much"),
+    "empty_pattern": (lambda data: split_pattern(data, ""), "split pattern is empty"),
+    "pattern_dropping_text": (lambda data: split_pattern(data, "a"), "split pattern drops text"),
+    "gap_before_specials": (gap_before_specials, "a gap of unused ids"),
     "merges_out_of_order": (swapped_merges, "ids that grow with merges"),
     "merge_unlike_tiktoken": (merge_unlike_tiktoken, "tiktoken would build 'abc'"),
-    "missing_model": (lambda data: {k: v for k, v in data.items() if k != "model"}, "not a valid tokenizers file"),
+    "missing_model": (lambda data: {k: v for k, v in data.items() if k != "model"}, "model must be dict"),
 }
 
 

@@ -24,9 +24,15 @@ from typing import Any
 
 import tiktoken
 
+from minigpt import split_patterns
 from minigpt.errors import MiniGPTError
-from minigpt.hf.regex_dialects import from_oniguruma, to_oniguruma
-from minigpt.tokenizer import EOT, GPT2_PATTERN, specials_follow_ranks
+from minigpt.hf.regex_dialects import to_oniguruma
+from minigpt.hf.tokenizer_json import (
+    BPEParts,
+    read_tokenizer_json,
+    read_vocab_and_merges,
+)
+from minigpt.tokenizer import EOT
 
 
 def _byte_chars() -> list[str]:
@@ -44,9 +50,9 @@ _CHAR_BYTES = {char: b for b, char in enumerate(_BYTE_CHARS)}
 def load(folder: Path) -> tiktoken.Encoding:
     """The tokenizer of a Hugging Face GPT-2-style folder as a tiktoken Encoding with the same ids."""
     if (folder / "tokenizer.json").is_file():
-        return _from_tokenizer_json(folder / "tokenizer.json")
+        return _encoding(folder / "tokenizer.json", read_tokenizer_json(folder / "tokenizer.json"))
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        return _from_vocab_and_merges(folder / "vocab.json", folder / "merges.txt")
+        return _encoding(folder / "vocab.json", read_vocab_and_merges(folder / "vocab.json", folder / "merges.txt"))
     raise MiniGPTError(
         f"{folder} holds no tokenizer.json, nor vocab.json and merges.txt: it is not a Hugging Face tokenizer"
     )
@@ -73,7 +79,7 @@ def save(enc: tiktoken.Encoding, folder: Path) -> None:
 
 def _tokenizer_json(enc: tiktoken.Encoding) -> dict[str, Any]:
     ranks: dict[bytes, int] = enc._mergeable_ranks  # tiktoken has no public accessor for its ranks
-    specials = sorted(enc._special_tokens.items(), key=lambda item: item[1])
+    specials = sorted(enc._special_tokens.items(), key=_id)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
     split = {"type": "Split", "pattern": {"Regex": to_oniguruma(enc._pat_str)}, "behavior": "Isolated"}
     return {
@@ -99,16 +105,22 @@ def _tokenizer_json(enc: tiktoken.Encoding) -> dict[str, Any]:
             "byte_fallback": False,
             # tiktoken looks each whole piece up before merging; this makes Hugging Face do the same.
             "ignore_merges": True,
-            "vocab": {_text(token): rank for token, rank in sorted(ranks.items(), key=lambda item: item[1])},
+            # The specials too, as GPT-2's file has them: the tokenizers library numbers an added token that the
+            # vocabulary lacks after the vocabulary, not as it says (measured), which is wrong when they come first.
+            "vocab": dict(sorted([*((_text(token), rank) for token, rank in ranks.items()), *specials], key=_id)),
             "merges": _merges(ranks),
         },
     }
 
 
+def _id(item: tuple[Any, int]) -> int:
+    return item[1]
+
+
 def _merges(ranks: dict[bytes, int]) -> list[str]:
     """Each multi-byte token's last step in tiktoken's BPE, in rank order, as "left right" merge lines."""
     merges = []
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+    for token, rank in sorted(ranks.items(), key=_id):
         parts = _bpe(ranks, token, rank) if len(token) > 1 else []
         # Tokens that BPE never builds (more than two parts) are reached only by the whole-piece lookup.
         if len(parts) == 2:
@@ -131,109 +143,26 @@ def _bpe(ranks: dict[bytes, int], piece: bytes, below: int) -> list[bytes]:
         parts[i : i + 2] = [parts[i] + parts[i + 1]]
 
 
-def _from_tokenizer_json(path: Path) -> tiktoken.Encoding:
-    data = _read_json(path)
-    try:  # a file that parses but lacks fields or has wrong types is as unusable as one that doesn't parse
-        model = data["model"]
-        _check_pipeline(path, data, model)
-        pattern = _pattern(path, data["pre_tokenizer"])
-        specials = {}
-        for added in data["added_tokens"]:
-            if not added["special"]:
-                raise MiniGPTError(
-                    f"{path} adds the non-special token {added['content']!r}, which tiktoken cannot match in text"
-                )
-            specials[added["content"]] = added["id"]
-        vocab = dict(model["vocab"])
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-        shortcut = bool(model.get("ignore_merges", False))
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise MiniGPTError(f"{path} is not a valid tokenizers file ({type(err).__name__}: {err})") from None
-    return _encoding(path, vocab, merges, specials, pattern, shortcut)
-
-
-def _from_vocab_and_merges(vocab_path: Path, merges_path: Path) -> tiktoken.Encoding:
-    vocab = _read_json(vocab_path)
-    try:
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise MiniGPTError(f"cannot read {merges_path}: {err}") from None
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    if not isinstance(vocab, dict):
-        raise MiniGPTError(f"{vocab_path} is not a vocabulary: it should map tokens to ids")
-    # GPT-2 keeps its one special token in vocab.json; the merges never build it.
-    specials = {EOT: vocab[EOT]} if EOT in vocab else {}
-    return _encoding(vocab_path, vocab, merges, specials, GPT2_PATTERN, shortcut=False)
-
-
-def _check_pipeline(path: Path, data: dict[str, Any], model: dict[str, Any]) -> None:
-    """Refuse every stage that tiktoken cannot reproduce: only the byte-level BPE of GPT-2 converts."""
-    if model["type"] != "BPE":
-        raise MiniGPTError(
-            f"{path} holds a {model['type']} model, not a byte-level BPE; only GPT-2-style tokenizers convert"
-        )
-    if model.get("byte_fallback") or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-        raise MiniGPTError(f"{path} holds a SentencePiece-style BPE (byte fallback or affixes), not a byte-level one")
-    if model.get("dropout"):
-        raise MiniGPTError(f"{path} sets BPE dropout, which makes its ids random; set dropout to null")
-    normalizer = data["normalizer"]
-    if normalizer is not None and normalizer != {"type": "Sequence", "normalizers": []}:
-        raise MiniGPTError(f"{path} has a {normalizer['type']} normalizer, which changes the text; tiktoken cannot")
-    if (data["decoder"] or {}).get("type") != "ByteLevel":
-        raise MiniGPTError(f"{path} has no ByteLevel decoder, so it does not decode the way tiktoken does")
-    post = data.get("post_processor")
-    if post is not None and post["type"] != "ByteLevel":
-        raise MiniGPTError(f"{path} has a {post['type']} post-processor, which adds tokens minigpt's encode does not")
-
-
-def _pattern(path: Path, pre: dict[str, Any] | None) -> str:
-    """The tiktoken split pattern of a ByteLevel pre-tokenizer, alone or after a regex Split."""
-    steps = pre["pretokenizers"] if pre and pre["type"] == "Sequence" else [pre]
-    byte_level, split = steps[-1] or {}, steps[0] if len(steps) == 2 else None
-    if byte_level.get("type") != "ByteLevel" or len(steps) > 2:
-        raise MiniGPTError(f"{path} does not pre-tokenize with ByteLevel (after at most a regex Split) like GPT-2")
-    if byte_level.get("add_prefix_space"):
-        raise MiniGPTError(f"{path} sets add_prefix_space, a leading space tiktoken cannot add; set it to false")
-    if split is None:
-        if not byte_level.get("use_regex", True):
-            raise MiniGPTError(f"{path} does not split its text into words, which tiktoken must do")
-        return GPT2_PATTERN  # what ByteLevel splits with; equivalent to tiktoken's own gpt2 pattern
-    if (
-        split["type"] != "Split"
-        or "Regex" not in split["pattern"]
-        or split["behavior"] != "Isolated"
-        or split["invert"]
-        or byte_level.get("use_regex", True)
-    ):
-        raise MiniGPTError(f"{path} splits text in a way tiktoken cannot: only an Isolated regex Split, then ByteLevel")
-    return from_oniguruma(split["pattern"]["Regex"])
-
-
-def _encoding(
-    path: Path,
-    vocab: dict[str, int],
-    merges: list[tuple[str, ...]],
-    specials: dict[str, int],
-    pattern: str,
-    shortcut: bool,
-) -> tiktoken.Encoding:
-    """Check that tiktoken gives the ids of the Hugging Face BPE described by these parts, then build it."""
+def _encoding(path: Path, parts: BPEParts) -> tiktoken.Encoding:
+    """Check that tiktoken gives the ids of the Hugging Face BPE described by `parts`, then build it."""
+    specials = parts.specials
     if EOT not in specials:
         raise MiniGPTError(f"{path} has no special {EOT} token, which minigpt needs to separate documents")
-    ranks = _ranks(path, vocab, specials)
-    ids = list(specials.values())
-    if not (all(type(i) is int for i in ids) and specials_follow_ranks(len(ranks), ids)):
-        after = all(type(i) is int and i >= len(ranks) for i in ids) and len(set(ids)) == len(ids)
-        where = "after a gap of unused ids (no token to decode)" if after else "before or among the others"
-        raise MiniGPTError(f"{path} numbers its special tokens {where}; minigpt needs them right after the others")
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise MiniGPTError(f"{path} does not number its ordinary tokens 0 to {len(ranks) - 1}, as minigpt needs")
-    _check_merges(path, ranks, merges, shortcut)
-    try:
-        name = path.parent.name or "hf"
-        return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
-    except ValueError as err:  # the split pattern does not compile in fancy-regex
-        raise MiniGPTError(f"{path} has a split pattern that tiktoken cannot compile ({err})") from None
+    problem = split_patterns.problem(parts.pattern)
+    if problem:
+        raise MiniGPTError(f"{path}: its split pattern {problem}")
+    ranks = _ranks(path, parts.vocab, specials)
+    # Special tokens may come first (as the tokenizers trainer numbers them), last or between, but an id in a
+    # gap belongs to no token, and sampling it could not be decoded.
+    ids = sorted([*ranks.values(), *specials.values()])
+    if ids != list(range(len(ids))):
+        raise MiniGPTError(
+            f"{path} numbers its {len(ids)} tokens with a gap of unused ids (no token to decode) or one id twice; "
+            f"minigpt needs ids 0 to {len(ids) - 1}, each used once"
+        )
+    _check_merges(path, ranks, parts.merges, parts.shortcut)
+    name = path.parent.name or "hf"
+    return tiktoken.Encoding(name, pat_str=parts.pattern, mergeable_ranks=ranks, special_tokens=specials)
 
 
 def _ranks(path: Path, vocab: dict[str, int], specials: dict[str, int]) -> dict[bytes, int]:
@@ -287,13 +216,6 @@ def _token(text: str) -> bytes | None:
     if not isinstance(text, str) or not text or any(char not in _CHAR_BYTES for char in text):
         return None
     return bytes(_CHAR_BYTES[char] for char in text)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MiniGPTError(f"cannot read {path}: {err}") from None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
