@@ -21,6 +21,7 @@ import pytest
 
 from minigpt import tokenizer as tok
 from minigpt.data import cache as shardcache
+from minigpt.data import pieces as text_pieces
 from minigpt.data import prepare as prep
 from minigpt.data import shards
 from minigpt.data.corpus import open_corpus
@@ -177,7 +178,7 @@ def test_long_documents_are_tokenized_in_chunks_without_changing_tokens(
 ) -> None:
     text = tricky_lines()
     (tmp_path / "long.txt").write_text(text, encoding="utf-8")
-    monkeypatch.setattr(prep, "CHUNK_CHARS", 100)
+    monkeypatch.setattr(text_pieces, "CHUNK_CHARS", 100)
     monkeypatch.setattr(prep, "BATCH_CHARS", 400)
 
     prepared = prepare(str(tmp_path / "long.txt"), "bpe:320", tmp_path / "cache")
@@ -192,7 +193,7 @@ def test_cutting_at_lines_gives_the_same_tokens_as_the_whole_text(size: int) -> 
     text = tricky_lines()
     enc = tok.build_tokenizer("bpe:320", [text])
 
-    pieces = list(prep._cut_at_lines(text, size))
+    pieces = list(text_pieces.cut_at_lines([text], size))
 
     assert len(pieces) > 1
     assert [token for piece in pieces for token in tok.encode(enc, piece)] == tok.encode(enc, text)
@@ -201,7 +202,7 @@ def test_cutting_at_lines_gives_the_same_tokens_as_the_whole_text(size: int) -> 
 def test_lines_are_cut_only_between_non_space_characters() -> None:
     text = "one\ntwo \n three\n\nfour\nfive"
 
-    pieces = list(prep._cut_at_lines(text, 2))
+    pieces = list(text_pieces.cut_at_lines([text], 2))
 
     assert "".join(pieces) == text
     assert pieces == ["one\n", "two \n three\n\nfour\n", "five"]
@@ -530,23 +531,24 @@ def lines_text(word: str, lines: int) -> str:
 
 
 def test_spread_sample_keeps_everything_below_its_budget_and_an_even_spread_above(monkeypatch) -> None:
-    monkeypatch.setattr(prep, "CHUNK_CHARS", 50)
+    monkeypatch.setattr(text_pieces, "CHUNK_CHARS", 50)
     texts = [lines_text("alpha", 400), lines_text("omega", 400)]
+    documents = [[text[:1000], text[1000:]] for text in texts]  # each streamed in two pieces
     size = sum(len(t) for t in texts)
-    assert "".join(prep.spread_sample(texts, size, size)) == "".join(texts)  # within the budget: all, in order
-    sample = list(prep.spread_sample(texts, size // 10, size))
+    assert "".join(text_pieces.spread_sample(documents, size, size)) == "".join(texts)  # within the budget: all, in order
+    sample = list(text_pieces.spread_sample(documents, size // 10, size))
     kept = sum(map(len, sample))
     assert size // 10 <= kept < size // 10 + 2 * 60  # the budget, give or take a piece
     assert all(piece in "".join(texts) for piece in sample)  # whole pieces, cut at newlines
     assert any(p.startswith("alpha 0\n") for p in sample) and any("omega 3" in p for p in sample)  # from both ends
     halves = ["alpha" in p for p in sample]
     assert abs(sum(halves) - len(sample) / 2) <= 1  # as much of the first half as of the second
-    head = "".join(prep.spread_sample(texts, size // 10, None))  # no size known: the beginning
+    head = "".join(text_pieces.spread_sample(documents, size // 10, None))  # no size known: the beginning
     assert head.startswith("alpha 0\n") and "omega" not in head and len(head) >= size // 10
 
 
 def test_a_bpe_vocabulary_learns_from_the_whole_corpus_not_only_its_beginning(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(prep, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(text_pieces, "CHUNK_CHARS", 200)
     monkeypatch.setattr(prep, "BPE_SAMPLE_CHARS", 20_000)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"aardvark{i % 7} abacus\n" for i in range(4000)) + "".join(f"zymurgy{i % 7} zephyr\n" for i in range(4000)))

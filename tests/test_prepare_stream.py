@@ -7,10 +7,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import tiktoken
 
 from minigpt.data import files
+from minigpt.data import pieces as pieces_module
 from minigpt.data import prepare as prep
 from minigpt.data.prepare import prepare
+from minigpt.errors import MiniGPTError
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 WIDE = "Ünïcödé, Привет, xin chào, 你好 🙂 𝄞"
@@ -92,7 +95,7 @@ def shards_of(root: Path, corpus: str, tokenizer: str) -> tuple[str, str, int, s
 def pieces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Read pieces of the default size, or tiny ones so that every document is cut many times."""
     if request.param == "tiny":
-        for module, name, size in [(files, "READ_BYTES", 1000), (prep, "CHUNK_CHARS", 700), (prep, "BATCH_CHARS", 3000)]:
+        for module, name, size in [(files, "READ_BYTES", 1000), (pieces_module, "CHUNK_CHARS", 700), (prep, "BATCH_CHARS", 3000)]:
             monkeypatch.setattr(module, name, size, raising=False)
     return request.param
 
@@ -101,3 +104,26 @@ def pieces(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 @pytest.mark.parametrize("corpus", list(CORPORA))
 def test_streamed_shards_equal_the_shards_of_whole_documents(tmp_path: Path, corpus: str, tokenizer: str, pieces: str) -> None:
     assert shards_of(tmp_path, corpus, tokenizer) == RECORDED[corpus, tokenizer]
+
+
+def skipping_tokenizer(pattern: str) -> tiktoken.Encoding:
+    """Byte-level ranks (with one merge, so it is no plain byte tokenizer) behind a split `pattern`: text that the
+    pattern does not match never reaches a token."""
+    ranks = {bytes([i]): i for i in range(256)} | {b"an": 256}
+    return tiktoken.Encoding("skipping", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 257})
+
+
+def test_a_tokenizer_that_drops_characters_fails_preparation_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "c.txt").write_text("banana cab\n" * 20_000)  # pattern "a" encodes it as "aaaa..."
+    with pytest.raises(MiniGPTError, match=r"loses text: document 1 .* from byte 0 on \('banana cab") as err:
+        prepare(str(tmp_path / "c.txt"), "a-only", tmp_path / "cache", progress=False, tokenizer=skipping_tokenizer("a"))
+    assert "\n" not in str(err.value)
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]  # nothing cached
+
+
+def test_text_lost_in_any_piece_is_found_and_its_place_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pieces_module, "CHUNK_CHARS", 100)
+    text = "some words on a line\n" * 50 + "and page 42 here\n" + "more words\n" * 50  # digits: past every 16th piece
+    (tmp_path / "c.txt").write_text(text)
+    with pytest.raises(MiniGPTError, match=rf"document 1 .* from byte {text.index('42')} on \('42 here"):
+        prepare(str(tmp_path / "c.txt"), "letters", tmp_path / "cache", progress=False, tokenizer=skipping_tokenizer(r"\p{L}+|\s+"))

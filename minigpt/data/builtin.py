@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.data.cache import cache_dir_error
-from minigpt.data.files import HASH_CHUNK, Corpus, FileCorpus, non_empty
+from minigpt.data.files import HASH_CHUNK, Corpus, FileCorpus, Source, in_memory, non_empty, whole
 from minigpt.errors import MiniGPTError
 
 BUILTINS = ("pydoc", "stdlib", "shakespeare")
@@ -30,8 +30,11 @@ class TextCorpus:
     spec: str
     texts: list[str]
 
+    def sources(self) -> Iterator[Source]:
+        return non_empty(self.spec, in_memory(self.texts))
+
     def documents(self) -> Iterator[str]:
-        return non_empty(self.spec, iter(self.texts))
+        return whole(self.sources())
 
     def size_hint(self) -> int | None:
         return sum(len(text.encode()) for text in self.texts)

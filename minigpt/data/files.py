@@ -11,10 +11,12 @@ stat size (``/proc`` files, a file being written) cannot be fingerprinted and is
 
 from __future__ import annotations
 
+import codecs
+import functools
 import glob
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -29,15 +31,24 @@ BINARY_EXTENSIONS = frozenset(
 SNIFF_BYTES = 8192
 """A file with a NUL byte in its first SNIFF_BYTES is taken for a binary."""
 HASH_CHUNK = 1 << 20
+READ_BYTES = 1 << 22
+"""Files are read and decoded in blocks of this many bytes, so no document is ever held whole."""
+
+Source = Callable[[], Iterator[str]]
+"""One document: each call streams its text anew, in pieces of any size (a character is never split)."""
 
 
 class Corpus(Protocol):
-    """A source of documents: `documents` can be iterated more than once (BPE training, then tokenizing)."""
+    """A source of documents: `sources` and `documents` can be iterated more than once (BPE training, then tokenizing)."""
 
     spec: str
 
+    def sources(self) -> Iterator[Source]:
+        """The non-empty documents, in a fixed order, each streamed in pieces when called."""
+        ...
+
     def documents(self) -> Iterator[str]:
-        """Stream the non-empty documents, in a fixed order."""
+        """The non-empty documents as whole texts (`sources` joined)."""
         ...
 
     def fingerprint(self) -> str:
@@ -56,8 +67,11 @@ class FileCorpus:
     spec: str
     files: list[Path]
 
+    def sources(self) -> Iterator[Source]:
+        return non_empty(self.spec, (functools.partial(_read_utf8, path) for path in self.files))
+
     def documents(self) -> Iterator[str]:
-        return non_empty(self.spec, (_read_utf8(path) for path in self.files))
+        return whole(self.sources())
 
     def size_hint(self) -> int | None:
         return sum(path.stat().st_size for path in self.files)
@@ -118,24 +132,45 @@ def _open(path: Path, mode: str = "r", **kwargs: Any) -> IO[Any]:
         raise MiniGPTError(f"cannot read {path} ({err.strerror or err}): check that it exists and that you may read it") from None
 
 
-def _read_utf8(path: Path) -> str:
-    try:
-        # newline="" keeps the file's own line endings, so byte counts match the file.
-        with _open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except UnicodeDecodeError as err:
-        raise MiniGPTError(
-            f"{path} is not UTF-8 (bad byte at offset {err.start}): convert it to UTF-8 (e.g. with iconv) "
-            "or remove it from the corpus"
-        ) from None
+def _read_utf8(path: Path) -> Iterator[str]:
+    """The text of `path` in pieces of about READ_BYTES bytes, line endings as they are (so byte counts match)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # of the block being decoded
+    with _open(path, "rb") as f:
+        while True:
+            block = f.read(READ_BYTES)
+            pending = len(decoder.getstate()[0])  # the end of the last block: a character it cut in two
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                raise MiniGPTError(
+                    f"{path} is not UTF-8 (bad byte at offset {offset - pending + err.start}): convert it to UTF-8 "
+                    "(e.g. with iconv) or remove it from the corpus"
+                ) from None
+            if text:
+                yield text
+            if not block:
+                return
+            offset += len(block)
 
 
-def non_empty(spec: str, texts: Iterable[str]) -> Iterator[str]:
-    """Yield the texts that hold more than whitespace; raise if there are none at all."""
+def whole(sources: Iterable[Source]) -> Iterator[str]:
+    """Each document's whole text."""
+    return ("".join(source()) for source in sources)
+
+
+def in_memory(texts: Iterable[str]) -> Iterator[Source]:
+    """Texts already in memory, as documents."""
+    return (functools.partial(iter, (text,)) for text in texts)
+
+
+def non_empty(spec: str, sources: Iterable[Source]) -> Iterator[Source]:
+    """The documents that hold more than whitespace (read only up to their first other character); raise if there
+    are none at all."""
     found = False
-    for text in texts:
-        if text and not text.isspace():
+    for source in sources:
+        if any(piece and not piece.isspace() for piece in source()):
             found = True
-            yield text
+            yield source
     if not found:
         raise MiniGPTError(f"corpus '{spec}' contains no text: check that its files or rows are not empty")

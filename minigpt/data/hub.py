@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from minigpt.data.files import FileCorpus, non_empty
+from minigpt.data.files import FileCorpus, Source, in_memory, non_empty, whole
 from minigpt.errors import MiniGPTError
 
 OPTIONS = ("split", "field", "streaming", "limit", "data_files")
@@ -56,10 +56,13 @@ class HFCorpus:
             )
         return cls(spec, dataset, text_field, limit, "\0".join([content, split, text_field, str(limit)]))
 
-    def documents(self) -> Iterator[str]:
+    def sources(self) -> Iterator[Source]:
         rows = self.dataset.select_columns([self.text_field]).iter(batch_size=1024)
         texts = (text for batch in rows for text in batch[self.text_field] if isinstance(text, str))
-        return non_empty(self.spec, itertools.islice(texts, self.limit))
+        return non_empty(self.spec, in_memory(itertools.islice(texts, self.limit)))
+
+    def documents(self) -> Iterator[str]:
+        return whole(self.sources())
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.content_id.encode()).hexdigest()

@@ -3,11 +3,14 @@
 The shards go to ``<cache_dir>/<key>`` (see `minigpt.data.cache`), the key hashing (format version, corpus
 fingerprint, tokenizer spec, val_fraction); what the folder holds is described in `minigpt.data.shards`.
 
-Split: when the corpus has at least max(10, k) documents (k = round(1 / val_fraction)), every k-th document goes
-to validation; otherwise the last val_fraction of the characters does (nanoGPT's split of a single text), which
-may cut one document in two. With a separate validation corpus (``val_spec``), all of the corpus is training
-text and all of that one validation text. Every document, and each part of a cut one, is preceded by one ``<|endoftext|>``,
+Split: every k-th document (k = round(1 / val_fraction)) goes to validation, or, with fewer documents, the last
+val_fraction of the characters (see `minigpt.data.pieces`). With a separate validation corpus (``val_spec``), all
+of the corpus is training text and all of that one validation text. Every document, and each part of a cut one, is preceded by one ``<|endoftext|>``,
 the token that also starts an empty prompt when sampling; ``documents`` counts these separators.
+
+Documents are streamed in pieces (`minigpt.data.pieces`), so memory does not grow with the corpus or its largest
+file. Every piece's tokens must give back its bytes (checked by length for all, in full for a sample): a
+tokenizer whose split pattern skips characters fails here, in one line, instead of dropping text silently.
 
 A cached folder is used only once `minigpt.data.shards.verified` accepts it and its meta matches the key's inputs; a
 folder that fails is rebuilt and replaced, with one warning. Reusing a valid folder writes nothing, so a
@@ -22,9 +25,10 @@ import hashlib
 import itertools
 import logging
 import os
-import re
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +36,23 @@ import tiktoken
 from tqdm import tqdm
 
 from minigpt import tokenizer as tok
-from minigpt.data import shards
+from minigpt.data import pieces, shards
 from minigpt.data.cache import cache_key, default_cache_dir, new_build_dir, publish, sweep_dead_builds
 from minigpt.data.corpus import open_corpus
+from minigpt.data.files import Source
+from minigpt.data.pieces import cut_at_lines, cut_source, source_length, split_documents, spread_sample
 from minigpt.data.shards import LITTLE_ENDIAN, SPLITS, Prepared, ShardMeta, SplitStats, Unusable, shard_dtype
 from minigpt.errors import MiniGPTError
 
 logger = logging.getLogger(__name__)
 
-MIN_DOCS_FOR_DOC_SPLIT = 10
 MIN_VAL_FRACTION, MAX_VAL_FRACTION = 1e-6, 0.5  # below the minimum, 1 / val_fraction stops being a usable stride
 DEFAULT_VAL_FRACTION = 0.1
 """The share of a corpus held out for validation unless a run says otherwise; also the split assumed for a
 checkpoint that does not record its own."""
-CHUNK_CHARS = 1 << 18  # a long document is tokenized in pieces of about this size ...
-BATCH_CHARS = 1 << 22  # ... and this much text goes to the tokenizer threads at once
+BATCH_CHARS = 1 << 22  # this much text goes to the tokenizer threads at once
 BPE_SAMPLE_CHARS = 32 << 20  # bpe:N learns its merges from at most this much training text, spread over all of it
-
-# A cut right after a newline between two non-space characters never changes the tokens: the pre-tokenizer
-# patterns of all our encodings (GPT-2, cl100k, rustbpe's) end a piece at such a newline either way.
-_SAFE_CUT = re.compile(r"\S\n(?=\S)")
+FULL_CHECK_EVERY = 16  # every piece's tokens are checked to give back its length in bytes, every 16th its bytes
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -88,10 +89,10 @@ def prepare(
     if held_out is not None:
         val_fraction = 0.0
 
-    def pieces() -> Iterator[tuple[str, str]]:
+    def labelled() -> Iterator[tuple[str, Source]]:
         if held_out is None:
-            return split_documents(corpus.documents(), val_fraction)
-        return itertools.chain((("train", t) for t in corpus.documents()), (("val", t) for t in held_out.documents()))
+            return split_documents(corpus.sources(), val_fraction, source_length, cut_source)
+        return itertools.chain((("train", s) for s in corpus.sources()), (("val", s) for s in held_out.sources()))
 
     expected = {"fingerprint": fingerprint, "tokenizer": tokenizer_spec, "val_fraction": val_fraction}
     target = cache_dir / cache_key(fingerprint, tokenizer_spec, val_fraction)
@@ -109,11 +110,11 @@ def prepare(
     try:
         sizes = [c.size_hint() for c in (corpus, held_out) if c is not None]
         total = None if None in sizes else sum(sizes)
-        training_text = (text for split, text in pieces() if split == "train")
+        training_text = (source() for split, source in labelled() if split == "train")
         enc = tokenizer or _build_tokenizer(tokenizer_spec, spread_sample(training_text, BPE_SAMPLE_CHARS, total))
         tok.save(enc, tmp / shards.TOKENIZER_FILE)
         dtype = shard_dtype(enc.n_vocab)
-        documents, written = _write_shards(enc, pieces(), tmp, dtype, progress, total)
+        documents, written = _write_shards(enc, labelled(), tmp, dtype, progress, total)
         if not written["train"].tokens or not written["val"].tokens:
             raise MiniGPTError(
                 f"corpus '{data_spec}' is too small to split into training and validation text: add more text"
@@ -143,86 +144,117 @@ def _build_tokenizer(spec: str, training_text: Iterable[str]) -> tiktoken.Encodi
     return tok.build_tokenizer(spec, training_text)
 
 
-def spread_sample(texts: Iterable[str], budget: int, total: int | None) -> Iterator[str]:
-    """About `budget` characters of `texts`, in pieces cut at safe newlines and spread evenly over all of them
-    (`total`, their size in bytes, tells how thinly); all of them when they are smaller, the first `budget`
-    characters when `total` is unknown. Counting the pairs of all of a 200 MB corpus took 10.6 s of its 22.7 s
-    of preparation; pieces from everywhere keep what the vocabulary learns representative of the whole."""
-    kept = seen = 0
-    for text in texts:
-        for piece in _cut_at_lines(text, CHUNK_CHARS):
-            seen += len(piece)
-            # Keep a piece while the kept share is below budget / total at this point of the stream.
-            if kept < budget and (total is None or total <= budget or kept * total < budget * seen):
-                kept += len(piece)
-                yield piece
-
-
-def split_documents(documents: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:
-    """Label each document ``train`` or ``val`` (see the module docstring); the same input gives the same labels."""
-    k = round(1 / val_fraction)
-    documents = iter(documents)
-    head = list(itertools.islice(documents, max(MIN_DOCS_FOR_DOC_SPLIT, k)))
-    if len(head) < max(MIN_DOCS_FOR_DOC_SPLIT, k):
-        yield from _tail_split(head, val_fraction)
-        return
-    for index, text in enumerate(itertools.chain(head, documents)):
-        yield ("val" if index % k == k - 1 else "train"), text
-
-
-def _tail_split(documents: list[str], val_fraction: float) -> Iterator[tuple[str, str]]:
-    """The first (1 - val_fraction) of the characters are training text, the rest validation."""
-    cut = int(sum(map(len, documents)) * (1 - val_fraction))
-    for text in documents:
-        if cut >= len(text):
-            yield "train", text
-        elif cut <= 0:
-            yield "val", text
-        else:
-            yield "train", text[:cut]
-            yield "val", text[cut:]
-        cut -= len(text)
-
-
 def _write_shards(
-    enc: tiktoken.Encoding, pieces: Iterable[tuple[str, str]], out: Path, dtype: str, progress: bool,
+    enc: tiktoken.Encoding, labelled: Iterable[tuple[str, Source]], out: Path, dtype: str, progress: bool,
     total_bytes: int | None = None,
 ) -> tuple[int, dict[str, SplitStats]]:  # fmt: skip
-    """Tokenize labelled text in parallel batches, appending ids to ``train.bin``/``val.bin``; the progress bar
-    counts bytes of text, out of `total_bytes` (with an ETA) when that is known.
+    """Tokenize labelled documents in parallel batches of pieces, appending ids to ``train.bin``/``val.bin``; the
+    progress bar counts bytes of text, out of `total_bytes` (with an ETA) when that is known.
 
     Returns the number of documents (separators written) and each split's stats.
     """
     little_endian = LITTLE_ENDIAN[dtype]
     separator = np.array([tok.eot_id(enc)], dtype=little_endian)
-    counts = dict.fromkeys(("documents", "train_tokens", "val_tokens", "train_bytes", "val_bytes"), 0)
-    digests = {split: hashlib.sha256() for split in SPLITS}
+    counts = dict.fromkeys(("documents", "train_bytes", "val_bytes"), 0)
+    byte_level = tok.is_byte_tokenizer(enc)
     encode = _array_encoder(enc, little_endian)
+    check = None if byte_level else _RoundTrip(enc)
     with (
-        (out / "train.bin").open("wb") as train,
-        (out / "val.bin").open("wb") as val,
+        _ShardFiles(out) as shard_files,
         tqdm(desc="tokenizing", total=total_bytes, unit="B", unit_scale=True, disable=None if progress else True) as bar,
     ):
-        files = {"train": train, "val": val}
-        for batch in _batches(_chunks(pieces), BATCH_CHARS):
+        # Byte tokens cannot change where text is cut, so those pieces need no safe newline.
+        for batch in _batches(_chunks(labelled, cut=not byte_level), BATCH_CHARS):
             parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
             for (split, text, starts_document), tokens in zip(batch, encode([text for _, text, _ in batch])):
                 if starts_document:
                     parts[split].append(separator)
                     counts["documents"] += 1
+                    at = 0
                 parts[split].append(tokens)
-                size = len(text.encode())
+                size = len(tokens) if byte_level else len(text) if text.isascii() else len(text.encode())
+                if check is not None:
+                    check(text, size, tokens, counts["documents"], at)
+                at += size
                 counts[f"{split}_bytes"] += size
                 bar.update(size)
             for split, arrays in parts.items():
-                array = np.concatenate(arrays) if arrays else separator[:0]
-                digests[split].update(array)
-                array.tofile(files[split])
-                counts[f"{split}_tokens"] += len(array)
-    stats = {
-        split: SplitStats(counts[f"{split}_tokens"], counts[f"{split}_bytes"], digests[split].hexdigest()) for split in SPLITS
-    }
+                if arrays:
+                    shard_files.append(split, np.concatenate(arrays))
+    stats = {split: SplitStats(shard_files.tokens[split], counts[f"{split}_bytes"], shard_files.digests[split].hexdigest()) for split in SPLITS}
     return counts["documents"], stats
+
+
+class _ShardFiles:
+    """``train.bin`` and ``val.bin`` being written. Arrays are hashed and appended on a thread of their own, so that
+    hashing and writing one batch overlaps reading and tokenizing the next (all of them release the GIL); at most
+    two batches wait, which bounds the memory."""
+
+    def __init__(self, out: Path) -> None:
+        self.files = {split: (out / f"{split}.bin").open("wb") for split in SPLITS}
+        self.digests = {split: hashlib.sha256() for split in SPLITS}
+        self.tokens = dict.fromkeys(SPLITS, 0)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="shards")  # one thread: arrays stay in order
+        self.waiting: deque[Future[None]] = deque()
+
+    def append(self, split: str, array: np.ndarray) -> None:
+        self.tokens[split] += len(array)
+        self.waiting.append(self.writer.submit(self._write, split, array))
+        while len(self.waiting) > 2 * len(SPLITS):
+            self.waiting.popleft().result()  # raises what writing raised (a full disk)
+
+    def _write(self, split: str, array: np.ndarray) -> None:
+        self.digests[split].update(array)
+        self.files[split].write(array)
+
+    def __enter__(self) -> _ShardFiles:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        try:
+            while self.waiting and kind is None:  # after an error, what waits is dropped with the build folder
+                self.waiting.popleft().result()
+        finally:
+            self.writer.shutdown(cancel_futures=True)
+            for f in self.files.values():
+                f.close()
+
+
+class _RoundTrip:
+    """Checks that tokens give back their text: the byte length of every piece's tokens, and every
+    FULL_CHECK_EVERY-th piece byte for byte; a piece that fails is a `MiniGPTError` naming where."""
+
+    def __init__(self, enc: tiktoken.Encoding) -> None:
+        self.enc = enc
+        self.lengths = np.array([_token_length(enc, i) for i in range(enc.n_vocab)], dtype=np.int64)
+        self.pieces = 0
+
+    def __call__(self, text: str, size: int, tokens: np.ndarray, document: int, at: int) -> None:
+        """`text` of `size` UTF-8 bytes, `at` bytes into the `document`-th document, encoded as `tokens`."""
+        self.pieces += 1
+        if self.lengths[tokens].sum() == size and (self.pieces % FULL_CHECK_EVERY or self._same(text, tokens) is None):
+            return
+        offset = self._same(text, tokens)
+        snippet = text.encode()[offset : offset + 20].decode(errors="replace")
+        raise MiniGPTError(
+            f"tokenizer {self.enc.name!r} loses text: document {document} of the corpus does not come back from its "
+            f"tokens from byte {at + (offset or 0)} on ({snippet!r}): its split pattern must match every character; "
+            "use another tokenizer (bytes, bpe:N, gpt2)"
+        )
+
+    def _same(self, text: str, tokens: np.ndarray) -> int | None:
+        """None when `tokens` decode to `text`, else the offset of the first byte that differs."""
+        expected, back = text.encode(), self.enc.decode_bytes(tokens.tolist())
+        if expected == back:
+            return None
+        return next((i for i, (a, b) in enumerate(zip(expected, back)) if a != b), min(len(expected), len(back)))
+
+
+def _token_length(enc: tiktoken.Encoding, token: int) -> int:
+    try:
+        return len(enc.decode_single_token_bytes(token))
+    except KeyError:  # an id no token has
+        return 0
 
 
 def _array_encoder(enc: tiktoken.Encoding, dtype: str) -> Callable[[list[str]], list[np.ndarray]]:
@@ -234,20 +266,12 @@ def _array_encoder(enc: tiktoken.Encoding, dtype: str) -> Callable[[list[str]], 
     return lambda texts: [np.asarray(ids, dtype=dtype) for ids in tok.encode_batch(enc, texts, threads)]
 
 
-def _chunks(pieces: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, bool]]:
-    """(split, text chunk, whether it starts a document): long texts cut where tokens cannot change."""
-    for split, text in pieces:
-        for index, chunk in enumerate(_cut_at_lines(text, CHUNK_CHARS)):
+def _chunks(labelled: Iterable[tuple[str, Source]], cut: bool) -> Iterator[tuple[str, str, bool]]:
+    """(split, text chunk, whether it starts a document): with `cut`, pieces end only where tokens cannot change."""
+    for split, source in labelled:
+        texts = cut_at_lines(source(), pieces.CHUNK_CHARS) if cut else source()
+        for index, chunk in enumerate(texts):
             yield split, chunk, index == 0
-
-
-def _cut_at_lines(text: str, size: int) -> Iterator[str]:
-    """Pieces of at least `size` characters (but the last), each ending at a safe newline; none in text: one piece."""
-    start = 0
-    while len(text) - start > size and (match := _SAFE_CUT.search(text, start + size)):
-        yield text[start : match.end()]
-        start = match.end()
-    yield text[start:]
 
 
 def _batches(items: Iterable[tuple[str, str, bool]], max_chars: int) -> Iterator[list[tuple[str, str, bool]]]:
