@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -32,38 +32,62 @@ MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
 
 
+OptimizerName = Literal["adamw", "muon"]
+Schedule = Literal["cosine", "wsd"]
+
+
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay."""
+    """AdamW or Muon; linear warmup, then cosine or warmup-stable-decay."""
 
+    name: OptimizerName = "adamw"
+    """AdamW, or Muon on hidden matrices."""
+    # muon: Muon for the blocks' weight matrices (at muon_lr), AdamW (at lr) for the embeddings and the head tied
+    # to them, biases and layer-norm gains (--help stays within a screen; docs/training.md says more).
     lr: float = 1e-3
-    """Peak learning rate, reached after the warmup."""
+    """AdamW's peak learning rate."""  # reached after the warmup
     min_lr_ratio: float = 0.1
-    """The cosine decays to lr * min_lr_ratio at the last step."""
+    """The lr decays to lr * min_lr_ratio."""  # at the last step; muon_lr alike
     warmup_steps: int = 100
     """Steps of linear warmup from 0 to lr."""
+    schedule: Schedule = "cosine"
+    """Cosine, or warmup-stable-decay."""
+    # wsd holds the peak after the warmup, then decays linearly over the last decay_fraction of the steps.
+    decay_fraction: float = 0.2
+    """Share of steps wsd spends decaying."""
     weight_decay: float = 0.1
     """Decoupled weight decay, applied to matrices and embeddings only."""
     beta1: float = 0.9
     """AdamW's first-moment decay, in [0, 1)."""
     beta2: float = 0.99
     """AdamW's second-moment decay, in [0, 1)."""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate."""
+    # Each matrix's step is scaled by sqrt(max(1, rows / columns)), as in Keller Jordan's Muon (torch's default);
+    # momentum is Muon's usual 0.95 (Nesterov).
 
     def __post_init__(self) -> None:
         """Check ranges here, so a bad value fails before training rather than inside torch."""
         rules = {
+            "name": (self.name in get_args(OptimizerName), f"must be one of {', '.join(get_args(OptimizerName))}"),
             "lr": (_finite(self.lr) and self.lr > 0, "must be a positive number"),
             "min_lr_ratio": (_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
             "warmup_steps": (type(self.warmup_steps) is int and self.warmup_steps >= 0, "must be an integer >= 0"),
+            "schedule": (self.schedule in get_args(Schedule), f"must be one of {', '.join(get_args(Schedule))}"),
+            "decay_fraction": (_finite(self.decay_fraction) and 0 <= self.decay_fraction <= 1, "must be in [0, 1]"),
             "weight_decay": (_finite(self.weight_decay) and self.weight_decay >= 0, "must be a number >= 0"),
             "beta1": (_finite(self.beta1) and 0 <= self.beta1 < 1, "must be in [0, 1)"),
             "beta2": (_finite(self.beta2) and 0 <= self.beta2 < 1, "must be in [0, 1)"),
+            "muon_lr": (_finite(self.muon_lr) and self.muon_lr > 0, "must be a positive number"),
         }
         for name, (ok, rule) in rules.items():
             if not ok:
                 raise ValueError(f"{name} {rule}, got {getattr(self, name)!r}")
-        if self.lr * self.weight_decay >= 1:  # each step scales the weights by (1 - lr * weight_decay)
-            raise ValueError(f"lr * weight_decay must be below 1, got {self.lr:g} * {self.weight_decay:g}")
+        # Each step scales the decayed weights by (1 - lr * weight_decay): at or past 1 it zeroes or flips them.
+        for lr_name in ("lr", "muon_lr") if self.name == "muon" else ("lr",):
+            lr = getattr(self, lr_name)
+            if lr * self.weight_decay >= 1:
+                raise ValueError(f"{lr_name} * weight_decay must be below 1, got {lr:g} * {self.weight_decay:g}")
 
 
 def _finite(value: object) -> bool:

@@ -5,6 +5,7 @@ The GPT itself stays plain PyTorch (`minigpt.model`); this module only wraps it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
@@ -21,6 +22,7 @@ from minigpt.model import GPT, GPTConfig
 from minigpt.payload import Payload, data_of
 from minigpt.training.config import OptimConfig
 from minigpt.training.datamodule import batch_seed, rank_seed
+from minigpt.training.optim import MuonAdamW, adamw_groups, hidden_matrices
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,17 @@ class Diverged(MiniGPTError):
     """Training produced a non-finite loss, gradient or weight; nothing non-finite was saved."""
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate at `step`: linear warmup, then cosine down to `min_ratio`."""
+def lr_factor(
+    step: int, warmup_steps: int, total_steps: int, min_ratio: float, schedule: str = "cosine", decay_fraction: float = 0.2
+) -> float:  # fmt: skip
+    """Multiplier of the peak learning rate at `step`: linear warmup, then down to `min_ratio` at `total_steps`,
+    along a cosine, or (`wsd`) held at 1 until the last `decay_fraction` of the steps and then linearly."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "wsd":
+        decay_steps = round(decay_fraction * total_steps)
+        progress = min(1.0, max(0, step - (total_steps - decay_steps)) / decay_steps) if decay_steps else 0.0
+        return 1 - (1 - min_ratio) * progress
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -151,18 +160,24 @@ class LitGPT(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+        params = [p for p in self.model.parameters() if p.requires_grad]  # in this order in every saved state
         # The fused kernel updates all parameters in one pass (on CPU ~6x faster than the per-tensor loop, which
         # is a tenth of a small model's step); it unscales float16 gradients itself, which clipping must not see.
         fused = all(p.device.type in ("cpu", "cuda") for p in params) and not self._grad_scaler()
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
+        adamw = {"lr": o.lr, "betas": (o.beta1, o.beta2), "fused": fused or None}
+        if o.name == "muon":
+            hidden, other = hidden_matrices(self.model)
+            muon = {"lr": o.muon_lr, "weight_decay": o.weight_decay}
+            optimizer: torch.optim.Optimizer = MuonAdamW(adamw_groups(other, o.weight_decay), hidden, adamw, muon)
+        else:
+            optimizer = torch.optim.AdamW(adamw_groups(params, o.weight_decay), **adamw)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = warmup_within(o.warmup_steps, total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, o.min_lr_ratio))
+        factor = functools.partial(
+            lr_factor, warmup_steps=warmup, total_steps=total, min_ratio=o.min_lr_ratio, schedule=o.schedule,
+            decay_fraction=o.decay_fraction,
+        )  # fmt: skip
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -264,6 +279,13 @@ class LitGPT(L.LightningModule):
         ckpt[checkpoint.PAYLOAD_KEY] = self._saved_payload
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        # Before Lightning restores the optimizer: one optimizer's state does not fit the other.
+        saved_name = ckpt.get("hyper_parameters", {}).get("optim_config", {}).get("name", "adamw")
+        if saved_name != self.optim.name:
+            raise MiniGPTError(
+                f"--optim.name {self.optim.name} cannot continue a run trained with {saved_name}: resume it with "
+                f"--optim.name {saved_name}, or start a new run from its weights with --init"
+            )
         # The payload stays the one built for this run (its config overrides, its data); only compare.
         # The resumed checkpoint was read and checked before training started (`minigpt.checkpoint.read`).
         saved, ours = data_of(ckpt[checkpoint.PAYLOAD_KEY]), self.payload.data if self.payload is not None else None
