@@ -102,3 +102,12 @@ def test_train_from_python_returns_the_run_folder_it_trained(tmp_path):
     run_dir = train(config)
     assert run_dir == (tmp_path / "run").resolve() and (run_dir / "last.ckpt").is_file()
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == config.to_dict()
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("seed: 1\nnote: café\n".encode("latin-1"))
+    command = [sys.executable, "-m", "minigpt", "train", "--config", str(config), "--trainer.max_steps", "1"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert str(config) in done.stderr and "UTF-8" in done.stderr

@@ -111,6 +111,7 @@ def config_path(value: str) -> str:
     """The YAML file that `--config value` names: a file, else the bundled config of that name (so also
     `configs/shakespeare_cpu.yaml` from any folder, as the README writes it)."""
     if Path(value).is_file():
+        _check_utf8(Path(value))
         return value
     name = Path(value).stem if value.endswith((".yaml", ".yml")) else value
     if name in bundled_configs() and Path(value).parent in (Path("."), Path("configs")):
@@ -118,6 +119,16 @@ def config_path(value: str) -> str:
     raise MiniGPTError(
         f"no config '{value}': give a YAML file or a bundled config by name ({', '.join(bundled_configs())})"
     )
+
+
+def _check_utf8(path: Path) -> None:
+    """jsonargparse reads a config file as UTF-8 and lets a decoding error escape as a traceback."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise MiniGPTError(f"cannot read config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise MiniGPTError(f"config {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
 
 
 def resume_path(path: str) -> Path:
