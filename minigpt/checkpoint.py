@@ -25,8 +25,10 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,24 +221,39 @@ def validate(ckpt: dict[str, Any]) -> Payload:
     config, state = model_config_of(ckpt[PAYLOAD_KEY]), ckpt["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("its state_dict is not a mapping of tensors")
-    _check_shapes(config, state)  # before the tokenizer is built: its vocabulary is checked against this config
+    # before the tokenizer is built: its vocabulary is checked against this config
+    check_shapes(config, {k: v.shape for k, v in state.items()}, MODEL_PREFIX, "its model_config")
     payload = Payload.from_dict(ckpt[PAYLOAD_KEY])
     hparams = ckpt.get("hyper_parameters")  # Lightning's copy of the shape: a third record that must agree
     payload.check_agrees(hparams.get("model_config") if isinstance(hparams, dict) else None, "hyper_parameters")
     return payload
 
 
-def _check_shapes(config: GPTConfig, state: dict[str, torch.Tensor]) -> None:
-    with torch.device("meta"):  # shapes only: a config asking for terabytes allocates nothing
-        expected = {MODEL_PREFIX + k: v.shape for k, v in GPT(config).state_dict().items()}
-    extra = sorted(k for k in state if k.startswith(MODEL_PREFIX) and k not in expected)
-    if extra:
-        raise ValueError(f"weight {extra[0]} does not belong to the model its config describes")
-    for key, shape in expected.items():
-        if key not in state:
-            raise ValueError(f"weight {key} is missing")
-        if state[key].shape != shape:
-            raise ValueError(f"weight {key} has shape {tuple(state[key].shape)}, the config implies {tuple(shape)}")
+_LAYER = re.compile(r"transformer\.h\.(\d+)\.")
+
+
+def check_shapes(
+    config: GPTConfig, shapes: Mapping[str, Sequence[int]], prefix: str = "", described_by: str = "the config"
+) -> None:
+    """Raise ValueError naming the first difference between the tensors `shapes` describes (the model's under
+    `prefix`; others are ignored) and the state dict `config` describes (`described_by` names it in messages).
+
+    Nothing is built: the layers stored are counted before the expected state is listed, so a config declaring
+    a million layers costs no more than the weights it comes with."""
+    names = [name.removeprefix(prefix) for name in shapes if name.startswith(prefix)]
+    layers = len({match.group(1) for name in names if (match := _LAYER.match(name))})
+    if layers != config.n_layer:
+        raise ValueError(f"{described_by} declares n_layer={config.n_layer} but the weights hold {layers} layers")
+    expected = config.state_shapes()
+    strangers = [name for name in names if name not in expected]
+    if strangers:
+        raise ValueError(f"weight {prefix}{strangers[0]} does not belong to the model {described_by} describes")
+    for name, shape in expected.items():
+        if prefix + name not in shapes:
+            raise ValueError(f"weight {prefix}{name} is missing")
+        stored = tuple(shapes[prefix + name])
+        if stored != shape:
+            raise ValueError(f"weight {prefix}{name} has shape {stored}, {described_by} implies {shape}")
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Loaded:

@@ -40,10 +40,23 @@ def field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
         names = " or ".join(k.__name__ for k in kinds)
-        raise MiniGPTError(f"{where}: {key} must be {names}, not {_show(value)}")
+        raise MiniGPTError(f"{where}: {key} must be {names}, not {show(value)}")
     return value
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, (bytes, bytearray)) else repr(value)
+def size_field(data: dict[str, Any], key: str, where: str, default: int, at_most: int) -> int:
+    """`data[key]`, or `default` when the key is absent, when it is an int from 1 to `at_most`; one line naming
+    `where` and `key` if not."""
+    value = field(data, key, int, where) if key in data else default
+    if not 1 <= value <= at_most:
+        raise MiniGPTError(f"{where}: {key} must be a positive integer up to {at_most:,}, not {show(value)}")
+    return value
+
+
+def show(value: Any) -> str:
+    """`value` in one short line for an error message, whatever it is (JSON, or anything a pickle may hold)."""
+    try:
+        text = json.dumps(value, default=repr)
+    except (ValueError, RecursionError):  # a circular or very deep structure
+        text = type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."

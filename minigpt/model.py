@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU's `approximate`
+MAX_SIZE = 2**31 - 1
+"""The largest vocab_size, block_size, n_layer, n_head or n_embd: torch's int32 indexing stops there, and no real
+model comes near (a config read from a file is further bounded by the weights stored with it)."""
+SIZES = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 
 
 @dataclass
@@ -39,10 +43,11 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         """Check types and ranges, so a bad config fails here rather than deep inside torch."""
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in SIZES:
             value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if type(value) is not int or not 1 <= value <= MAX_SIZE:
+                shown = repr(value) if len(repr(value)) <= 20 else repr(value)[:17] + "..."
+                raise ValueError(f"{name} must be a positive integer up to 2**31-1, got {shown}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
@@ -58,6 +63,25 @@ class GPTConfig:
         norm = d + bias * d
         block = 2 * norm + (3 * d * d + bias * 3 * d) + (d * d + bias * d) + (4 * d * d + bias * 4 * d) + (4 * d * d + bias * d)
         return (self.vocab_size + self.block_size) * d + self.n_layer * block + norm
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor in the state dict of `GPT(self)`, by name (the tied head too), computed without
+        building the model: what weights read from a file are checked against. Its size grows with n_layer, so a
+        config read from a file has its n_layer checked against the weights first (`minigpt.checkpoint.check_shapes`)."""
+        d = self.n_embd
+
+        def module(name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+            # a LayerNorm's or Linear's bias has its weight's first dimension
+            return {f"{name}.weight": shape, f"{name}.bias": shape[:1]} if self.bias else {f"{name}.weight": shape}
+
+        block = {
+            **module("ln_1", (d,)), **module("attn.c_attn", (3 * d, d)), **module("attn.c_proj", (d, d)),
+            **module("ln_2", (d,)), **module("mlp.c_fc", (4 * d, d)), **module("mlp.c_proj", (d, 4 * d)),
+        }  # fmt: skip
+        shapes = {"transformer.wte.weight": (self.vocab_size, d), "transformer.wpe.weight": (self.block_size, d)}
+        for layer in range(self.n_layer):
+            shapes |= {f"transformer.h.{layer}.{name}": shape for name, shape in block.items()}
+        return shapes | module("transformer.ln_f", (d,)) | {"lm_head.weight": (self.vocab_size, d)}
 
 
 class KVCache:

@@ -17,6 +17,7 @@ import tiktoken
 from minigpt import tokenizer as tok
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt.data.shards import ShardMeta
+from minigpt.jsonfile import show
 from minigpt.model import GPTConfig
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,11 @@ class Payload:
         if not isinstance(other, dict):
             return
         for key, value in asdict(self.model_config).items():
-            if key in other and other[key] != value:
-                raise ValueError(f"model_config says {key}={value!r} but its {source} says {other[key]!r}")
+            if key not in other:
+                continue
+            theirs = other[key]  # anything a pickle may hold: a tensor would not even compare
+            if type(theirs) not in (bool, int, float, str) or theirs != value:
+                raise ValueError(f"model_config says {key}={value!r} but its {source} says {show(theirs)}")
 
     def to_dict(self) -> dict[str, Any]:
         """The plain data (str, int, float, bytes, list, dict) a checkpoint stores: `from_dict` reads it back."""

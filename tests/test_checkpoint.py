@@ -190,8 +190,9 @@ def _model_config(change):
         (_model_config(lambda m: m.update(n_head=3)), "divisible"),
         (_model_config(lambda m: m.update(block_size=-4)), "block_size must be a positive integer"),
         (_model_config(lambda m: m.update(n_layer="2")), "n_layer must be a positive integer"),
-        (_model_config(lambda m: m.update(vocab_size=2**40, n_embd=2**12)), "has shape"),  # 13 TB of embedding
-        (_model_config(lambda m: m.update(n_layer=3)), "weight model.transformer.h.2.ln_1.weight is missing"),
+        (_model_config(lambda m: m.update(vocab_size=2**30, n_embd=2**12)), "has shape"),  # 16 TB of embedding
+        (_model_config(lambda m: m.update(n_layer=3)), "model_config declares n_layer=3 but the weights hold 2 layers"),
+        (lambda c: c["state_dict"].pop("model.transformer.h.1.ln_2.bias"), "weight model.transformer.h.1.ln_2.bias is missing"),
         (lambda c: c["state_dict"].update({"model.extra": torch.zeros(1)}), "does not belong"),
         (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"].update(pattern="(unclosed"), "not a valid regular expression"),
         (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"].update(ranks=c[checkpoint.PAYLOAD_KEY]["tokenizer"]["ranks"][:200]), "lack some of the 256"),
@@ -202,7 +203,7 @@ def _model_config(change):
     ],
     ids=[
         "no-model-config", "no-tokenizer", "payload-is-a-list", "unknown-key", "missing-key", "n_head-not-dividing",
-        "negative-block-size", "string-size", "13TB-embedding", "more-layers-than-weights", "extra-weight",
+        "negative-block-size", "string-size", "16TB-embedding", "more-layers-than-weights", "missing-weight", "extra-weight",
         "bad-pattern", "ranks-short", "duplicate-rank", "special-inside-ranks", "vocab-mismatch", "gap-before-specials",
     ],
 )  # fmt: skip
@@ -232,7 +233,7 @@ def test_non_finite_weights_are_refused(tiny_checkpoint):
 
 def test_checkpoint_without_weights_is_a_user_error(tiny_checkpoint):
     rewrite(tiny_checkpoint, lambda c: c.update(state_dict={}))
-    with pytest.raises(MiniGPTError, match="is missing"):
+    with pytest.raises(MiniGPTError, match="the weights hold 0 layers"):
         checkpoint.load(tiny_checkpoint)
 
 

@@ -15,7 +15,6 @@ Runtime code needs only torch, safetensors, huggingface_hub and json; transforme
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from torch import Tensor
 from minigpt import checkpoint
 from minigpt.errors import MiniGPTError
 from minigpt.hf import tokenizer as hf_tokenizer
-from minigpt.model import GPT, GPTConfig
+from minigpt.jsonfile import field, read_object, show, size_field
+from minigpt.model import GPT, MAX_SIZE, GPTConfig
 
 HUB_PREFIX = "hf:"
 HUB_FILES = [
@@ -52,6 +52,9 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # older files save the causal mask buffers
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+_SIZES = {"vocab_size": 50257, "n_positions": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768}  # GPT2Config's defaults
+_SHARD = re.compile(r"[\w.-]+\.safetensors")  # a file in the folder itself: no path separators
+CONFIG_BYTES = 1 << 20  # real config.json files are about a kilobyte
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which minigpt's LayerNorms use
 
 
@@ -77,7 +80,7 @@ def read_pretrained(source: str, cache_dir: Path | None = None) -> Pretrained:
     `cache_dir` overrides huggingface_hub's cache for ``hf:`` sources. Every problem is a `MiniGPTError`.
     """
     folder = _resolve(source, cache_dir)
-    config = config_from_hf(_read_json(folder / "config.json", source), source)
+    config = config_from_hf(read_object(folder / "config.json", source, CONFIG_BYTES), source)
     enc = hf_tokenizer.load(folder)
     if enc.n_vocab != config.vocab_size:
         raise MiniGPTError(
@@ -137,28 +140,24 @@ def _download(source: str, cache_dir: Path | None) -> Path:
     return Path(folder)
 
 
-def _read_json(path: Path, source: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MiniGPTError(f"{source}: cannot read {path.name} ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise MiniGPTError(f"{source}: {path.name} is not a JSON object")
-    return data
-
-
 def config_from_hf(raw: dict[str, Any], source: str) -> GPTConfig:
-    """minigpt's config for a GPT-2 ``config.json``; refuses, in one line, anything minigpt cannot reproduce.
+    """minigpt's config for a GPT-2 ``config.json``; refuses, in one line naming the key, any value of the wrong type
+    or size and anything minigpt cannot reproduce.
 
     Missing keys take GPT2Config's defaults, as transformers does.
     """
-    if raw.get("model_type") != "gpt2":
-        raise MiniGPTError(f"{source} is a {raw.get('model_type')!r} model: minigpt reads only GPT-2 (model_type gpt2)")
-    n_embd = raw.get("n_embd", 768)
-    activation = raw.get("activation_function", "gelu_new")
+    where = f"{source}: config.json"
+    model_type = field(raw, "model_type", str, where)
+    if model_type != "gpt2":
+        raise MiniGPTError(f"{where} has model_type {show(model_type)}: minigpt reads only GPT-2 (model_type gpt2)")
+    sizes = {key: size_field(raw, key, where, default, MAX_SIZE) for key, default in _SIZES.items()}
+    activation = field(raw, "activation_function", str, where) if "activation_function" in raw else "gelu_new"
+    dropout = field(raw, "resid_pdrop", (int, float), where) if "resid_pdrop" in raw else 0.1
+    if not 0 <= dropout < 1:
+        raise MiniGPTError(f"{where}: resid_pdrop must be a number in [0, 1), not {show(dropout)}")
     unsupported = {
         "activation_function": activation not in _ACTIVATIONS,
-        "n_inner": raw.get("n_inner") not in (None, 4 * n_embd),
+        "n_inner": raw.get("n_inner") not in (None, 4 * sizes["n_embd"]),
         "layer_norm_epsilon": raw.get("layer_norm_epsilon", LAYER_NORM_EPS) != LAYER_NORM_EPS,
         "scale_attn_weights": raw.get("scale_attn_weights", True) is not True,
         "scale_attn_by_inverse_layer_idx": raw.get("scale_attn_by_inverse_layer_idx", False) is not False,
@@ -168,32 +167,36 @@ def config_from_hf(raw: dict[str, Any], source: str) -> GPTConfig:
     for key, refused in unsupported.items():
         if refused:
             raise MiniGPTError(
-                f"{source}: config.json sets {key}={raw.get(key)!r}, which minigpt's GPT-2 blocks cannot reproduce "
+                f"{where} sets {key}={show(raw.get(key))}, which minigpt's GPT-2 blocks cannot reproduce "
                 "exactly (supported: gelu/gelu_new activations, n_inner 4*n_embd, layer_norm_epsilon 1e-5, scaled "
                 "attention without per-layer scaling or upcasting, no cross-attention)"
             )
     try:
         return GPTConfig(
-            vocab_size=raw.get("vocab_size", 50257),
-            block_size=raw.get("n_positions", 1024),
-            n_layer=raw.get("n_layer", 12),
-            n_head=raw.get("n_head", 12),
-            n_embd=n_embd,
-            dropout=raw.get("resid_pdrop", 0.1),
+            vocab_size=sizes["vocab_size"],
+            block_size=sizes["n_positions"],
+            n_layer=sizes["n_layer"],
+            n_head=sizes["n_head"],
+            n_embd=sizes["n_embd"],
+            dropout=dropout,
             bias=True,
             activation=_ACTIVATIONS[activation],
         )
-    except ValueError as err:
-        raise MiniGPTError(f"{source}: bad config.json: {err}") from None
+    except ValueError as err:  # n_head does not divide n_embd
+        raise MiniGPTError(f"{where}: {err}") from None
 
 
 def read_weights(folder: Path, source: str) -> dict[str, Tensor]:
     """Every tensor of the folder's safetensors file (or shards), under its stored name; pickles are refused."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index, source).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise MiniGPTError(f"{source}: model.safetensors.index.json has no weight_map")
+        where = f"{source}: {index.name}"
+        weight_map = field(read_object(index, source), "weight_map", dict, where)
+        for key, name in weight_map.items():
+            if not isinstance(name, str) or not _SHARD.fullmatch(name):
+                raise MiniGPTError(
+                    f"{where}: weight_map puts {show(key)} in {show(name)}, which is not a .safetensors file of the folder"
+                )
         files = sorted(set(weight_map.values()))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
@@ -213,28 +216,21 @@ def read_weights(folder: Path, source: str) -> dict[str, Tensor]:
 
 def state_from_hf(weights: dict[str, Tensor], config: GPTConfig, source: str) -> dict[str, Tensor]:
     """minigpt's state dict from GPT-2 safetensors keys (``transformer.``-prefixed or not), checked against
-    `config`: every weight present, no stranger, every shape right, the head tied to ``wte``."""
-    state: dict[str, Tensor] = {}
-    for key, value in weights.items():
+    `config` before anything is converted or built: every weight present, no stranger, every shape right, the head
+    tied to ``wte``."""
+    names = {}  # minigpt's name -> the file's
+    for key in weights:
         name = key.removeprefix("transformer.")
-        if name == "lm_head.weight" or _MASK_BUFFER.fullmatch(name):
-            continue
-        if name.endswith(CONV1D) and name.startswith("h."):
-            value = value.t()  # Conv1D (in, out) -> nn.Linear (out, in)
-        state["transformer." + name] = value.contiguous()
-    with torch.device("meta"):  # shapes only
-        expected = {k: v.shape for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
-    strangers = sorted(state.keys() - expected.keys())
-    if strangers:
-        raise MiniGPTError(f"{source}: weight {strangers[0].removeprefix('transformer.')} is not part of a GPT-2 model")
-    for key, shape in expected.items():
-        if key not in state:
-            raise MiniGPTError(f"{source}: weight {key.removeprefix('transformer.')} is missing")
-        if state[key].shape != shape:
-            raise MiniGPTError(
-                f"{source}: weight {key.removeprefix('transformer.')} has shape {tuple(state[key].shape)}, "
-                f"config.json implies {tuple(shape)}"
-            )
+        if name != "lm_head.weight" and not _MASK_BUFFER.fullmatch(name):
+            names["transformer." + name] = key
+    shapes = {name: _as_linear(name, tuple(weights[key].shape)) for name, key in names.items()}
+    if "transformer.wte.weight" in shapes:  # tied: the head is the embedding
+        shapes["lm_head.weight"] = shapes["transformer.wte.weight"]
+    try:
+        checkpoint.check_shapes(config, shapes, described_by="config.json")
+    except ValueError as err:
+        raise MiniGPTError(f"{source}: {err}") from None
+    state = {name: _as_linear(name, weights[key]).contiguous() for name, key in names.items()}
     wte = state["transformer.wte.weight"]
     head = weights.get("lm_head.weight")
     if head is not None and not torch.equal(head, wte):
@@ -244,3 +240,10 @@ def state_from_hf(weights: dict[str, Tensor], config: GPTConfig, source: str) ->
         )
     state["lm_head.weight"] = wte
     return state
+
+
+def _as_linear(name: str, value: Any) -> Any:
+    """A stored weight (a tensor or its shape) as minigpt's nn.Linear holds it: HF's Conv1D ones are (in, out)."""
+    if name.startswith("transformer.h.") and name.endswith(CONV1D):
+        return value.t() if isinstance(value, Tensor) else value[::-1]
+    return value
