@@ -18,6 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 from tqdm import tqdm
 
+from minigpt.training.callbacks.record import batch_loss, step_lr
 from minigpt.training.flops import flops_per_token, peak_flops
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,14 @@ class ProgressLines(L.Callback):
         self._peak: float | None = None  # the device's FLOP/s at this precision, where known
         self._validating_since: float | None = None
         self._validation = 0.0  # seconds of validation since the last line
+        self._lr = 0.0  # of the step being taken
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = (time.perf_counter(), trainer.global_step)
         self._peak = peak_flops(pl_module.device, str(trainer.precision))
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._lr = step_lr(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validating_since = time.perf_counter()
@@ -72,12 +77,10 @@ class ProgressLines(L.Callback):
         self._last, self._validation = (now, step), 0.0
         if not self.lines:
             return
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
         mfu = f" | MFU {speed['perf/mfu']:.1%}" if "perf/mfu" in speed else ""
         log.info(
             "step %d/%d | loss %.4f | lr %.2e | %s tokens/s%s | %.1f ms/step | elapsed %s | ETA %s",
-            step, trainer.max_steps, float(loss), lr, f"{tokens / per_step:,.0f}", mfu, per_step * 1000,
+            step, trainer.max_steps, batch_loss(trainer, outputs), self._lr, f"{tokens / per_step:,.0f}", mfu, per_step * 1000,
             duration(now - start), duration(left),
         )  # fmt: skip
 

@@ -42,6 +42,19 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def step_lr(trainer: L.Trainer) -> float:
+    """The learning rate of the step being taken, as TensorBoard's ``lr`` has it: read before the step, since the
+    schedule moves on as soon as the step is taken."""
+    return trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def batch_loss(trainer: L.Trainer, outputs: Any) -> float:
+    """The loss of the batch just trained, as TensorBoard's ``train/loss`` has it: Lightning hands callbacks the
+    loss divided by the number of micro-batches that a step accumulates."""
+    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+    return float(loss) * trainer.accumulate_grad_batches
+
+
 class RunRecord(L.Callback):
     """In global rank 0: record the training loss every `every` steps and each validation's metrics, saving
     `metrics.csv` in `folder` at each validation; when training ends or a signal stops it, write `metrics.csv`
@@ -51,12 +64,16 @@ class RunRecord(L.Callback):
     def __init__(self, folder: Path, config: Mapping[str, Any], every: int) -> None:
         self.folder, self.config, self.every = Path(folder), config, max(1, every)
         self.rows: list[dict[str, Any]] = []
+        self._before: tuple[int, float] = (-1, math.nan)  # (global step, lr) as the current batch started
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._before = (trainer.global_step, step_lr(trainer))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.is_global_zero and trainer.global_step % self.every == 0 and not self._has_row(trainer.global_step, "train_loss"):
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            lr = trainer.optimizers[0].param_groups[0]["lr"]
-            self.rows.append({"step": trainer.global_step, "train_loss": float(loss), "lr": lr})
+        # Rows go by the step a batch completes, as TensorBoard's do: a micro-batch that only accumulates has none.
+        step, (step_before, lr) = trainer.global_step, self._before
+        if trainer.is_global_zero and step > step_before and step % self.every == 0:
+            self.rows.append({"step": step, "train_loss": batch_loss(trainer, outputs), "lr": lr})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
@@ -80,9 +97,6 @@ class RunRecord(L.Callback):
         """This process's rows after those of the runs it resumes (from metrics.csv, steps before its first)."""
         before = self.rows[0]["step"] if self.rows else math.inf
         return earlier_rows(self.folder / "metrics.csv", before) + self.rows
-
-    def _has_row(self, step: int, column: str) -> bool:
-        return any(r["step"] == step and column in r for r in self.rows)
 
     def _write(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero:
