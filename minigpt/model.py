@@ -46,16 +46,15 @@ class GPTConfig:
         for name in SIZES:
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= MAX_SIZE:
-                shown = repr(value) if len(repr(value)) <= 20 else repr(value)[:17] + "..."
-                raise ValueError(f"{name} must be a positive integer up to 2**31-1, got {shown}")
+                raise ValueError(f"{name} must be a positive integer up to 2**31-1, got {_short(value)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"dropout must be a number in [0, 1), got {_short(self.dropout)}")
         if type(self.bias) is not bool:
-            raise ValueError(f"bias must be true or false, got {self.bias!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+            raise ValueError(f"bias must be true or false, got {_short(self.bias)}")
+        if type(self.activation) is not str or self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {_short(self.activation)}")
 
     def num_parameters(self) -> int:
         """The parameter count of the model this config describes (tied head counted once), without building it."""
@@ -82,6 +81,12 @@ class GPTConfig:
         for layer in range(self.n_layer):
             shapes |= {f"transformer.h.{layer}.{name}": shape for name, shape in block.items()}
         return shapes | module("transformer.ln_f", (d,)) | {"lm_head.weight": (self.vocab_size, d)}
+
+
+def _short(value: object) -> str:
+    """`value` for a one-line message: a config read from a file may hold anything, of any length."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class KVCache:

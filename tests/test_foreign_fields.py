@@ -100,9 +100,13 @@ def rewrite_model_config(path: Path, **changes) -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"n_embd": HUGE}, {"block_size": HUGE}, {"vocab_size": HUGE}, {"n_layer": 100_000}, {"n_layer": 10**9}, {"n_head": HUGE}],
-)
-def test_a_crafted_checkpoints_huge_shape_is_refused_before_the_model_is_built(tiny_checkpoint, no_model_is_built, changes):
+    [
+        {"n_embd": HUGE}, {"block_size": HUGE}, {"vocab_size": HUGE}, {"n_layer": 100_000}, {"n_layer": 10**9},
+        {"n_head": HUGE}, {"n_head": [2]}, {"n_embd": None}, {"dropout": "0.1"}, {"activation": ["gelu"]},
+        {"activation": None}, {"bias": "yes"},
+    ],
+)  # fmt: skip
+def test_a_crafted_checkpoints_model_config_is_refused_before_the_model_is_built(tiny_checkpoint, no_model_is_built, changes):
     rewrite_model_config(tiny_checkpoint, **changes)
     with pytest.raises(MiniGPTError) as err:
         checkpoint.load(tiny_checkpoint)
