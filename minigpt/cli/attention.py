@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,7 +35,12 @@ from minigpt.errors import MiniGPTError
 from minigpt.inspection import ablation
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
+from minigpt.inspection.lens import DEFAULT_TOP, LogitLens
+from minigpt.inspection.patching import Patching
 from minigpt.model import GPTConfig
+
+if TYPE_CHECKING:
+    from minigpt.inspection.attention import Attention
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +130,13 @@ def report_attention(
     """Write the attention report of `text` into ``args.attention_dir`` (`MiniGPT.attention`, then `save`) and print
     the top heads. With --ablate, head importance is measured on `ablate_on`, by default on `text` itself (called
     `text_name`)."""
+    save_and_print(args, analysed(args, lm, text, ablate_on, text_name))
+
+
+def analysed(
+    args: argparse.Namespace, lm: MiniGPT, text: str, ablate_on: Windows | None = None, text_name: str = "the prompt"
+) -> Attention:
+    """The attention of `text` as the report options ask for it (see `report_attention`)."""
     ids = tok.encode(lm.tokenizer, text)
     if not ids:
         raise MiniGPTError("the prompt is empty: pass some text with --prompt")
@@ -131,12 +144,21 @@ def report_attention(
     att = lm.attention(text, layers=layers, heads=heads, aggregate=args.aggregate)
     if args.ablate:
         att = att.ablate_on(ablate_on or ablation.text_windows(ids, lm.config.block_size, text_name))
+    return att
+
+
+def save_and_print(args: argparse.Namespace, att: Attention) -> None:
+    """Write `att`'s files into ``args.attention_dir`` and print the top heads (and importance, lens, patching)."""
     # check_out_dir ran before sampling, but the folder can change meanwhile, or the disk fill up.
     att.save(args.attention_dir, per_head=args.per_head, top=args.top_heads)
     logger.info("wrote the attention maps of %d tokens to %s", len(att.tokens), args.attention_dir)
     print_top_heads(att.analysis.stats, args.top_heads)
     if att.analysis.importance is not None:
         print_importance(att.analysis.importance, args.top_heads)
+    if att.lens is not None:
+        print_lens(att.lens)
+    if att.patching is not None:
+        print_patching(att.patching, args.top_heads)
 
 
 def print_top_heads(stats: attention.HeadStats, k: int) -> None:
@@ -154,6 +176,28 @@ def print_importance(importance: Importance, k: int) -> None:
     print(f"  on {importance.source}: {importance.tokens:,} tokens, loss {importance.base_loss:.4f} with every head")
 
 
+def print_lens(lens: LogitLens) -> None:
+    """The top next token after every block at the last position, e.g. ``logit lens at the last position (...):
+    embed 'a' 0.031 | block 0 ' ' 0.412 | block 1 ' ' 0.655``."""
+    last = " | ".join(f"{name} {row[-1][0]!r} {float(p[-1, 0]):.3f}" for name, row, p in zip(lens.layers, lens.top, lens.probs))
+    print(f"logit lens at the last position ({lens.tokens[-1]!r}), top next token after: {last}")
+
+
+def print_patching(patching: Patching, k: int) -> None:
+    """The `k` heads whose output restores most of the clean-vs-corrupt difference, and the residual stream
+    position that restores most after each block."""
+    print(
+        f"activation patching, share of {patching.metric} restored (clean {patching.clean:.3f}, "
+        f"corrupt {patching.corrupt:.3f}):"
+    )
+    print("  heads: " + ", ".join(f"L{l}H{h} {s:.3f}" for l, h, s in attention.top_heads(patching.heads, k)))
+    best = patching.residual.argmax(dim=1)
+    print(
+        "  residual, best position after: "
+        + ", ".join(f"{name} #{int(i)} {float(row[i]):.3f}" for name, row, i in zip(patching.layers, patching.residual, best))
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The attention command's options."""
     parser = OneLineParser(
@@ -164,6 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
+    group = parser.add_argument_group("logit lens and activation patching")
+    group.add_argument(
+        "--logit_lens", type=positive_int, nargs="?", const=DEFAULT_TOP, metavar="K",
+        help=f"also read the K most likely next tokens (default {DEFAULT_TOP}) out of the residual stream after every "
+        "block, at every position (logit_lens.png, the page)",
+    )  # fmt: skip
+    group.add_argument(
+        "--corrupt", metavar="TEXT",
+        help="also patch activations from --prompt (the clean text) into this text of as many tokens, one at a time, "
+        "and measure how much of the difference each restores (heads.json, patching_*.png, the page); needs --answer",
+    )  # fmt: skip
+    group.add_argument(
+        "--answer", metavar="TOKEN", help="with --corrupt: the one token whose logit at the last position is measured"
+    )
+    group.add_argument(
+        "--wrong", metavar="TOKEN",
+        help="with --corrupt: measure the answer's logit minus this token's (default: minus the mean logit)",
+    )  # fmt: skip
     return parser
 
 
@@ -173,6 +235,15 @@ def check_ablation_options(args: argparse.Namespace) -> None:
         raise MiniGPTError("--data names the text to measure head importance on: add --ablate")
     if args.ablate_windows is not None and args.data is None:
         raise MiniGPTError("--ablate_windows counts windows of the --data corpus: add --data SPEC, or drop it")
+
+
+def check_patching_options(args: argparse.Namespace) -> None:
+    """--corrupt needs --answer; --answer and --wrong only mean something with --corrupt."""
+    if args.corrupt is not None and args.answer is None:
+        raise MiniGPTError("--corrupt needs --answer TOKEN: the token whose logit the patching measures")
+    for flag in ("answer", "wrong"):
+        if getattr(args, flag) is not None and args.corrupt is None:
+            raise MiniGPTError(f"--{flag} is the token measured when patching: add --corrupt TEXT, or drop it")
 
 
 def validation_windows(args: argparse.Namespace, loaded: MiniGPT) -> Windows:
@@ -198,10 +269,14 @@ def main(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(canonical_options(argv))  # `--top-heads` works too
     check_stdout_open()
     check_ablation_options(args)
+    check_patching_options(args)
     check_out_dir(args.attention_dir)
     loaded, ablate_on = load_for_report(args, resolve_device(args.device))
+    att = analysed(args, loaded, args.prompt, ablate_on)
+    lens = att.logit_lens(args.logit_lens) if args.logit_lens else None
+    patching = att.patch(args.corrupt, args.answer, wrong=args.wrong) if args.corrupt is not None else None
     with writing_stdout():
-        report_attention(args, loaded, args.prompt, ablate_on)
+        save_and_print(args, att.showing(lens=lens, patching=patching))
 
 
 if __name__ == "__main__":

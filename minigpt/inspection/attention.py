@@ -1,5 +1,6 @@
-"""The attention of one text as an object (`Attention`): its maps, head statistics and head importance, the
-files `minigpt attention` writes, and the attention page inline in Jupyter. `minigpt.api.MiniGPT.attention`
+"""The attention of one text as an object (`Attention`): its maps, head statistics and head importance, its logit
+lens and activation patching against a corrupted text, the files `minigpt attention` writes, and the attention page
+inline in Jupyter. `minigpt.api.MiniGPT.attention`
 makes one; this is the Python face of `minigpt.inspection.report`."""
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from pathlib import Path
 import tiktoken
 import torch
 
+from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.inspection import ablation
+from minigpt.inspection.lens import DEFAULT_TOP, LogitLens, logit_lens
 from minigpt.inspection.maps import top_heads
 from minigpt.inspection.notebook import notebook_html
+from minigpt.inspection.patching import Patching, activation_patching
 from minigpt.inspection.report import Analysis, write_report
 from minigpt.model import GPT
 
@@ -71,9 +75,41 @@ class Attention:
         with_importance = dataclasses.replace(self.analysis, importance=importance)
         return Attention(with_importance, self._model, self._tokenizer, self._ids, self._val_fraction)
 
+    def logit_lens(self, k: int = DEFAULT_TOP) -> LogitLens:
+        """The `k` most likely next tokens read out of the residual stream after every block (the final LayerNorm and
+        LM head applied to it), at every position of the tokens the maps show; its last row is the model's output."""
+        return logit_lens(self._model, self._tokenizer, self.analysis.maps.ids, k)
+
+    def patch(self, corrupt: str, answer: str, *, wrong: str | None = None) -> Patching:
+        """Activation patching from this text (the clean one) into `corrupt`, a text of as many tokens: the share of
+        the difference in the `answer` token's logit minus the `wrong` token's (default: the mean logit), at the last
+        position, that each head's output and the residual stream at each position restore."""
+        if not isinstance(corrupt, str):
+            raise MiniGPTError(f"the corrupted text must be a str, got {type(corrupt).__name__}")
+        enc = self._tokenizer
+        wrong_id = None if wrong is None else one_token(enc, wrong, "wrong")
+        corrupt_ids = tok.encode(enc, corrupt)
+        return activation_patching(self._model, enc, self._ids, corrupt_ids, one_token(enc, answer, "answer"), wrong_id)
+
+    def showing(self, *, lens: LogitLens | None = None, patching: Patching | None = None) -> Attention:
+        """This attention with a logit lens (`logit_lens`) and patching results (`patch`) beside the maps: on the page,
+        in `save`'s files (logit_lens.png; patching_*.png and heads.json's ``patching``)."""
+        shown = dataclasses.replace(self.analysis, lens=lens or self.lens, patching=patching or self.patching)
+        return Attention(shown, self._model, self._tokenizer, self._ids, self._val_fraction)
+
+    @property
+    def lens(self) -> LogitLens | None:
+        """The logit lens shown (see `showing`), if any."""
+        return self.analysis.lens
+
+    @property
+    def patching(self) -> Patching | None:
+        """The patching results shown (see `showing`), if any."""
+        return self.analysis.patching
+
     def save(self, folder: str | os.PathLike[str], *, per_head: bool = False, top: int = 3) -> list[Path]:
         """Write the files ``minigpt attention --out folder`` writes (PNGs, attention.html, attention.npz,
-        heads.json, importance.png after `ablate`); return their paths."""
+        heads.json, importance.png after `ablate`, the lens and patching figures after `showing`); return their paths."""
         return write_report(Path(folder), self.analysis, per_head=per_head, top=top)
 
     def __repr__(self) -> str:
@@ -83,3 +119,14 @@ class Attention:
 
     def _repr_html_(self) -> str:
         return notebook_html(self.analysis)
+
+
+def one_token(enc: tiktoken.Encoding, text: object, what: str) -> int:
+    """The id of `text`, which must be exactly one token; anything else is a one-line `MiniGPTError` naming `what`."""
+    if not isinstance(text, str):
+        raise MiniGPTError(f"the {what} must be a str (one token), got {type(text).__name__}")
+    ids = tok.encode(enc, text)
+    if len(ids) != 1:
+        pieces = ", ".join(repr(enc.decode([i])) for i in ids[:5]) or "none"
+        raise MiniGPTError(f"the {what} {text[:40]!r} is {len(ids)} tokens ({pieces}): give exactly one token")
+    return ids[0]

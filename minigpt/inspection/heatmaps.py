@@ -39,6 +39,7 @@ IMPORTANCE_MARGINS = (0.7, 0.6, 0.2)  # left (layer labels), bottom (head labels
 IMPORTANCE_MIN_WIDTH = 5.0  # room for the title
 TITLE_LINE_INCHES = 0.2
 TITLE_CHARS_PER_INCH = 14  # at 9 pt
+SMALL_CELL_INCHES = 0.3  # a score grid wider than 16 columns: no values printed
 IMPORTANCE_CMAP = "RdBu_r"  # red: the loss rises without the head; blue: it falls; white: no change
 
 
@@ -160,35 +161,51 @@ def layer_figure(maps: Tensor, titles: Sequence[str], tokens: Sequence[str]) -> 
 
 def importance_figure_size(n_layer: int, n_head: int, title_lines: int = 2) -> tuple[float, float]:
     """(width, height) in inches of the layer × head importance grid under a title of `title_lines` lines."""
+    return _score_grid_size(n_layer, n_head, IMPORTANCE_CELL_INCHES, title_lines)
+
+
+def _score_grid_size(n_rows: int, n_cols: int, cell: float, title_lines: int) -> tuple[float, float]:
     left, bottom, top = IMPORTANCE_MARGINS
-    width = max(IMPORTANCE_MIN_WIDTH, left + n_head * IMPORTANCE_CELL_INCHES + COLORBAR_INCHES)
-    return width, bottom + n_layer * IMPORTANCE_CELL_INCHES + top + TITLE_LINE_INCHES * title_lines
+    width = max(IMPORTANCE_MIN_WIDTH, left + n_cols * cell + COLORBAR_INCHES)
+    return width, bottom + n_rows * cell + top + TITLE_LINE_INCHES * title_lines
 
 
 def importance_figure(loss_change: Tensor, title: str) -> Figure:
     """One cell per head (layers down, heads across) showing `loss_change` (n_layer, n_head), each printed with
     its value, on a colour scale centred on 0; `title` is wrapped to the figure's width."""
     n_layer, n_head = loss_change.shape
+    return score_grid_figure(loss_change, title, [str(l) for l in range(n_layer)], [str(h) for h in range(n_head)])
+
+
+def score_grid_figure(
+    values: Tensor, title: str, rows: Sequence[str], cols: Sequence[str], *, xlabel: str = "head",
+    ylabel: str = "layer", label: str = "nats/token", limit: float = 0.0, fmt: str = "{:+.3f}",
+) -> Figure:  # fmt: skip
+    """A grid of signed scores (len(rows), len(cols)) on a red-white-blue scale centred on 0 that reaches at least
+    `limit`, each cell printed with its value (`fmt`) while the grid is narrow enough; `title` wrapped to the width."""
+    n_rows, n_cols = values.shape
+    cell = IMPORTANCE_CELL_INCHES if n_cols <= 16 else SMALL_CELL_INCHES
     left, bottom, _ = IMPORTANCE_MARGINS
-    width, _ = importance_figure_size(n_layer, n_head)
+    width, _ = _score_grid_size(n_rows, n_cols, cell, 2)
     lines = textwrap.wrap(title, width=int(width * TITLE_CHARS_PER_INCH))
-    width, height = importance_figure_size(n_layer, n_head, len(lines))
+    width, height = _score_grid_size(n_rows, n_cols, cell, len(lines))
     fig = Figure(figsize=(width, height), dpi=DPI)
-    grid_w, grid_h = n_head * IMPORTANCE_CELL_INCHES / width, n_layer * IMPORTANCE_CELL_INCHES / height
+    grid_w, grid_h = n_cols * cell / width, n_rows * cell / height
     ax = fig.add_axes((left / width, bottom / height, grid_w, grid_h))
-    cax = fig.add_axes(((left + n_head * IMPORTANCE_CELL_INCHES + 0.2) / width, bottom / height, 0.18 / width, grid_h))
-    values = loss_change.double().numpy()
-    limit = float(np.nanmax(np.abs(values), initial=0.0)) or 1.0
-    image = ax.imshow(values, cmap=IMPORTANCE_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-    for (layer, head), value in np.ndenumerate(values):
-        ink = "white" if abs(value) > 0.6 * limit else "black"
-        ax.text(head, layer, f"{value:+.3f}", ha="center", va="center", fontsize=7, color=ink)
-    ax.set_xticks(range(n_head), [str(h) for h in range(n_head)])
-    ax.set_yticks(range(n_layer), [str(l) for l in range(n_layer)])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    cax = fig.add_axes(((left + n_cols * cell + 0.2) / width, bottom / height, 0.18 / width, grid_h))
+    data = values.double().numpy()
+    limit = max(limit, float(np.nanmax(np.abs(data), initial=0.0))) or 1.0
+    image = ax.imshow(data, cmap=IMPORTANCE_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    if n_cols <= 16:
+        for (r, c), value in np.ndenumerate(data):
+            ink = "white" if abs(value) > 0.6 * limit else "black"
+            ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=7, color=ink)
+    ax.set_xticks(range(n_cols), list(cols), rotation=0 if n_cols <= 16 else 90)
+    ax.set_yticks(range(n_rows), list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     fig.text(0.1 / width, 1 - 0.1 / height, "\n".join(lines), fontsize=9, va="top")
-    fig.colorbar(image, cax=cax, label="nats/token")
+    fig.colorbar(image, cax=cax, label=label)
     return fig
 
 

@@ -2,7 +2,8 @@
 
 `write_report` writes, into one folder: overview.png and layer_*.png (see `minigpt.inspection.heatmaps`), attention.html
 (one self-contained page built from the ``page.html`` template shipped with the package), attention.npz
-(the raw weights), heads.json (per-head statistics) and, after an ablation, importance.png. The commands that
+(the raw weights), heads.json (per-head statistics), after an ablation importance.png, with the logit lens
+logit_lens.png, and after activation patching patching_heads.png and patching_residual.png. The commands that
 draw attention maps call ``write_report(out_dir, analyse(model, enc, ids, ...))``; the training callback calls
 `analyse` and draws the same overview.
 """
@@ -25,11 +26,13 @@ import torch
 from torch import Tensor
 
 from minigpt.errors import MiniGPTError
-from minigpt.inspection import ablation, heatmaps
+from minigpt.inspection import ablation, circuit_figures, heatmaps
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import Importance, Windows
 from minigpt.inspection.heatmaps import Panels
+from minigpt.inspection.lens import LogitLens
 from minigpt.inspection.maps import AttentionMaps, HeadStats, top_heads
+from minigpt.inspection.patching import Patching
 from minigpt.model import GPT
 
 PAGE_TEMPLATE = "page.html"
@@ -66,6 +69,10 @@ class Analysis:
     """Statistics of every head."""
     importance: Importance | None = None
     """Each head's effect on the loss when zeroed, when an ablation was asked for."""
+    lens: LogitLens | None = None
+    """The logit lens of the text, when asked for."""
+    patching: Patching | None = None
+    """What patching each activation from a clean text into a corrupted one restores, when asked for."""
 
 
 def token_strings(enc: tiktoken.Encoding, ids: Sequence[int]) -> list[str]:
@@ -130,10 +137,14 @@ def _write_all(folder: Path, analysis: Analysis, per_head: bool, top: int) -> li
     a = analysis
     written = [
         *heatmaps.write_pngs(folder, a.png, a.tokens, per_head=per_head),
-        write_html(folder / "attention.html", a.page, a.tokens, a.stats, a.importance),
+        write_html(folder / "attention.html", a.page, a.tokens, a.stats, a.importance, lens=a.lens, patching=a.patching),
         write_npz(folder / "attention.npz", a.maps.weights, a.tokens, a.maps.ids, a.aggregates),
-        write_heads_json(folder / "heads.json", a.stats, top, a.importance),
+        write_heads_json(folder / "heads.json", a.stats, top, a.importance, a.patching),
     ]
+    if a.lens is not None:
+        written.append(circuit_figures.write_lens_png(folder, a.lens))
+    if a.patching is not None:
+        written += circuit_figures.write_patching_pngs(folder, a.patching)
     if a.importance is not None:
         title = (
             f"How much the loss rises when each head's output is zeroed, on {a.importance.source} "
@@ -163,9 +174,12 @@ def _table(scores: Tensor) -> list[list[float | None]]:
     return [[_json_number(float(x)) for x in row] for row in scores]
 
 
-def heads_record(stats: HeadStats, top: int, importance: Importance | None = None) -> dict:
+def heads_record(
+    stats: HeadStats, top: int, importance: Importance | None = None, patching: Patching | None = None
+) -> dict:
     """Plain data for heads.json: definitions, one record per head, and the `top` heads of each kind; with
-    `importance`, each head's ``loss_change`` too, and what it was measured on under ``ablation``."""
+    `importance`, each head's ``loss_change`` too, and what it was measured on under ``ablation``; with
+    `patching`, its results under ``patching`` (`Patching.record`)."""
     kinds = stats.kinds()
     definitions = dict(HEAD_STAT_DEFINITIONS)
     if importance is not None:
@@ -188,6 +202,8 @@ def heads_record(stats: HeadStats, top: int, importance: Importance | None = Non
     record = {"definitions": definitions, "heads": heads, "top": ranked}
     if importance is not None:
         record["ablation"] = ablation_record(importance)
+    if patching is not None:
+        record["patching"] = patching.record()
     return record
 
 
@@ -196,17 +212,23 @@ def ablation_record(importance: Importance) -> dict:
     return {"base_loss": round(importance.base_loss, 6), "tokens": importance.tokens, "on": importance.source}
 
 
-def write_heads_json(path: Path, stats: HeadStats, top: int, importance: Importance | None = None) -> Path:
+def write_heads_json(
+    path: Path, stats: HeadStats, top: int, importance: Importance | None = None, patching: Patching | None = None
+) -> Path:
     """heads.json: see `heads_record`."""
-    path.write_text(json.dumps(heads_record(stats, top, importance), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(heads_record(stats, top, importance, patching), indent=2) + "\n", encoding="utf-8")
     return path
 
 
-def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None) -> dict:
+def html_data(
+    panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None, *,
+    lens: LogitLens | None = None, patching: Patching | None = None,
+) -> dict:  # fmt: skip
     """The JSON embedded in attention.html; weights rounded to 5 decimals to keep the page small.
 
     `stats` holds each kind's scores of every head as [layer][head] lists (null where undefined); `importance`
-    the loss change of every head the same way, with what it was measured on (null without an ablation).
+    the loss change of every head the same way, with what it was measured on (null without an ablation); `lens`
+    and `patching` their records (`LogitLens.record`, `Patching.record`; null when not asked for).
     """
     return {
         "tokens": list(tokens),
@@ -217,6 +239,8 @@ def html_data(panels: Panels, tokens: Sequence[str], stats: HeadStats, importanc
         "importance": None
         if importance is None
         else {"loss_change": _table(importance.loss_change), **ablation_record(importance)},
+        "lens": None if lens is None else lens.record(),
+        "patching": None if patching is None else patching.record(),
     }
 
 
@@ -225,17 +249,23 @@ def page_template() -> str:
     return resources.files("minigpt.inspection").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
 
 
-def page_html(panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None) -> str:
-    """One self-contained page (inline CSS/JS, data as embedded JSON, no network) to explore `panels`."""
-    data = json.dumps(html_data(panels, tokens, stats, importance), separators=(",", ":"), ensure_ascii=False)
+def page_html(
+    panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None, *,
+    lens: LogitLens | None = None, patching: Patching | None = None,
+) -> str:  # fmt: skip
+    """One self-contained page (inline CSS/JS, data as embedded JSON, no network) to explore `panels`, with the
+    logit lens and the patching results beside the maps when given."""
+    data = html_data(panels, tokens, stats, importance, lens=lens, patching=patching)
+    data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     # A token such as "</script>" must not close the data block early.
     data = data.replace("</", "<\\/")
     return page_template().replace(DATA_PLACEHOLDER, data)
 
 
 def write_html(
-    path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None
-) -> Path:
+    path: Path, panels: Panels, tokens: Sequence[str], stats: HeadStats, importance: Importance | None = None, *,
+    lens: LogitLens | None = None, patching: Patching | None = None,
+) -> Path:  # fmt: skip
     """attention.html: see `page_html`."""
-    path.write_text(page_html(panels, tokens, stats, importance), encoding="utf-8")
+    path.write_text(page_html(panels, tokens, stats, importance, lens=lens, patching=patching), encoding="utf-8")
     return path
