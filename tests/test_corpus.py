@@ -14,6 +14,7 @@ import pytest
 
 from minigpt.data import builtin as builtin_corpora
 from minigpt.data import cache as shardcache
+from minigpt.data import files
 from minigpt.data import hub as hfcorpus
 from minigpt.data.corpus import open_corpus
 from minigpt.errors import MiniGPTError
@@ -96,6 +97,28 @@ def test_non_utf8_file_error_names_the_file_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(MiniGPTError, match=r"latin1\.txt is not UTF-8.*convert it to UTF-8") as err:
         list(open_corpus(str(tmp_path), tmp_path).documents())
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("where", ["a character cut by a block", "a bad byte", "an unfinished character at the end"])
+def test_a_file_is_read_in_pieces_and_a_bad_byte_is_named_by_its_offset_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.setattr(files, "READ_BYTES", 100)
+    text = "ünïcödé 🙂 text\n" * 40  # 1- to 4-byte characters, so blocks end inside characters
+    data = text.encode()
+    if where == "a bad byte":
+        data = data[:250] + b"\xff" + data[250:]
+    elif where == "an unfinished character at the end":
+        data += "🙂".encode()[:3]
+    (tmp_path / "t.txt").write_bytes(data)
+    source = next(open_corpus(str(tmp_path / "t.txt"), tmp_path).sources())
+    if where == "a character cut by a block":
+        pieces = list(source())
+        assert "".join(pieces) == text and max(len(piece.encode()) for piece in pieces) <= 103
+        return
+    with pytest.raises(MiniGPTError, match=rf"t\.txt is not UTF-8 \(bad byte at offset {250 if where == 'a bad byte' else len(data) - 3}\)"):
+        list(source())
+
 
 
 def test_fingerprint_changes_when_a_file_changes_and_only_then(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ the shards made when each document was read whole), and a tokenizer that loses t
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,22 @@ def test_text_lost_in_any_piece_is_found_and_its_place_named(tmp_path: Path, mon
     (tmp_path / "c.txt").write_text(text)
     with pytest.raises(MiniGPTError, match=rf"document 1 .* from byte {text.index('42')} on \('42 here"):
         prepare(str(tmp_path / "c.txt"), "letters", tmp_path / "cache", progress=False, tokenizer=skipping_tokenizer(r"\p{L}+|\s+"))
+
+
+@pytest.mark.parametrize("tokenizer", ["bytes", "bpe:300"])
+def test_memory_does_not_grow_with_the_size_of_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: str) -> None:
+    """With reads, cuts and batches of some 100 kB, preparing a 6 MB file (a 12 GB one, scaled down) must hold
+    no more than a few of them: never the whole file (reading it whole peaked at 2.2 times its size)."""
+    for module, name, size in [
+        (files, "READ_BYTES", 64 << 10), (pieces_module, "CHUNK_CHARS", 32 << 10), (prep, "BATCH_CHARS", 128 << 10),
+        (prep, "BPE_SAMPLE_CHARS", 1 << 20),
+    ]:  # fmt: skip
+        monkeypatch.setattr(module, name, size)
+    write(tmp_path / "big.txt", shakespeare(6_000_000))
+    tracemalloc.start()
+    try:
+        prepare(str(tmp_path / "big.txt"), tokenizer, tmp_path / "cache", progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3_000_000

@@ -133,12 +133,13 @@ def _open(path: Path, mode: str = "r", **kwargs: Any) -> IO[Any]:
 
 
 def _read_utf8(path: Path) -> Iterator[str]:
-    """The text of `path` in pieces of about READ_BYTES bytes, line endings as they are (so byte counts match)."""
+    """The text of `path` in pieces of about READ_BYTES bytes, line endings as they are (so byte counts match). The
+    first piece is small: telling a blank file from a text (`non_empty`) then reads little of it."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0  # of the block being decoded
     with _open(path, "rb") as f:
         while True:
-            block = f.read(READ_BYTES)
+            block = f.read(READ_BYTES if offset else min(SNIFF_BYTES, READ_BYTES))
             pending = len(decoder.getstate()[0])  # the end of the last block: a character it cut in two
             try:
                 text = decoder.decode(block, final=not block)

@@ -186,26 +186,24 @@ def _write_shards(
 
 
 class _ShardFiles:
-    """``train.bin`` and ``val.bin`` being written. Arrays are hashed and appended on a thread of their own, so that
-    hashing and writing one batch overlaps reading and tokenizing the next (all of them release the GIL); at most
-    two batches wait, which bounds the memory."""
+    """``train.bin`` and ``val.bin`` being written. Arrays are hashed on one thread and written on another, so that
+    hashing and writing one batch overlap each other and reading and tokenizing the next (all of them release the
+    GIL); at most a few batches wait, which bounds the memory."""
 
     def __init__(self, out: Path) -> None:
         self.files = {split: (out / f"{split}.bin").open("wb") for split in SPLITS}
         self.digests = {split: hashlib.sha256() for split in SPLITS}
         self.tokens = dict.fromkeys(SPLITS, 0)
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="shards")  # one thread: arrays stay in order
-        self.waiting: deque[Future[None]] = deque()
+        # One thread for each job, so that arrays are hashed and written in the order they come.
+        self.threads = [ThreadPoolExecutor(1, thread_name_prefix=f"shards-{job}") for job in ("hash", "write")]
+        self.waiting: deque[Future[object]] = deque()
 
     def append(self, split: str, array: np.ndarray) -> None:
         self.tokens[split] += len(array)
-        self.waiting.append(self.writer.submit(self._write, split, array))
-        while len(self.waiting) > 2 * len(SPLITS):
+        hasher, writer = self.threads
+        self.waiting += [hasher.submit(self.digests[split].update, array), writer.submit(self.files[split].write, array)]
+        while len(self.waiting) > 8:
             self.waiting.popleft().result()  # raises what writing raised (a full disk)
-
-    def _write(self, split: str, array: np.ndarray) -> None:
-        self.digests[split].update(array)
-        self.files[split].write(array)
 
     def __enter__(self) -> _ShardFiles:
         return self
@@ -215,7 +213,8 @@ class _ShardFiles:
             while self.waiting and kind is None:  # after an error, what waits is dropped with the build folder
                 self.waiting.popleft().result()
         finally:
-            self.writer.shutdown(cancel_futures=True)
+            for thread in self.threads:
+                thread.shutdown(cancel_futures=True)
             for f in self.files.values():
                 f.close()
 
