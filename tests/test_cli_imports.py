@@ -43,3 +43,17 @@ def test_no_cli_module_imports_one_that_imports_it(imports):
 @pytest.mark.parametrize("module", CLI_MODULES)
 def test_a_cli_module_imports_no_other_command_for_library_work(imports, module):
     assert imports[module] <= {"minigpt.cli.common", *ALLOWED.get(module, ())}
+
+
+
+def test_eval_on_a_corpus_never_loads_lm_eval(tmp_path, tiny_checkpoint):
+    """`minigpt eval --data` must not pay for lm-evaluation-harness's import (seconds): only --tasks loads it."""
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 4)
+    probe = (
+        "import sys\nfrom minigpt.cli import run\nfrom minigpt.cli.main import main\n"
+        f"assert run(main, ['eval', '--ckpt', {str(tiny_checkpoint)!r}, '--data', {str(text)!r}]) == 0\n"
+        "print('lm_eval' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.splitlines()[-1] == "False"

@@ -1,5 +1,5 @@
 """The wing rule: only minigpt.training (and the train command) import Lightning; the core, data, hf and
-inspection packages, and the public API short of `train`, never do. `import minigpt` imports neither torch nor
+inspection packages, and the public API short of `train`, never do; only minigpt.harness imports lm_eval. `import minigpt` imports neither torch nor
 Lightning, and no library module imports the command line (arrows point from cli/ down, never back). Each import
 runs in a fresh interpreter, so nothing another test imported can hide a violation."""
 
@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import minigpt
+import minigpt.cli
 
 LIGHTNING_FREE = sorted(
     info.name
@@ -59,6 +60,15 @@ def test_the_public_api_short_of_train_never_imports_lightning():
 
 def test_import_minigpt_imports_neither_torch_nor_lightning():
     assert not {"torch", "lightning"} & imported_after("import minigpt")
+
+
+def test_only_the_harness_module_imports_lm_eval():
+    """lm-evaluation-harness is an optional extra that takes seconds to import: no other module, command included,
+    may load it."""
+    commands = [info.name for info in pkgutil.iter_modules(minigpt.cli.__path__, "minigpt.cli.")]
+    others = [module for module in LIBRARY if module != "minigpt.harness"] + commands
+    assert "lm_eval" not in imported_after("\n".join(f"import {module}" for module in others))
+    assert "lm_eval" in imported_after("import minigpt.harness")
 
 
 def test_the_training_wing_is_where_lightning_is():

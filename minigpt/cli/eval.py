@@ -1,12 +1,16 @@
-"""`minigpt eval`: a checkpoint's loss, bits per byte and perplexity on a corpus, every token scored once.
+"""`minigpt eval`: a checkpoint's loss, bits per byte and perplexity on a corpus, every token scored once; or its
+scores on benchmark tasks through lm-evaluation-harness.
 
 ``minigpt eval --ckpt RUN --data SPEC [--split val]`` prints one line. `--split val` scores the validation text
-the run held out of that corpus (see `minigpt.evaluate`). Imports no Lightning, so it starts quickly.
+the run held out of that corpus (see `minigpt.evaluate`). ``minigpt eval --ckpt RUN --tasks hellaswag,...``
+prints one line per task and metric (see `minigpt.harness`, imported only then: lm-eval takes seconds to load).
+Imports no Lightning, so it starts quickly.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +27,15 @@ from minigpt.cli.common import (
     writing_stdout,
 )
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
+from minigpt.errors import MiniGPTError
 from minigpt.evaluate import SPLITS
+
+log = logging.getLogger(__name__)
+
+CORPUS_OPTIONS = ("data", "split", "val_fraction", "stride", "cache_dir")
+"""Options of scoring a corpus, which --tasks does not take."""
+TASK_OPTIONS = ("limit", "num_fewshot", "include_path", "output")
+"""Options of benchmark tasks, which need --tasks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,13 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="minigpt eval",
         description="Measure a checkpoint on a corpus: loss (nats/token), bits per byte and perplexity over "
-        "every token, each predicted once from a sliding context.",
+        "every token, each predicted once from a sliding context. With --tasks instead of --data: its scores on "
+        "lm-evaluation-harness tasks (pip install 'minigpt[eval]'), computed by minigpt's own model.",
     )
     p.add_argument("--ckpt", required=True, help=CKPT_HELP)
-    p.add_argument("--data", required=True, help="corpus spec as for training: file, folder, glob, hf:NAME or builtin")
+    p.add_argument("--data", help="corpus spec as for training: file, folder, glob, hf:NAME or builtin")
     p.add_argument(
-        "--split", choices=SPLITS, default="all",
-        help="score every document, or the train or val split training made of this corpus (default %(default)s)",
+        "--split", choices=SPLITS,
+        help="score every document, or the train or val split training made of this corpus (default all)",
     )  # fmt: skip
     p.add_argument(
         "--val_fraction", type=float,
@@ -54,22 +67,66 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache_dir", type=Path,
         help="where builtin corpora are downloaded (default: $MINIGPT_CACHE, else ~/.cache/minigpt)",
     )  # fmt: skip
+    tasks = p.add_argument_group("benchmark tasks (lm-evaluation-harness)")
+    tasks.add_argument("--tasks", help="lm-eval task names, comma-separated: hellaswag,lambada_openai,...")
+    tasks.add_argument("--limit", type=positive_int, help="score each task's first N documents only (default: all)")
+    tasks.add_argument(
+        "--num_fewshot", type=int, help="examples in each prompt (default: each task's own, usually 0)"
+    )  # fmt: skip
+    tasks.add_argument("--include_path", type=Path, help="a folder of task YAMLs to add, as lm_eval --include_path")
+    tasks.add_argument("--output", type=Path, help="also save the results as JSON to this new file")
     add_device_argument(p)
     return p
 
 
 def main(argv: Sequence[str]) -> None:
-    """Parse `argv`, load the checkpoint and the text, and print one result line."""
+    """Parse `argv`, load the checkpoint, and print its result on the text (one line) or on the tasks."""
     argv = canonical_options(argv)
     args = build_parser().parse_args(argv)
+    check_options(args)
     check_stdout_open()
+    if args.tasks is not None:
+        run_tasks(args)
+        return
     lm = load(args.ckpt, resolve_device(args.device))
     result = lm.eval(
-        args.data, split=args.split, val_fraction=args.val_fraction, stride=args.stride, batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
+        args.data, split=args.split or "all", val_fraction=args.val_fraction, stride=args.stride,
+        batch_size=args.batch_size, cache_dir=args.cache_dir,
     )  # fmt: skip
     with writing_stdout():  # e.g. eval RUN/best.ckpt on input.txt (val): 111,540 tokens, ... perplexity 6.24
         print(f"eval {lm.path} on {result}")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """One of --data and --tasks, each with its own options only."""
+    if args.tasks is None and args.data is None:
+        raise MiniGPTError("give --data (a corpus to score) or --tasks (benchmark tasks such as hellaswag)")
+    if args.tasks is not None:
+        given = [name for name in CORPUS_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise MiniGPTError(f"--{given[0]} scores a corpus and does not go with --tasks: drop one of them")
+    else:
+        given = [name for name in TASK_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise MiniGPTError(f"--{given[0]} is for benchmark tasks: add --tasks, or drop it")
+    if args.output is not None and args.output.exists():
+        raise MiniGPTError(f"{args.output} already exists: give --output a new file name, or remove it first")
+
+
+def run_tasks(args: argparse.Namespace) -> None:
+    """Score the checkpoint on --tasks and print one line per task and metric."""
+    from minigpt import harness  # lm-eval: seconds to import, and an optional extra
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO is a log of its own steps
+    lm = load(args.ckpt, resolve_device(args.device))
+    results = harness.run_tasks(
+        lm.model, lm.tokenizer, args.tasks, limit=args.limit, num_fewshot=args.num_fewshot,
+        include_path=args.include_path, batch_size=args.batch_size, source=lm.path,
+    )  # fmt: skip
+    with writing_stdout():  # e.g. hellaswag  acc  0.2891 ± 0.0045  n=10,042
+        print(results)
+    if args.output is not None:
+        log.info("results saved to %s", results.save(args.output))
 
 
 if __name__ == "__main__":
