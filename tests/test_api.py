@@ -19,7 +19,7 @@ from minigpt.cli import run
 from minigpt.cli.attention import main as attention_main
 from minigpt.cli.eval import main as eval_main
 from minigpt.errors import MiniGPTError
-from minigpt.inspection import ablation, maps, report
+from minigpt.inspection import ablation, lens, maps, patching, report
 from minigpt.sample import SamplingSettings, generate
 from tests.helpers import environment
 
@@ -61,6 +61,11 @@ def test_a_string_stop_is_one_stop_string(lm):
         (lambda lm: lm.attention(""), "the text is empty"),
         (lambda lm: lm.attention(PROMPT, layers=[5]), "layer 5 does not exist"),
         (lambda lm: lm.attention(PROMPT).top_heads("loss_change"), "unknown statistic 'loss_change'"),
+        (lambda lm: lm.attention(PROMPT).logit_lens(k=0), "k must be a whole number from 1"),
+        (lambda lm: lm.attention("a cat").patch("a dogs", "."), "has 5 tokens and the corrupted one 6"),
+        (lambda lm: lm.attention("a cat").patch("a cow", "ab"), "the answer 'ab' is 2 tokens"),
+        (lambda lm: lm.attention("a cat").patch("a cow", ".", wrong=""), "the wrong '' is 0 tokens"),
+        (lambda lm: lm.attention("a cat").patch(b"a cow", "."), "the corrupted text must be a str, got bytes"),
         (lambda lm: lm.eval("no/such/corpus.txt"), "not found"),
     ],
 )
@@ -100,6 +105,37 @@ def test_ablate_measures_each_head_on_the_text(lm):
     assert torch.equal(ablated.stats["loss_change"], ablation.head_importance(lm.model, windows).loss_change)
     assert "loss_change" not in att.stats  # the original is left as it was
     assert ablated.top_heads("loss_change", 1)[0][2] == float(ablated.stats["loss_change"].max())
+
+
+def test_logit_lens_reads_the_tokens_the_maps_show(lm):
+    att = lm.attention(PROMPT)
+    expected = lens.logit_lens(lm.model, lm.tokenizer, att.analysis.maps.ids, 4)
+    shown = att.logit_lens(4)
+    assert torch.equal(shown.probs, expected.probs) and shown.top == expected.top and shown.tokens == att.tokens
+
+
+def test_patch_is_activation_patching_of_the_text_into_the_corrupted_one(lm):
+    got = lm.attention("the cat sat").patch("the dog sat", " ", wrong=".")
+    ids = [lm.tokenizer.encode_ordinary(t) for t in ("the cat sat", "the dog sat", " ", ".")]
+    expected = patching.activation_patching(lm.model, lm.tokenizer, ids[0], ids[1], ids[2][0], ids[3][0])
+    assert torch.equal(got.heads, expected.heads) and torch.equal(got.residual, expected.residual)
+    assert got.metric == "logit(' ') - logit('.') at the last position"
+
+
+def test_showing_the_lens_and_patching_saves_what_the_command_writes(lm, tiny_checkpoint, tmp_path):
+    options = ["--logit_lens", "3", "--corrupt", "the dog sat", "--answer", " ", "--wrong", "."]
+    assert run(attention_main, ["--ckpt", str(tiny_checkpoint), "--prompt", "the cat sat", "--out", str(tmp_path / "cli"), *options]) == 0
+    att = lm.attention("the cat sat")
+    assert att.lens is None and att.patching is None
+    shown = att.showing(lens=att.logit_lens(3), patching=att.patch("the dog sat", " ", wrong="."))
+    written = shown.save(tmp_path / "api")
+    assert {"logit_lens.png", "patching_heads.png", "patching_residual.png"} <= {p.name for p in written}
+    assert sorted(p.name for p in written) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+    heads = [json.loads((tmp_path / side / "heads.json").read_text()) for side in ("cli", "api")]
+    assert heads[0] == heads[1] and "patching" in heads[0]
+    page = (tmp_path / "api" / "attention.html").read_text()
+    assert page == (tmp_path / "cli" / "attention.html").read_text()
+    assert shown.showing().lens is shown.lens  # showing nothing new keeps what is shown
 
 
 def test_the_notebook_view_is_the_attention_page_in_a_frame(lm):

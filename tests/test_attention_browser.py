@@ -263,3 +263,73 @@ def test_model_view_draws_every_head_small_and_opens_the_clicked_one(
     browser.evaluate("window.scrollTo(0, 0)")
     save_screenshot(browser, "model_view.png", tmp_path)
     assert_only_local_requests(browser)
+
+
+# What the lens and patching tables show, cell by cell.
+TABLES = """(() => {
+  const cells = (id) => Array.from(document.querySelectorAll(`#${id} td`)).map((td) =>
+    ({...td.dataset, text: td.textContent, query: td.classList.contains("query"), background: td.style.background}));
+  return {lensShown: !document.getElementById("lens-view").hidden, lens: cells("lens"),
+          patchingShown: !document.getElementById("patching-view").hidden,
+          heads: cells("patching-heads"), residual: cells("patching-residual"),
+          note: document.getElementById("patching-note").textContent,
+          changed: Array.from(document.querySelectorAll("#patching-residual th.changed")).map((th) => th.cellIndex - 1)};
+})()"""
+CORRUPT = "The quick brown cat\njumps over."  # as many tokens as PROMPT; positions 16-18 differ
+
+
+def visible(token: str) -> str:
+    return token.replace(" ", "\u00b7").replace("\n", "\u21b5").replace("\t", "\u2192")
+
+
+def test_page_shows_the_logit_lens_and_the_patching_beside_the_maps(
+    browser: Browser, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps"
+    data = write_page(
+        tiny_checkpoint, out, "--logit_lens", "3", "--corrupt", CORRUPT, "--answer", "!", "--wrong", "."
+    )
+    open_page(browser, out / "attention.html")
+    shown = browser.evaluate(TABLES)
+
+    lens = data["lens"]
+    assert shown["lensShown"] and lens["layers"] == ["embed", "block 0", "block 1"]
+    assert len(shown["lens"]) == 3 * len(PROMPT)
+    assert [c["text"] for c in shown["lens"]] == [visible(top[0]) for row in lens["top"] for top in row]
+    # The last query is chosen at first: its column is outlined in every row, and no other cell.
+    assert [(c["row"], c["position"]) for c in shown["lens"] if c["query"]] == [(str(n), str(len(PROMPT) - 1)) for n in range(3)]
+
+    patching = data["patching"]
+    assert shown["patchingShown"] and "logit('!') - logit('.') at the last position" in shown["note"]
+    for cells, table in ((shown["heads"], patching["heads"]), (shown["residual"], patching["residual"])):
+        assert [float(c["text"]) for c in cells] == pytest.approx([x for row in table for x in row], abs=0.0051)
+    assert shown["changed"] == [16, 17, 18]
+    assert shown["residual"][-1]["text"] == "1.00"  # after the last block, at the last position: everything
+    assert shown["residual"][-1]["background"] == "rgb(178, 24, 43)"  # a share of 1: the red end of the scale
+
+    # Hovering a lens cell with the real mouse moves the query there, in the heatmap and in the lens.
+    box = browser.evaluate(
+        """(() => { const td = document.querySelector('#lens td[data-row="1"][data-position="4"]');
+                   td.scrollIntoView({block: "center", inline: "center"});
+                   const r = td.getBoundingClientRect();
+                   return [r.x + r.width / 2, r.y + r.height / 2]; })()"""
+    )
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1])
+    assert browser.evaluate(STATE)["query"] == "4"
+    assert {c["position"] for c in browser.evaluate(TABLES)["lens"] if c["query"]} == {"4"}
+
+    browser.evaluate(CHOOSE.format(which="layer", value=1))
+    stats = browser.evaluate('document.getElementById("stats").textContent')
+    assert f"restores {patching['heads'][1][0]:.3f} when patched" in stats
+
+    save_screenshot(browser, "lens_and_patching.png", tmp_path)
+    assert_only_local_requests(browser)
+
+
+def test_page_without_lens_or_patching_hides_their_sections(browser: Browser, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    data = write_page(tiny_checkpoint, out)
+    assert data["lens"] is None and data["patching"] is None
+    open_page(browser, out / "attention.html")
+    shown = browser.evaluate(TABLES)
+    assert not shown["lensShown"] and not shown["patchingShown"] and shown["lens"] == [] and shown["heads"] == []
