@@ -5,9 +5,11 @@ import os
 import re
 import signal
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
 
 from minigpt.cli import run
 from minigpt.cli.train import main
@@ -19,10 +21,13 @@ from tests.helpers import tiny_config
 from tests.helpers import train_in_process as train
 
 
-def optimizer_of(steps: int = 10, **optim) -> tuple[LitGPT, dict]:
+def optimizer_of(steps: int = 10, strategy=None, **optim) -> tuple[LitGPT, dict]:
     """A LitGPT with these --optim settings and its configure_optimizers() for a run of `steps` steps."""
     module = LitGPT(asdict(tiny_config()), {"warmup_steps": 2, **optim})
-    module.trainer = type("T", (), {"estimated_stepping_batches": steps})()  # what configure_optimizers reads
+    # What configure_optimizers reads of the trainer.
+    module.trainer = SimpleNamespace(
+        estimated_stepping_batches=steps, strategy=strategy or SingleDeviceStrategy(torch.device("cpu"))
+    )
     return module, module.configure_optimizers()
 
 
@@ -105,6 +110,11 @@ def test_an_interrupted_muon_run_resumes_to_the_uninterrupted_weights(tmp_path, 
     assert resumed["hyper_parameters"]["optim_config"]["name"] == "muon"
     for name in whole["state_dict"]:
         torch.testing.assert_close(resumed["state_dict"][name], whole["state_dict"][name], rtol=0, atol=0, msg=name)
+
+
+def test_muon_refuses_a_strategy_that_shards_the_weight_matrices():
+    with pytest.raises(MiniGPTError, match="--optim.name muon needs whole weight matrices in every process"):
+        optimizer_of(name="muon", strategy=FSDPStrategy())
 
 
 def test_resuming_with_the_other_optimizer_is_refused_in_one_line(tmp_path, capsys):

@@ -166,6 +166,9 @@ class LitGPT(L.LightningModule):
         fused = all(p.device.type in ("cpu", "cuda") for p in params) and not self._grad_scaler()
         adamw = {"lr": o.lr, "betas": (o.beta1, o.beta2), "fused": fused or None}
         if o.name == "muon":
+            if not whole_model_here(self.trainer):  # Muon orthogonalizes whole matrices, never a process's shard
+                strategy = type(self.trainer.strategy).__name__
+                raise MiniGPTError(f"--optim.name muon needs whole weight matrices in every process, not {strategy}'s shards")
             hidden, other = hidden_matrices(self.model)
             muon = {"lr": o.muon_lr, "weight_decay": o.weight_decay}
             optimizer: torch.optim.Optimizer = MuonAdamW(adamw_groups(other, o.weight_decay), hidden, adamw, muon)
