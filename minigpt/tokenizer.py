@@ -8,6 +8,9 @@ Specs:
 
 Text is always encoded as ordinary text, so a literal ``<|endoftext|>`` in a document is not the special
 token; the special token only ever comes from `eot_id`.
+
+A tokenizer read from a file is trusted only once checked: its ordinary and special tokens number 0 to n - 1
+with no gap (the specials first, last or between), and its split pattern loses no text (`split_patterns`).
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ def to_dict(enc: tiktoken.Encoding) -> dict[str, Any]:
     tokens in id order take the ids 0, 1, 2, ... that no special token has."""
     ranks = enc._mergeable_ranks  # tiktoken has no public accessor for its ranks
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
-    if [rank for _, rank in by_rank] != ordinary_ids(len(by_rank), list(enc._special_tokens.values())):
+    if [rank for _, rank in by_rank] != _ordinary_ids(len(by_rank), list(enc._special_tokens.values())):
         raise ValueError(f"tokenizer {enc.name} leaves ids unused or gives one id two tokens")
     return {
         "name": enc.name,
@@ -171,7 +174,7 @@ def from_dict(data: Any) -> tiktoken.Encoding:
     problem = split_patterns.problem(data["pattern"])
     if problem:
         raise ValueError(f"tokenizer split pattern {problem}")
-    ids = ordinary_ids(len(data["ranks"]), list(data["special_tokens"].values()))
+    ids = _ordinary_ids(len(data["ranks"]), list(data["special_tokens"].values()))
     ranks = dict(zip(data["ranks"], ids))
     return tiktoken.Encoding(
         data["name"], pat_str=data["pattern"], mergeable_ranks=ranks, special_tokens=dict(data["special_tokens"])
@@ -208,21 +211,21 @@ def _check_record(data: Any) -> None:
     ids = list(specials.values()) if isinstance(specials, dict) else []
     if not isinstance(specials, dict) or not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
         raise ValueError("tokenizer special_tokens must map strings to integer ids")
-    if not specials_leave_no_gap(len(ranks), ids):
+    if not _specials_leave_no_gap(len(ranks), ids):
         raise ValueError(
             f"tokenizer special token ids must be distinct and below {len(ranks) + len(ids)}, so that with the "
             f"{len(ranks)} ordinary tokens they number 0 to {len(ranks) + len(ids) - 1} with no gap"
         )
 
 
-def specials_leave_no_gap(n_ranks: int, ids: list[int]) -> bool:
+def _specials_leave_no_gap(n_ranks: int, ids: list[int]) -> bool:
     """Whether special token `ids` and `n_ranks` ordinary tokens can number 0 to n - 1 with no id skipped (the
     specials first, last or anywhere between): an id in a gap belongs to no token, and sampling it could not be
     decoded."""
     return len(set(ids)) == len(ids) and all(0 <= i < n_ranks + len(ids) for i in ids)
 
 
-def ordinary_ids(n_ranks: int, special_ids: list[int]) -> list[int]:
+def _ordinary_ids(n_ranks: int, special_ids: list[int]) -> list[int]:
     """The ids of `n_ranks` ordinary tokens, in order, beside special tokens numbered `special_ids`: those that
     the specials leave free, from 0 up."""
     taken = set(special_ids)
