@@ -34,6 +34,7 @@ from minigpt.payload import Payload
 from minigpt.training import launch
 from minigpt.training.callbacks.checkpoints import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
 from minigpt.training.callbacks.progress import ProgressLines, StepBar
+from minigpt.training.callbacks.ranks import RankLost, RankWatch
 from minigpt.training.callbacks.record import RunRecord, TensorBoard
 from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
 from minigpt.training.card import RunCard, model_card, print_samples
@@ -163,6 +164,7 @@ def build_trainer(
     root = run_dir or Path(os.devnull)
     callbacks = [
         ProcessSetup(setup_process),
+        RankWatch(),
         BestCheckpoint(str(root)),
         LastCheckpoint(str(root / "last.ckpt")),
         SampleLogger(prepared.tokenizer),
@@ -228,7 +230,7 @@ def explained_stops(config: TrainConfig, trainer: L.Trainer, run_dir: Path | Non
         explained = _explain(err, config, trainer, run_dir)
         if explained is None:
             raise
-        if not rank_zero:
+        if not rank_zero and not isinstance(explained, RankLost):  # a child whose rank 0 died says so itself
             code = signals.exit_code(explained.signum) if isinstance(explained, Interrupted) else USER_ERROR_EXIT
             raise ReportedByRankZero(code) from None
         raise explained from None
@@ -241,15 +243,22 @@ def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_di
     if isinstance(err, Diverged):
         kept = f"the last good checkpoint is kept in {run_dir}" if run_dir and holds_run(run_dir) else "nothing was saved"
         return MiniGPTError(f"{err}; {kept}; lower --optim.lr (now {config.optim.lr:g}) and train again")
+    lost = next(c for c in trainer.callbacks if isinstance(c, RankWatch)).lost
+    if lost:
+        return RankLost(f"{lost}, so training stopped; {_kept(trainer, run_dir)}")
     signum = err.signum if isinstance(err, Interrupted) else signals.received()  # the signal may be another rank's
     if signum is None:
         return None
+    early = "" if run_dir and holds_run(run_dir) else " before its first checkpoint"
+    return Interrupted(signum, f"training stopped{early}; {_kept(trainer, run_dir)}")
+
+
+def _kept(trainer: L.Trainer, run_dir: Path | None) -> str:
+    """What a run that stopped early leaves, and how to go on."""
     if not (run_dir and holds_run(run_dir)):
-        return Interrupted(signum, "training stopped before its first checkpoint; nothing was saved")
+        return "nothing was saved"
     saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
-    return Interrupted(
-        signum, f"training stopped; step {saved} is saved: continue with minigpt train --resume {run_dir}"
-    )
+    return f"step {saved} is saved: continue with minigpt train --resume {run_dir}"
 
 
 def quiet_lightning() -> None:
