@@ -4,7 +4,9 @@ score it and export it; or `train` one. `import minigpt` offers these names with
 
     lm = minigpt.load("runs/shakespeare_cpu")
     lm.generate("ROMEO:", max_new_tokens=100, seed=1)
-    lm.attention("To be, or not to be")      # shown inline in Jupyter; .save(folder), .ablate()
+    att = lm.attention("To be, or not to b")      # shown inline in Jupyter; .save(folder), .ablate()
+    att.logit_lens()                               # the top next tokens read out after every block
+    att.patch("To go, or not to g", "e", wrong="o")  # how much of logit("e") - logit("o") each head restores
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ class MiniGPT:
         aggregate: str | None = None,
     ) -> Attention:  # fmt: skip
         """The attention maps and head statistics of `text` (its last `block_size` tokens), as ``minigpt
-        attention`` computes them; `layers`/`heads` choose what the maps show (statistics cover every head)."""
+        attention`` computes them; `layers`/`heads` choose what the maps show (statistics cover every head). The
+        result also reads the logit lens (`Attention.logit_lens`) and patches activations from `text` into a corrupted
+        text (`Attention.patch`); `Attention.showing` puts either on its page and in its files."""
         _check_text(text, "text")
         if aggregate is not None and aggregate not in AGGREGATES:
             raise MiniGPTError(f"unknown aggregate {aggregate!r}: use one of {', '.join(AGGREGATES)}, or None")
