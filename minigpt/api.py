@@ -199,7 +199,8 @@ class MiniGPT:
             bad = [i for i in chosen or () if not 0 <= i < count]
             if bad:
                 raise MiniGPTError(f"{what} {bad[0]} does not exist: the model has {count} {what}s, 0 to {count - 1}")
-        from minigpt.inspection.attention import Attention  # matplotlib: only once maps are asked for
+        # matplotlib: only once maps are asked for
+        from minigpt.inspection.attention import Attention
         from minigpt.inspection.report import analyse
 
         analysis = analyse(self.model, self.tokenizer, ids, layers=layers, heads=heads, aggregate=aggregate)
