@@ -13,7 +13,10 @@ order, and each merge must be the last step of tiktoken's own BPE on its result'
 engines differ too (fancy-regex vs Oniguruma), so split patterns are rewritten on the way (`minigpt.hf.regex_dialects`).
 
 Special tokens: a Hugging Face tokenizer matches them even in ordinary text, while minigpt's `encode` never
-does, so a literal ``<|endoftext|>`` in a text gets different ids on the two sides.
+does, so a literal ``<|endoftext|>`` in a text gets different ids on the two sides. They may be numbered before
+the ordinary tokens (as the tokenizers trainer does), after or between them, as long as no id is left unused.
+The fields of the files are read and type-checked in `minigpt.hf.tokenizer_json`; the split pattern is checked
+by `minigpt.split_patterns` before tiktoken trusts it.
 """
 
 from __future__ import annotations
