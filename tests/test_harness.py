@@ -228,6 +228,7 @@ def test_eval_tasks_prints_one_line_per_metric_and_saves_json_once(
     ),
     (["--tasks", "tiny_choice", "--include_path", "{tasks}/choice.yaml"], "is not a folder"),
     (["--tasks", "tiny_choice,", "--include_path", "{tasks}"], "task names separated by commas"),
+    (["--tasks", "tiny_choice", "--output", "{tasks}/no/such.json"], "the folder of .* does not exist"),
 ])  # fmt: skip
 def test_option_mixes_and_unknown_tasks_are_one_line_errors(
     tmp_path: Path, tiny_checkpoint: Path, extra: list[str], message: str

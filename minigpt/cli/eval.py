@@ -109,8 +109,11 @@ def check_options(args: argparse.Namespace) -> None:
         given = [name for name in TASK_OPTIONS if getattr(args, name) is not None]
         if given:
             raise MiniGPTError(f"--{given[0]} is for benchmark tasks: add --tasks, or drop it")
-    if args.output is not None and args.output.exists():
-        raise MiniGPTError(f"{args.output} already exists: give --output a new file name, or remove it first")
+    if args.output is not None:  # checked before the run too, so that a long run is not lost at its end
+        if args.output.exists():
+            raise MiniGPTError(f"{args.output} already exists: give --output a new file name, or remove it first")
+        if not args.output.parent.is_dir():
+            raise MiniGPTError(f"the folder of {args.output} does not exist: create it, or give another --output")
 
 
 def run_tasks(args: argparse.Namespace) -> None:
