@@ -184,9 +184,11 @@ def sample_tokens(
     eot_id: int,
     generators: Sequence[torch.Generator],
     use_cache: bool = True,
+    never: Sequence[int] = (),
 ) -> Iterator[Tensor]:
     """Yield the next ids (B,) of every row of `idx` (B, T), one step at a time, all rows in one forward pass,
-    row i drawing with `generators[i]` under the token controls of `settings`.
+    row i drawing with `generators[i]` under the token controls of `settings`; ids in `never` (ids that name
+    no token) are never drawn.
 
     A row that has produced `eot_id` is finished: it yields `eot_id` from then on. Stops after
     `settings.max_new_tokens` steps or when every row is finished; the consumer may also stop early.
@@ -198,10 +200,12 @@ def sample_tokens(
     seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=idx.device)
     seen.scatter_(1, idx, True)
     finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    never_ids = torch.tensor(list(never), dtype=torch.long, device=idx.device)
     for _ in range(settings.max_new_tokens):
         logits = next_logits(model, seq, cache)
         if not torch.isfinite(logits).all():  # else multinomial fails deep inside torch, or argmax picks junk
             raise MiniGPTError("the model's output is not finite (NaN or inf): its weights are broken; use another checkpoint")
+        logits[:, never_ids] = -torch.inf
         logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
         ids = sample_next(logits, generators, settings.temperature, settings.top_k, settings.top_p)
         ids = ids.masked_fill(finished, eot_id)
@@ -274,7 +278,8 @@ def stream(
     ids = prompt_ids(enc, prompt, model.config.block_size)
     idx = torch.tensor([ids] * settings.num_samples, device=device)  # (num_samples, T)
     generators = make_generators(settings.seed, settings.num_samples, device)
-    steps = sample_tokens(model, idx, settings, eot_id=tok.eot_id(enc), generators=generators)
+    never = tok.unused_ids(enc, model.config.vocab_size)
+    steps = sample_tokens(model, idx, settings, eot_id=tok.eot_id(enc), generators=generators, never=never)
     return _text_pieces(steps, enc, [_TextStream(settings.stop) for _ in range(settings.num_samples)])
 
 

@@ -9,8 +9,9 @@ Specs:
 Text is always encoded as ordinary text, so a literal ``<|endoftext|>`` in a document is not the special
 token; the special token only ever comes from `eot_id`.
 
-A tokenizer read from a file is trusted only once checked: its ordinary and special tokens number 0 to n - 1
-with no gap (the specials first, last or between), and its split pattern loses no text (`split_patterns`).
+A tokenizer read from a file is trusted only once checked: its ordinary tokens take the lowest ids that its
+special tokens leave free (the specials first, last or between; ids above the ordinary tokens may go unused,
+as in cl100k_base: `unused_ids`, never sampled), and its split pattern loses no text (`split_patterns`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ EOT = "<|endoftext|>"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 _MAX_BPE_VOCAB = 1 << 20
+MAX_ID = 1 << 31
+"""Ids are stored as int32 at most (shards, tensors)."""
 
 
 def build_tokenizer(spec: str, training_text: Iterable[str] | None = None) -> tiktoken.Encoding:
@@ -145,7 +148,7 @@ def to_dict(enc: tiktoken.Encoding) -> dict[str, Any]:
     ranks = enc._mergeable_ranks  # tiktoken has no public accessor for its ranks
     by_rank = sorted(ranks.items(), key=lambda item: item[1])
     if [rank for _, rank in by_rank] != _ordinary_ids(len(by_rank), list(enc._special_tokens.values())):
-        raise ValueError(f"tokenizer {enc.name} leaves ids unused or gives one id two tokens")
+        raise ValueError(f"tokenizer {enc.name} leaves ids unused below an ordinary token or gives one id two tokens")
     return {
         "name": enc.name,
         "pattern": enc._pat_str,
@@ -211,18 +214,18 @@ def _check_record(data: Any) -> None:
     ids = list(specials.values()) if isinstance(specials, dict) else []
     if not isinstance(specials, dict) or not all(isinstance(k, str) and type(v) is int for k, v in specials.items()):
         raise ValueError("tokenizer special_tokens must map strings to integer ids")
-    if not _specials_leave_no_gap(len(ranks), ids):
-        raise ValueError(
-            f"tokenizer special token ids must be distinct and below {len(ranks) + len(ids)}, so that with the "
-            f"{len(ranks)} ordinary tokens they number 0 to {len(ranks) + len(ids) - 1} with no gap"
-        )
+    if len(set(ids)) != len(ids) or not all(0 <= i < MAX_ID for i in ids):
+        raise ValueError(f"tokenizer special token ids must be distinct and from 0 to {MAX_ID - 1}")
 
 
-def _specials_leave_no_gap(n_ranks: int, ids: list[int]) -> bool:
-    """Whether special token `ids` and `n_ranks` ordinary tokens can number 0 to n - 1 with no id skipped (the
-    specials first, last or anywhere between): an id in a gap belongs to no token, and sampling it could not be
-    decoded."""
-    return len(set(ids)) == len(ids) and all(0 <= i < n_ranks + len(ids) for i in ids)
+def unused_ids(enc: tiktoken.Encoding, vocab_size: int) -> list[int]:
+    """The ids below `vocab_size` that name no token: gaps among special tokens (cl100k_base leaves 100256
+    and 100261-100275 unused) and a model's rows past the tokenizer's. A sampler must never draw them: there is
+    no text to show for them. The ordinary tokens hold the lowest free ids, so the unused ones lie above the
+    highest ordinary id."""
+    first = max(enc._mergeable_ranks.values(), default=-1) + 1
+    specials = set(enc._special_tokens.values())
+    return [i for i in range(first, vocab_size) if i not in specials]
 
 
 def _ordinary_ids(n_ranks: int, special_ids: list[int]) -> list[int]:

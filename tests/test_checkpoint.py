@@ -199,12 +199,12 @@ def _model_config(change):
         (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"]["ranks"].append(b"a"), "repeat a token"),
         (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"]["special_tokens"].update({"<|x|>": 256}), "must be distinct"),
         (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"]["special_tokens"].update({"<|x|>": 257}), "tokenizer has 258 tokens"),
-        (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"]["special_tokens"].update({"<|x|>": 300}), "with no gap"),
+        (lambda c: c[checkpoint.PAYLOAD_KEY]["tokenizer"]["special_tokens"].update({"<|x|>": 2**31}), "distinct and from 0"),
     ],
     ids=[
         "no-model-config", "no-tokenizer", "payload-is-a-list", "unknown-key", "missing-key", "n_head-not-dividing",
         "negative-block-size", "string-size", "16TB-embedding", "more-layers-than-weights", "missing-weight", "extra-weight",
-        "bad-pattern", "ranks-short", "duplicate-rank", "special-reusing-an-id", "vocab-mismatch", "gap-before-specials",
+        "bad-pattern", "ranks-short", "duplicate-rank", "special-reusing-an-id", "vocab-mismatch", "special-id-past-int32",
     ],
 )  # fmt: skip
 def test_crafted_payloads_are_one_line_errors(tiny_checkpoint, change, message):

@@ -87,10 +87,18 @@ def test_a_record_with_specials_among_the_ids_numbers_the_ordinary_tokens_around
     assert tok.from_dict(tok.to_dict(enc))._mergeable_ranks == enc._mergeable_ranks
 
 
-@pytest.mark.parametrize("ids", [{tok.EOT: 258}, {tok.EOT: -1}, {tok.EOT: 0, "<|x|>": 0}])
-def test_a_record_whose_ids_leave_a_gap_is_refused(ids):
-    with pytest.raises(ValueError, match="no gap"):
+@pytest.mark.parametrize("ids", [{tok.EOT: -1}, {tok.EOT: 0, "<|x|>": 0}, {tok.EOT: 2**31}])
+def test_a_record_whose_special_ids_repeat_or_fall_outside_int32_is_refused(ids):
+    with pytest.raises(ValueError, match="distinct and from 0"):
         tok.from_dict(tok.to_dict(tok.byte_tokenizer()) | {"special_tokens": ids})
+
+
+def test_unused_ids_are_the_gaps_among_specials_and_the_rows_past_the_tokenizer():
+    """cl100k_base's layout: ordinary tokens first, then specials with unused ids among them."""
+    enc = tok.from_dict(tok.to_dict(tok.byte_tokenizer()) | {"special_tokens": {tok.EOT: 257, "<|x|>": 260}})
+    assert enc.n_vocab == 261 and enc.encode_single_token(tok.EOT) == 257
+    assert tok.unused_ids(enc, 263) == [256, 258, 259, 261, 262]
+    assert tok.unused_ids(tok.byte_tokenizer(), 257) == []
 
 
 def edited(data: dict, path: str, value) -> dict:

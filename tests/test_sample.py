@@ -231,6 +231,20 @@ def test_strong_repetition_penalty_avoids_prompt_and_generated_tokens(window_mod
     assert not set(ids) & set(prompt[0].tolist())
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ids_that_name_no_token_are_never_sampled(monkeypatch, temperature: float) -> None:
+    """A vocabulary with unused ids among its specials (cl100k_base's layout; here <|endoftext|> at 299 after
+    256 bytes): even a model that favours them samples only real tokens, so the text always decodes."""
+    enc = tokenizer.from_dict(tokenizer.to_dict(ENC) | {"special_tokens": {tokenizer.EOT: 299}})
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
+    favour_unused = torch.zeros(300)
+    favour_unused[256:299] = 50.0
+    monkeypatch.setattr(sample, "next_logits", lambda model, seq, cache: favour_unused.expand(seq.size(0), -1).clone())
+    settings = SamplingSettings(max_new_tokens=8, num_samples=3, seed=0, temperature=temperature)
+    texts = sample.generate(model, enc, "hi", settings)
+    assert len(texts) == 3 and all(len(t) == 8 for t in texts)
+
+
 def test_a_row_that_emits_eot_is_finished_and_generation_ends_when_all_are(window_model: GPT) -> None:
     prompts = torch.tensor([[1, 2, 3], [200, 100, 50]])
     with torch.inference_mode():
