@@ -60,8 +60,11 @@ def byte_tokenizer() -> tiktoken.Encoding:
 
 
 def is_byte_tokenizer(enc: tiktoken.Encoding) -> bool:
-    """True when `enc` is `byte_tokenizer()` in all but name: every byte its own token, id = byte value."""
+    """True when `enc` is `byte_tokenizer()` in all but name: every byte its own token, id = byte value, and
+    GPT-2's split pattern, which loses no character (so encoding is the text's own bytes)."""
     if enc.n_vocab != 257 or enc.special_tokens_set != {EOT} or enc.encode_single_token(EOT) != 256:
+        return False
+    if enc._pat_str != GPT2_PATTERN:
         return False
     return all(enc.decode_single_token_bytes(i) == bytes([i]) for i in range(256))
 

@@ -98,3 +98,12 @@ def test_a_tokenizer_file_is_json_with_base64_tokens(enc, tmp_path):
     tok.save(enc, tmp_path / "tokenizer.json")
     record = json.loads((tmp_path / "tokenizer.json").read_text())
     assert [base64.b64decode(token) for token in record["ranks"]] == tok.to_dict(enc)["ranks"]
+
+
+def test_a_byte_vocabulary_with_another_split_pattern_is_not_taken_for_the_bytes_tokenizer():
+    """Preparation encodes the bytes tokenizer as the text's own bytes; a pattern that drops text must go through
+    tiktoken (and its round-trip check) instead."""
+    record = tok.to_dict(tok.byte_tokenizer())
+    lossy = tiktoken.Encoding("bytes", pat_str="a", mergeable_ranks={t: i for i, t in enumerate(record["ranks"])},
+                              special_tokens=record["special_tokens"])  # fmt: skip
+    assert tok.is_byte_tokenizer(tok.byte_tokenizer()) and not tok.is_byte_tokenizer(lossy)
