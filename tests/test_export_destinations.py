@@ -162,7 +162,7 @@ def test_exports_racing_into_one_new_folder_leave_one_complete_folder_and_one_li
     for thread in threads:
         thread.join()
     assert results.count("ok") == 1, results
-    assert all("written by another export" in r and "\n" not in r for r in results if r != "ok"), results
+    assert all("another export wrote it meanwhile" in r and "\n" not in r for r in results if r != "ok"), results
     assert {p.name for p in (tmp_path / "new" / "out").iterdir()} == EXPORTED
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["out"]
 

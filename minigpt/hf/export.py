@@ -68,7 +68,8 @@ def destination(out: Path) -> Path:
     except RuntimeError:  # a loop of links (an OSError from Python 3.13)
         raise MiniGPTError(f"cannot export to {out}: its links form a loop; pass another folder") from None
     if out.is_symlink() and not resolved.is_dir():
-        raise MiniGPTError(f"cannot export to {out}: it is a link to {os.readlink(out)}, which is not a folder; pass a folder")
+        what = "is not a folder" if os.path.exists(out) else "does not exist"
+        raise MiniGPTError(f"cannot export to {out}: it is a link to {os.readlink(out)}, which {what}; pass a folder")
     if resolved == Path.cwd().resolve():  # renaming over it would leave the shell in a deleted folder
         raise MiniGPTError(f"cannot export to {out}: it is the current folder; name a new folder, such as {out / 'hf'}")
     if os.path.lexists(resolved) and (not resolved.is_dir() or not resolved.name or _holds_anything(resolved)):
@@ -140,8 +141,8 @@ def _write_error(out: Path, err: OSError) -> MiniGPTError:
     """The one line for an export to `out` that the file system refused."""
     parent = Path(os.path.abspath(out)).parent
     if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.lexists(out):
-        reason = "it was written by another export meanwhile, which is kept"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return MiniGPTError(f"cannot export to {out}: another export wrote it meanwhile, and it is kept; pass a new folder")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason = f"{parent} cannot be written ({err.strerror})"
     elif err.errno == errno.ENAMETOOLONG:
         reason = "the name is longer than the file system allows"
