@@ -250,10 +250,10 @@ def example_prompt(block_size: int, enc: tiktoken.Encoding) -> tuple[str, int]:
     words = EXAMPLE_PROMPT.split(" ")
     prompt = words[0]
     for n in range(len(words), 0, -1):
-        if len(enc.encode_ordinary(" ".join(words[:n]))) <= block_size // 2:
+        if len(tok.encode(enc, " ".join(words[:n]))) <= block_size // 2:
             prompt = " ".join(words[:n])
             break
-    ids = enc.encode_ordinary(prompt)[: max(1, block_size // 2)]  # a context too short for a word: its first tokens
+    ids = tok.encode(enc, prompt)[: max(1, block_size // 2)]  # a context too short for a word: its first tokens
     return enc.decode(ids), min(EXAMPLE_NEW_TOKENS, block_size - len(ids))
 
 
