@@ -15,9 +15,11 @@ from minigpt.inspection.heatmaps import visible
 from minigpt.inspection.lens import LogitLens
 from minigpt.inspection.patching import Patching
 
-LENS_PNG_POSITIONS = 48
-"""logit_lens.png shows the last this many positions (the page shows them all)."""
-LENS_CELL_INCHES = 0.55
+LENS_PNG_POSITIONS = 32
+"""logit_lens.png shows the last this many positions (the page and `LogitLens` have them all)."""
+LENS_CELL_INCHES = 0.5
+LENS_ROW_INCHES = 0.4
+LENS_MARGINS = (0.9, 0.9, 0.5)  # left (row names), bottom (position tokens, axis title), top (title)
 
 
 def write_lens_png(folder: Path, lens: LogitLens) -> Path:
@@ -49,7 +51,7 @@ def write_patching_pngs(folder: Path, patching: Patching) -> list[Path]:
                  for c, x in zip(patching.clean_tokens, patching.corrupt_tokens)]  # fmt: skip
     residual = heatmaps.score_grid_figure(
         patching.residual, f"{said} by the residual stream at one position", patching.layers, positions,
-        xlabel="position (clean/corrupted token)", ylabel="residual stream after", **common,
+        xlabel="position (clean/corrupted token)", ylabel="after", **common,
     )  # fmt: skip
     return [heatmaps.save(heads, folder / "patching_heads.png"), heatmaps.save(residual, folder / "patching_residual.png")]
 
@@ -58,18 +60,19 @@ def lens_table_figure(top: Sequence[Sequence[str]], probs: Tensor, rows: Sequenc
     """The logit lens as a table: rows (after n blocks) down, positions across (labelled with their tokens), each
     cell the top next token printed on its probability `probs` (rows, T), on a 0-1 scale."""
     n_rows, T = probs.shape
-    left, bottom, top_margin = heatmaps.LABEL_MARGIN_INCHES, heatmaps.LABEL_MARGIN_INCHES, 0.6
+    left, bottom, top_margin = LENS_MARGINS
     width = max(heatmaps.IMPORTANCE_MIN_WIDTH, left + T * LENS_CELL_INCHES + heatmaps.COLORBAR_INCHES)
-    height = bottom + n_rows * LENS_CELL_INCHES * 0.6 + top_margin
+    height = bottom + n_rows * LENS_ROW_INCHES + top_margin
     fig = Figure(figsize=(width, height), dpi=heatmaps.DPI)
-    ax = fig.add_axes((left / width, bottom / height, T * LENS_CELL_INCHES / width, n_rows * LENS_CELL_INCHES * 0.6 / height))
-    cax = fig.add_axes(((width - heatmaps.COLORBAR_INCHES + 0.15) / width, bottom / height, 0.18 / width, 0.5))
+    grid = (left / width, bottom / height, T * LENS_CELL_INCHES / width, n_rows * LENS_ROW_INCHES / height)
+    ax = fig.add_axes(grid)
+    cax = fig.add_axes(((left + T * LENS_CELL_INCHES + 0.2) / width, grid[1], 0.18 / width, grid[3]))
     image = ax.imshow(probs.numpy(), cmap=heatmaps.CMAP, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     for (r, c), p in np.ndenumerate(probs.numpy()):
         ax.text(c, r, heatmaps.visible(top[r][c])[:6], ha="center", va="center", fontsize=7, color="black" if p > 0.6 else "white")
     ax.set_xticks(range(T), [heatmaps.visible(t)[:heatmaps.MAX_LABEL_CHARS] for t in tokens], rotation=90, fontsize=7)
     ax.set_yticks(range(n_rows), list(rows), fontsize=8)
-    ax.set_xlabel("position (its token): the next token read out after each block")
+    ax.set_xlabel("position (its token)")
     ax.set_title(title, fontsize=9, loc="left")
-    fig.colorbar(image, cax=cax, label="probability of the top token")
+    fig.colorbar(image, cax=cax, label="probability")
     return fig
