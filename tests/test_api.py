@@ -224,3 +224,8 @@ def test_ctrl_c_in_python_training_saves_the_step_and_says_how_to_resume(tmp_pat
     saved = torch.load(tmp_path / "runs" / "default" / "last.ckpt", weights_only=True)["global_step"]
     assert saved >= 40
     assert minigpt.load(tmp_path / "runs" / "default").config.n_layer == 1  # the saved run loads
+
+
+def test_a_source_name_the_file_system_refuses_is_one_line() -> None:
+    with pytest.raises(MiniGPTError, match="File name too long"):
+        minigpt.load("x" * 300)

@@ -387,3 +387,10 @@ def test_hf_saved_dataset_fingerprint_changes_with_the_content_of_its_split_only
 
     save_dataset(path, train=["t1", "t2", "t3"], validation=["v2"])
     assert open_corpus(spec, tmp_path).fingerprint() != before
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_file_that_opens_but_cannot_be_read_is_one_line() -> None:
+    """/proc/self/mem opens, then fails to read (EIO): the corpus says which file, no traceback."""
+    with pytest.raises(MiniGPTError, match=r"cannot read /proc/self/mem \(Input/output error\)"):
+        list(files.whole(open_corpus("/proc/self/mem").sources()))

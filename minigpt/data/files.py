@@ -96,7 +96,11 @@ class FileCorpus:
 
 
 def folder_files(folder: Path) -> list[Path]:
-    files = [path for path in sorted(folder.rglob("*")) if _is_text_file(path, path.relative_to(folder))]
+    try:
+        found = sorted(folder.rglob("*"))
+    except OSError as err:  # a folder that vanished or may not be listed while walking (/proc, /)
+        raise MiniGPTError(f"cannot list the files under {folder} ({err.strerror or err}): pass a folder of your text files") from None
+    files = [path for path in found if _is_text_file(path, path.relative_to(folder))]
     if not files:
         raise MiniGPTError(f"folder '{folder}' has no text files: add UTF-8 text files to it or pass another corpus")
     return files
@@ -121,7 +125,7 @@ def _is_text_file(path: Path, shown: Path) -> bool:
 def has_nul(path: Path) -> bool:
     """Whether the file starts like a binary: a NUL byte in its first 8 KiB, which text files practically never hold."""
     with _open(path, "rb") as f:
-        return b"\0" in f.read(SNIFF_BYTES)
+        return b"\0" in _read(f, SNIFF_BYTES, path)
 
 
 def _open(path: Path, mode: str = "r", **kwargs: Any) -> IO[Any]:
@@ -132,6 +136,14 @@ def _open(path: Path, mode: str = "r", **kwargs: Any) -> IO[Any]:
         raise MiniGPTError(f"cannot read {path} ({err.strerror or err}): check that it exists and that you may read it") from None
 
 
+def _read(f: IO[bytes], size: int, path: Path) -> bytes:
+    """Up to `size` bytes of `f`, a file that opens but fails to read (/proc/self/mem, a failing disk) as one line."""
+    try:
+        return f.read(size)
+    except OSError as err:
+        raise MiniGPTError(f"cannot read {path} ({err.strerror or err}): pass a corpus of readable text files") from None
+
+
 def _read_utf8(path: Path) -> Iterator[str]:
     """The text of `path` in pieces of about READ_BYTES bytes, line endings as they are (so byte counts match). The
     first piece is small: telling a blank file from a text (`non_empty`) then reads little of it."""
@@ -139,7 +151,7 @@ def _read_utf8(path: Path) -> Iterator[str]:
     offset = 0  # of the block being decoded
     with _open(path, "rb") as f:
         while True:
-            block = f.read(READ_BYTES if offset else min(SNIFF_BYTES, READ_BYTES))
+            block = _read(f, READ_BYTES if offset else min(SNIFF_BYTES, READ_BYTES), path)
             pending = len(decoder.getstate()[0])  # the end of the last block: a character it cut in two
             try:
                 text = decoder.decode(block, final=not block)
