@@ -48,3 +48,10 @@ def test_each_of_several_unknown_options_gets_its_closest_real_one():
 def test_an_unknown_option_like_no_real_one_gets_no_guess():
     code, err = stderr_of("eval", ["--ckpt", "x", "--data", "y", "--zzzzzzzz"])
     assert code == 2 and "unrecognized arguments: --zzzzzzzz" in err and "did you mean" not in err, err
+
+
+@pytest.mark.parametrize("command, argv", [("eval", ["--ckpt", "x", "--data=--"]), ("generate", ["--ckpt", "x", "--prompt=--"])])
+def test_a_value_of_two_dashes_is_one_line_not_an_empty_list(command: str, argv: list[str]):
+    """argparse stores [] for --data=--, which the command then met as a list (AttributeError)."""
+    code, err = stderr_of(command, argv)
+    assert code == 2 and err.count("\n") == 1 and "expected one value" in err, err

@@ -41,6 +41,10 @@ class OneLineParser(argparse.ArgumentParser):
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             self.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(unknown, option_names(self))}")
+        for action in self._actions:
+            # argparse drops a value that is exactly "--" (--data=--) and stores an empty list in its place
+            if action.nargs is None and isinstance(getattr(parsed, action.dest, None), list):
+                self.error(f"argument {action.option_strings[0]}: expected one value, not '--'")
         return parsed
 
     def error(self, message: str) -> NoReturn:
