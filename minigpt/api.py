@@ -38,6 +38,7 @@ from minigpt.sample import SamplingSettings
 from minigpt.sample import stream as stream_pieces
 
 if TYPE_CHECKING:
+    from minigpt.harness import TaskResults
     from minigpt.inspection.attention import Attention
     from minigpt.training.config import TrainConfig
 
@@ -233,6 +234,20 @@ class MiniGPT:
         return Evaluation(
             data, split, result.tokens, tokens.n_bytes, result.loss, result.bits_per_byte(tokens.n_bytes), result.perplexity
         )
+
+    def tasks(
+        self, tasks: str | Sequence[str], *, limit: int | None = None, num_fewshot: int | None = None,
+        include_path: str | os.PathLike[str] | None = None, batch_size: int = 8,
+    ) -> TaskResults:  # fmt: skip
+        """Scores on lm-evaluation-harness tasks (``pip install 'minigpt[eval]'``), as ``minigpt eval --tasks``:
+        `tasks` by name (``"hellaswag,lambada_openai"``) or task YAML file, each on its first `limit` documents,
+        with `include_path` a folder of your own task YAMLs."""
+        from minigpt import harness  # lm-eval: an optional extra, seconds to import
+
+        return harness.run_tasks(
+            self.model, self.tokenizer, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
+            batch_size=batch_size, source=self.path,
+        )  # fmt: skip
 
     def export(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write the model as a Hugging Face GPT-2 folder that ``transformers`` loads without custom code."""

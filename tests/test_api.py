@@ -146,6 +146,10 @@ def test_the_notebook_view_is_the_attention_page_in_a_frame(lm):
     a = att.analysis
     assert html.unescape(frame.group(1)) == report.page_html(a.page, a.tokens, a.stats, a.importance)
     assert "http://" not in shown and "https://" not in shown  # offline
+    lensed = att.showing(lens=att.logit_lens())
+    frame = re.fullmatch(r'<iframe [^>]*srcdoc="([^"]*)"[^>]*></iframe>', lensed._repr_html_())
+    a = lensed.analysis
+    assert html.unescape(frame.group(1)) == report.page_html(a.page, a.tokens, a.stats, a.importance, lens=a.lens)
 
 
 def test_eval_scores_what_the_eval_command_prints(lm, tiny_checkpoint, tmp_path, capsys):

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import minigpt
 from minigpt import checkpoint, tokenizer
 from minigpt.cli import run
 from minigpt.cli.eval import main
@@ -215,6 +216,14 @@ def test_eval_tasks_prints_one_line_per_metric_and_saves_json_once(
     assert record["lm_eval"]["n-samples"]["tiny_choice"]["effective"] == 3
     code, out, err = cli([*argv, "--output", str(saved)])  # never over a file already there
     assert (code, out) == (2, "") and "already exists" in err and json.loads(saved.read_text()) == record
+
+
+def test_the_api_scores_what_the_command_prints(tmp_path: Path, tiny_checkpoint: Path, offline: None) -> None:
+    tasks = write_tasks(tmp_path / "tasks")
+    results = minigpt.load(tiny_checkpoint).tasks("tiny_choice,tiny_next", limit=3, include_path=tasks)
+    code, out, _ = cli(["--ckpt", str(tiny_checkpoint), "--tasks", "tiny_choice,tiny_next", "--include_path", str(tasks),
+                        "--limit", "3"])  # fmt: skip
+    assert code == 0 and out == f"{results}\n"
 
 
 @pytest.mark.parametrize("extra, message", [

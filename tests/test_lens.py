@@ -14,7 +14,7 @@ from minigpt.cli.attention import main
 from minigpt.errors import MiniGPTError
 from minigpt.inspection.lens import logit_lens
 from minigpt.inspection.report import token_strings
-from minigpt.model import GPT
+from minigpt.model import GPT, GPTConfig
 
 IDS = [72, 101, 108, 108, 111, 32, 115, 104, 105, 110, 121, 32, 115, 117, 110, 33]
 ENC = tokenizer.byte_tokenizer()
@@ -96,3 +96,13 @@ def test_without_logit_lens_the_command_writes_no_lens(tiny_checkpoint: Path, tm
     out = tmp_path / "maps"
     assert run(main, ["--ckpt", str(tiny_checkpoint), "--prompt", "Hello", "--out", str(out)]) == 0
     assert not (out / "logit_lens.png").exists()
+
+
+def test_ids_that_name_no_token_show_as_unused_in_the_lens() -> None:
+    """A vocabulary with unused ids (cl100k_base's layout): the lens ranks every id the model has, so it must
+    show them rather than fail to decode them."""
+    enc = tokenizer.from_dict(tokenizer.to_dict(tokenizer.byte_tokenizer()) | {"special_tokens": {tokenizer.EOT: 299}})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    lens = logit_lens(model, enc, [104, 105], k=300)
+    assert "<unused 256>" in {text for row in lens.top for position in row for text in position}

@@ -118,13 +118,13 @@ def check_options(args: argparse.Namespace) -> None:
 
 def run_tasks(args: argparse.Namespace) -> None:
     """Score the checkpoint on --tasks and print one line per task and metric."""
-    from minigpt import harness  # lm-eval: seconds to import, and an optional extra
+    from minigpt import harness  # noqa: F401  (lm-eval, an optional extra: refused in one line before loading)
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO is a log of its own steps
     lm = load(args.ckpt, resolve_device(args.device))
-    results = harness.run_tasks(
-        lm.model, lm.tokenizer, args.tasks, limit=args.limit, num_fewshot=args.num_fewshot,
-        include_path=args.include_path, batch_size=args.batch_size, source=lm.path,
+    results = lm.tasks(
+        args.tasks, limit=args.limit, num_fewshot=args.num_fewshot, include_path=args.include_path,
+        batch_size=args.batch_size,
     )  # fmt: skip
     with writing_stdout():  # e.g. hellaswag  acc  0.2891 ± 0.0045  n=10,042
         print(results)

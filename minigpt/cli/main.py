@@ -14,7 +14,7 @@ COMMANDS = {
     "train": ("minigpt.cli.train", "train a GPT on a corpus (a file, folder, glob, hf: dataset or builtin)"),
     "generate": ("minigpt.cli.generate", "sample text from a checkpoint (also --interactive)"),
     "attention": ("minigpt.cli.attention", "draw a checkpoint's attention maps for a prompt"),
-    "eval": ("minigpt.cli.eval", "measure a checkpoint's loss and bits per byte on any text"),
+    "eval": ("minigpt.cli.eval", "measure a checkpoint's loss and bits per byte on any text, or its benchmark-task scores"),
     "export": ("minigpt.cli.export", "write a checkpoint as a Hugging Face GPT-2 folder for transformers"),
 }
 

@@ -19,7 +19,9 @@ _FIT_HEIGHT = "this.style.height=(this.contentDocument.documentElement.scrollHei
 
 def notebook_html(analysis: Analysis) -> str:
     """An ``<iframe>`` holding the whole attention page of `analysis`, for `_repr_html_`."""
-    page = page_html(analysis.page, analysis.tokens, analysis.stats, analysis.importance)
+    page = page_html(
+        analysis.page, analysis.tokens, analysis.stats, analysis.importance, lens=analysis.lens, patching=analysis.patching
+    )
     return (
         f'<iframe class="minigpt-attention" title="minigpt attention" srcdoc="{html.escape(page, quote=True)}" '
         f'style="width:100%;min-height:{MIN_HEIGHT_PX}px;border:1px solid #ddd" onload="{_FIT_HEIGHT}"></iframe>'

@@ -76,8 +76,16 @@ class Analysis:
 
 
 def token_strings(enc: tiktoken.Encoding, ids: Sequence[int]) -> list[str]:
-    """Each token decoded on its own (a partial UTF-8 character shows as �)."""
-    return [enc.decode_single_token_bytes(i).decode("utf-8", errors="replace") for i in ids]
+    """Each token decoded on its own (a partial UTF-8 character shows as �; an id that names no token, which the
+    logit lens may rank, as <unused N>)."""
+    return [_token_string(enc, i) for i in ids]
+
+
+def _token_string(enc: tiktoken.Encoding, i: int) -> str:
+    try:
+        return enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
+    except KeyError:
+        return f"<unused {i}>"
 
 
 def analyse(
