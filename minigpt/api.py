@@ -49,23 +49,11 @@ def load(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> 
     inference. Every command that takes a model (generate, attention, eval, export, train --init) loads it here.
     Anything unusable is a `MiniGPTError`."""
     source, device = os.fspath(source), torch.device(device)
-    _check_path(source)
+    checkpoint.check_lookup(source)
     if pretrained.is_pretrained_source(source):
         return MiniGPT(pretrained.load_pretrained(source, device), source, source)
     path = checkpoint.file_to_use(source)
     return MiniGPT(checkpoint.load(path, device), source, str(path))
-
-
-def _check_path(source: str) -> None:
-    """A source the file system refuses to look up (a name too long, a loop of links) as one line; a path
-    that does not exist is the loaders' to explain."""
-    try:
-        os.stat(source)
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    except OSError as err:
-        shown = source if len(source) <= 80 else source[:77] + "..."
-        raise MiniGPTError(f"cannot use {shown} as a model ({err.strerror or err}): give a checkpoint, run folder or hf:REPO") from None
 
 
 def train(config: TrainConfig | str | os.PathLike[str] | None = None, **overrides: Any) -> Path | None:

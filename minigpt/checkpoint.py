@@ -36,6 +36,7 @@ from typing import Any
 import tiktoken
 import torch
 
+from minigpt import errors
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPT, GPTConfig
@@ -156,7 +157,13 @@ def file_to_resume(path: str | os.PathLike[str]) -> Path:
     return _in_run_folder(Path(path), "last.ckpt", "best.ckpt")
 
 
+def check_lookup(source: str | os.PathLike[str]) -> None:
+    """A model source the file system refuses to look up, as one line (see `errors.check_lookup`)."""
+    errors.check_lookup(source, "a model", "give a checkpoint, run folder or hf:REPO")
+
+
 def _in_run_folder(path: Path, first: str, fallback: str) -> Path:
+    check_lookup(path)
     if not path.is_dir():
         return path
     return path / fallback if (path / fallback).is_file() and not (path / first).is_file() else path / first

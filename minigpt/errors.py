@@ -1,5 +1,7 @@
 """The exceptions meant for users: the CLI prints each as one line instead of a traceback."""
 
+import os
+
 
 class MiniGPTError(Exception):
     """A problem with the user's input (arguments, files, data, disk) that they can fix: exit code 2.
@@ -27,3 +29,16 @@ class ReportedByRankZero(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"exit {code}")
         self.code = code
+
+
+def check_lookup(path: str | os.PathLike[str], used_as: str, hint: str) -> None:
+    """A path the file system refuses to look up (a name too long, a loop of links, a file where a folder
+    should be) as one line: "cannot use PATH as `used_as` (reason): `hint`"; a path that does not exist is left
+    to the caller to explain."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        shown = os.fspath(path) if len(os.fspath(path)) <= 80 else os.fspath(path)[:77] + "..."
+        raise MiniGPTError(f"cannot use {shown} as {used_as} ({err.strerror or err}): {hint}") from None

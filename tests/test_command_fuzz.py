@@ -82,20 +82,31 @@ def path_or(*values: str) -> Callable[[random.Random, Workspace], str]:
     return lambda rng, ws: rng.choice([*ws.paths(), *values])
 
 
+def either(tame: Callable[[random.Random, Workspace], str], wild: Callable[[random.Random, Workspace], str]):
+    """Mostly a value that works, so that cases reach past parsing; sometimes a wild one."""
+    return lambda rng, ws: (tame if rng.random() < 0.6 else wild)(rng, ws)
+
+
 INT, FLOAT, TEXT = choices(*WILD_INTS), choices(*WILD_FLOATS), choices(*TEXTS)
-LIST = choices("0", "1", "0,1", "1,0", "5", "-1", "0,0", "a", "", ",", "0,", "1000000000000")
-DEVICE = choices("auto", "cpu", "cuda", "mps", "tpu", "", "CPU")
+SMALL, UNIT = either(choices("1", "2", "3"), INT), either(choices("0.5", "0.9", "1"), FLOAT)
+LIST = either(choices("0", "1", "0,1", "1,0"), choices("5", "-1", "0,0", "a", "", ",", "0,", "1000000000000"))
+DEVICE = either(choices("auto", "cpu"), choices("cuda", "mps", "tpu", "", "CPU"))
 FLAG = choices("")  # a flag: present, with no value
 ATTENTION = {"--layers": LIST, "--heads": LIST, "--aggregate": choices("mean", "rollout", "max", ""),
-             "--per_head": FLAG, "--top_heads": INT, "--ablate": FLAG, "--ablate_windows": INT, "--data": path_or("bytes")}  # fmt: skip
+             "--per_head": FLAG, "--top_heads": SMALL, "--ablate": FLAG, "--ablate_windows": SMALL,
+             "--data": either(lambda rng, ws: str(ws.text), path_or("bytes"))}  # fmt: skip
 OPTIONS: dict[str, dict[str, Callable[[random.Random, Workspace], str]]] = {
-    "generate": {"--prompt": TEXT, "--prompt_file": path_or(), "--max_new_tokens": choices("-1", "0", "1", "5", "abc", "", "1e3"),
-                 "--temperature": FLOAT, "--top_k": INT, "--top_p": FLOAT, "--repetition_penalty": FLOAT, "--stop": TEXT,
-                 "--num_samples": INT, "--seed": INT, "--device": DEVICE, "--attention_completion": FLAG,
-                 "--attention": lambda rng, ws: "OUT", **ATTENTION},  # fmt: skip
-    "attention": {"--prompt": TEXT, "--device": DEVICE, "--out": lambda rng, ws: "OUT", **ATTENTION},
-    "eval": {"--data": path_or("bytes", "pydoc"), "--split": choices("all", "train", "val", "test", ""), "--val_fraction": FLOAT,
-             "--batch_size": INT, "--stride": INT, "--device": DEVICE, "--cache_dir": lambda rng, ws: str(ws.root / "cache")},  # fmt: skip
+    "generate": {"--prompt": TEXT, "--prompt_file": either(lambda rng, ws: str(ws.text), path_or()),
+                 "--max_new_tokens": choices("-1", "0", "1", "5", "abc", "", "1e3"), "--temperature": UNIT, "--top_k": SMALL,
+                 "--top_p": UNIT, "--repetition_penalty": either(choices("1", "1.3"), FLOAT), "--stop": TEXT,
+                 "--num_samples": SMALL, "--seed": either(choices("0", "7"), INT), "--device": DEVICE,
+                 "--attention_completion": FLAG, "--attention": lambda rng, ws: "OUT", **ATTENTION},  # fmt: skip
+    "attention": {"--prompt": TEXT, "--device": DEVICE, "--out": lambda rng, ws: "OUT", **ATTENTION,
+                  "--logit_lens": either(choices("3", "1"), INT), "--corrupt": either(choices("hello thera", "jello there"), TEXT),
+                  "--answer": either(choices("e", " "), TEXT), "--wrong": either(choices("a", "x"), TEXT)},  # fmt: skip
+    "eval": {"--data": either(lambda rng, ws: str(ws.text), path_or("bytes", "pydoc")),
+             "--split": choices("all", "train", "val", "test", ""), "--val_fraction": UNIT, "--batch_size": SMALL,
+             "--stride": SMALL, "--device": DEVICE, "--cache_dir": lambda rng, ws: str(ws.root / "cache")},  # fmt: skip
     "export": {"--out": lambda rng, ws: "OUT"},
 }
 TAME = {"generate": ["--prompt", "hi", "--max_new_tokens", "3"], "attention": ["--prompt", "hello there", "--out", "OUT"],

@@ -394,3 +394,11 @@ def test_a_file_that_opens_but_cannot_be_read_is_one_line() -> None:
     """/proc/self/mem opens, then fails to read (EIO): the corpus says which file, no traceback."""
     with pytest.raises(MiniGPTError, match=r"cannot read /proc/self/mem \(Input/output error\)"):
         list(files.whole(open_corpus("/proc/self/mem").sources()))
+
+
+@pytest.mark.parametrize("spec, message", [("", "the corpus spec is empty"), (" ", "the corpus spec is empty"),
+                                           ("x" * 300, "File name too long")])  # fmt: skip
+def test_an_empty_or_unlookable_corpus_spec_is_one_line(spec: str, message: str) -> None:
+    """An empty spec was the current folder (a repository's every file, .venv included, scored for minutes)."""
+    with pytest.raises(MiniGPTError, match=message):
+        open_corpus(spec)

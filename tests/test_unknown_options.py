@@ -55,3 +55,9 @@ def test_a_value_of_two_dashes_is_one_line_not_an_empty_list(command: str, argv:
     """argparse stores [] for --data=--, which the command then met as a list (AttributeError)."""
     code, err = stderr_of(command, argv)
     assert code == 2 and err.count("\n") == 1 and "expected one value" in err, err
+
+
+def test_an_option_given_many_times_still_works():
+    """The '--' check above leaves options that collect values (generate --stop, given twice) alone."""
+    code, err = stderr_of("generate", ["--ckpt", "x", "--prompt", "hi", "--stop", "a", "--stop", "b"])
+    assert code == 2 and "expected one value" not in err and "not found" in err, err

@@ -43,7 +43,7 @@ class OneLineParser(argparse.ArgumentParser):
             self.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(unknown, option_names(self))}")
         for action in self._actions:
             # argparse drops a value that is exactly "--" (--data=--) and stores an empty list in its place
-            if action.nargs is None and isinstance(getattr(parsed, action.dest, None), list):
+            if isinstance(action, argparse._StoreAction) and action.nargs is None and getattr(parsed, action.dest, None) == []:
                 self.error(f"argument {action.option_strings[0]}: expected one value, not '--'")
         return parsed
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from minigpt.data.builtin import BUILTINS, builtin
 from minigpt.data.cache import default_cache_dir
-from minigpt.data.files import SNIFF_BYTES, Corpus, FileCorpus, folder_files, glob_files, has_nul
+from minigpt.data.files import SNIFF_BYTES, Corpus, FileCorpus, check_lookup, folder_files, glob_files, has_nul
 from minigpt.data.hub import HFCorpus
 from minigpt.errors import MiniGPTError
 
@@ -36,9 +36,12 @@ from minigpt.errors import MiniGPTError
 def open_corpus(spec: str, cache_dir: Path | None = None) -> Corpus:
     """Resolve `spec` (see the module docstring) into a corpus; `cache_dir` receives downloads."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    if not spec.strip():
+        raise MiniGPTError("the corpus spec is empty: name a file, folder, glob, hf:NAME or builtin (e.g. pydoc)")
     if spec.startswith("hf:"):
         return HFCorpus.open(spec)
     path = Path(spec).expanduser()
+    check_lookup(path)
     if path.is_file():
         if has_nul(path):
             raise MiniGPTError(

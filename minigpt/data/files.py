@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from minigpt import errors
 from minigpt.errors import MiniGPTError
 
 BINARY_EXTENSIONS = frozenset(
@@ -93,6 +94,11 @@ class FileCorpus:
                     "/proc files or a file still being written): copy it to a regular file and pass that"
                 )
         return digest.hexdigest()
+
+
+def check_lookup(path: Path) -> None:
+    """A corpus path the file system refuses to look up, as one line (see `errors.check_lookup`)."""
+    errors.check_lookup(path, "a corpus", "name a file, folder, glob, hf:NAME or builtin")
 
 
 def folder_files(folder: Path) -> list[Path]:
