@@ -132,3 +132,13 @@ def test_the_readme_python_api_example_runs(tmp_path, monkeypatch, shakespeare):
     monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
     exec(compile(block.replace("../shared/data/tinyshakespeare.txt", str(shakespeare)), "README.md", "exec"), {})
     assert (tmp_path / "attention" / "heads.json").is_file() and (tmp_path / "hf_model" / "config.json").is_file()
+
+
+def test_the_file_tree_has_a_line_for_every_file() -> None:
+    """The README's "Files" section gives every file of the package, the tests, the benchmarks and the docs one
+    line; a file added without its line fails here."""
+    listed = {line.split()[0] for line in (REPO / "README.md").read_text().splitlines() if line and not line[0].isspace()}
+    files = [path for folder in ("minigpt", "tests", "bench", "docs", "examples") for path in (REPO / folder).rglob("*")
+             if path.is_file() and "__pycache__" not in path.parts and not path.name.startswith(".")]  # fmt: skip
+    missing = sorted(str(path.relative_to(REPO)) for path in files if str(path.relative_to(REPO)) not in listed)
+    assert not missing, f"add a line to README.md's Files section for: {missing}"
