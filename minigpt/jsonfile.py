@@ -39,7 +39,7 @@ def field(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     value = data.get(key)
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise MiniGPTError(f"{where}: {key} must be {names}, not {show(value)}")
     return value
 
