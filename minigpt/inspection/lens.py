@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from minigpt.errors import MiniGPTError
-from minigpt.inspection.maps import _inference
+from minigpt.inspection.maps import inference
 from minigpt.model import GPT
 
 DEFAULT_TOP = 5
@@ -106,7 +106,7 @@ def logit_lens(model: GPT, enc: tiktoken.Encoding, ids: Sequence[int], k: int = 
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
     probs, top_ids = [], []
-    with _inference(model), residuals_caught(model) as caught:
+    with inference(model), residuals_caught(model) as caught:
         model(idx)
         # One row at a time: (T, vocab) each, never (n_layer + 1, T, vocab) at once.
         for residual in caught:

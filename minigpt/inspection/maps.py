@@ -57,7 +57,7 @@ class HeadStats:
 
 
 @contextmanager
-def _inference(model: GPT) -> Iterator[None]:
+def inference(model: GPT) -> Iterator[None]:
     """Eval mode (no dropout) and no autograd for the block; the model's previous mode is restored after."""
     was_training = model.training
     model.eval()
@@ -78,7 +78,7 @@ def extract(model: GPT, ids: Sequence[int]) -> AttentionMaps:
         ids = ids[-block_size:]
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
-    with _inference(model):
+    with inference(model):
         logits, weights = model.forward_with_attention(idx)  # (1, T, V), (L, 1, H, T, T)
     return AttentionMaps(weights[:, 0].float().cpu(), list(ids), logits[0].float().cpu())
 
@@ -157,7 +157,7 @@ def induction_score(model: GPT, length: int | None = None, seed: int = 0) -> Ten
         for d in distances
     ]
     idx = torch.stack(rows).to(next(model.parameters()).device)  # (B, 2n)
-    with _inference(model):
+    with inference(model):
         _, weights = model.forward_with_attention(idx)  # (L, B, H, 2n, 2n)
     # Query i ≥ d repeats the token at i−d; the token after that one sits at i−d+1: diagonal offset 1−d,
     # whose first entry (query d−1) has no previous occurrence yet.

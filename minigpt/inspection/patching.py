@@ -29,7 +29,7 @@ from torch import Tensor
 
 from minigpt.errors import MiniGPTError
 from minigpt.inspection.lens import residual_modules, residual_names, residuals_caught
-from minigpt.inspection.maps import _inference
+from minigpt.inspection.maps import inference
 from minigpt.model import GPT
 
 BATCH = 32
@@ -154,7 +154,7 @@ def restored(
     corrupt_idx = torch.tensor([list(corrupt)], dtype=torch.long, device=device)
     heads: list[Tensor] = []  # each layer's c_proj input (1, T, C) in the clean run
     hooks = [block.attn.c_proj.register_forward_pre_hook(lambda m, a: heads.append(a[0])) for block in model.transformer.h]
-    with _inference(model):
+    with inference(model):
         try:
             with residuals_caught(model) as residual:
                 clean_metric = float(logit_difference(model(clean_idx), answer, wrong)[0])
