@@ -5,6 +5,7 @@ other; fixtures live in conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -186,3 +187,15 @@ def run_captured(
         sys.stdin = saved_stdin
         root.removeHandler(quiet)
     return code, out.getvalue(), err.getvalue()
+
+
+def edited(data: dict, path: str, value) -> dict:
+    """A copy of the JSON `data` (a tokenizer.json, a config) with the field at the dotted `path` (list indices as
+    numbers) set to `value`."""
+    data = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    return data

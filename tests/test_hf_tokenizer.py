@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from transformers import AutoTokenizer
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.hf.tokenizer import load, save
+from tests.helpers import edited
 
 TEXTS = [
     "Hello, world! Don't panic: it's 42 , not 7 . THEY'LL see",
@@ -155,16 +155,6 @@ def test_saving_a_tokenizer_without_endoftext_is_refused(tmp_path):
     with pytest.raises(MiniGPTError, match="no <\\|endoftext\\|> token"):
         save(tiktoken.Encoding("plain", pat_str=tok.GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}), tmp_path)
 
-
-def edited(hf_json: dict, path: str, value) -> dict:
-    """A copy of `hf_json` with the field at the dotted `path` set to `value`."""
-    data = copy.deepcopy(hf_json)
-    *parents, last = path.split(".")
-    node = data
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node[key]
-    node[last] = value
-    return data
 
 
 def swapped_merges(hf_json: dict) -> dict:

@@ -3,7 +3,6 @@ first) loads with transformers' ids, and a field of the wrong type or shape is o
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from transformers import AutoTokenizer
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.hf.tokenizer import load, save
+from tests.helpers import edited
 
 TEXTS = [
     "Hello, world! Don't panic: it's 42 , not 7 . THEY'LL see",
@@ -100,15 +100,6 @@ def test_unused_ids_are_the_gaps_among_specials_and_the_rows_past_the_tokenizer(
     assert tok.unused_ids(enc, 263) == [256, 258, 259, 261, 262]
     assert tok.unused_ids(tok.byte_tokenizer(), 257) == []
 
-
-def edited(data: dict, path: str, value) -> dict:
-    data = copy.deepcopy(data)
-    *parents, last = path.split(".")
-    node = data
-    for key in parents:
-        node = node[int(key)] if isinstance(node, list) else node[key]
-    node[last] = value
-    return data
 
 
 def split_step(pattern) -> dict:
