@@ -24,6 +24,7 @@ from torch import Tensor
 
 from minigpt import evaluate
 from minigpt.errors import MiniGPTError
+from minigpt.inspection.maps import hooked
 from minigpt.model import GPT
 
 DEFAULT_WINDOWS = 16
@@ -109,12 +110,8 @@ def heads_zeroed(model: GPT, heads: Tensor) -> Iterator[None]:
 
         return hook
 
-    handles = [block.attn.c_proj.register_forward_pre_hook(zeroing(d)) for d, block in zip(drop, model.transformer.h)]
-    try:
+    with hooked(block.attn.c_proj.register_forward_pre_hook(zeroing(d)) for d, block in zip(drop, model.transformer.h)):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from minigpt.errors import MiniGPTError
-from minigpt.inspection.maps import inference
+from minigpt.inspection.maps import hooked, inference
 from minigpt.model import GPT
 
 DEFAULT_TOP = 5
@@ -40,12 +40,9 @@ def residuals_caught(model: GPT) -> Iterator[list[Tensor]]:
     """Inside the block, each forward pass appends the n_layer + 1 residual streams (B, T, C) to the list
     yielded, in order; the hooks that catch them are removed on the way out."""
     caught: list[Tensor] = []
-    handles = [module.register_forward_hook(lambda m, a, out: caught.append(out)) for module in residual_modules(model)]
-    try:
+    catch = (module.register_forward_hook(lambda m, a, out: caught.append(out)) for module in residual_modules(model))
+    with hooked(catch):
         yield caught
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def read_out(model: GPT, residual: Tensor) -> Tensor:

@@ -7,12 +7,13 @@ under `torch.no_grad`; training keeps the fused SDPA kernel. Every map is indexe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from minigpt.model import GPT
 
@@ -54,6 +55,16 @@ class HeadStats:
             "induction": self.induction,
             "entropy": self.entropy,
         }
+
+
+@contextmanager
+def hooked(handles: Iterable[RemovableHandle]) -> Iterator[None]:
+    """Inside the block the hooks of `handles` (just registered) act; on the way out, however it is left, they are
+    removed, so the model runs as it did before."""
+    with ExitStack() as stack:
+        for handle in handles:
+            stack.enter_context(handle)  # a RemovableHandle removes its hook on exit
+        yield
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from minigpt.errors import MiniGPTError
 from minigpt.inspection.lens import residual_modules, residual_names, residuals_caught
-from minigpt.inspection.maps import inference
+from minigpt.inspection.maps import hooked, inference
 from minigpt.model import GPT
 
 BATCH = 32
@@ -135,11 +135,8 @@ def _patched(model: GPT, sites: Sequence[Site], clean_heads: list[Tensor], clean
 
     handles = [block.attn.c_proj.register_forward_pre_hook(head_hook(l)) for l, block in enumerate(model.transformer.h)]
     handles += [module.register_forward_hook(residual_hook(n)) for n, module in enumerate(residual_modules(model))]
-    try:
+    with hooked(handles):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def restored(
@@ -153,14 +150,11 @@ def restored(
     clean_idx = torch.tensor([list(clean)], dtype=torch.long, device=device)  # (1, T)
     corrupt_idx = torch.tensor([list(corrupt)], dtype=torch.long, device=device)
     heads: list[Tensor] = []  # each layer's c_proj input (1, T, C) in the clean run
-    hooks = [block.attn.c_proj.register_forward_pre_hook(lambda m, a: heads.append(a[0])) for block in model.transformer.h]
+    catch_heads = (block.attn.c_proj.register_forward_pre_hook(lambda m, a: heads.append(a[0]))
+                   for block in model.transformer.h)  # fmt: skip
     with inference(model):
-        try:
-            with residuals_caught(model) as residual:
-                clean_metric = float(logit_difference(model(clean_idx), answer, wrong)[0])
-        finally:
-            for hook in hooks:
-                hook.remove()
+        with hooked(catch_heads), residuals_caught(model) as residual:
+            clean_metric = float(logit_difference(model(clean_idx), answer, wrong)[0])
         corrupt_metric = float(logit_difference(model(corrupt_idx), answer, wrong)[0])
         if abs(clean_metric - corrupt_metric) < SAME:
             raise MiniGPTError(
