@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from minigpt import signals
 from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
@@ -19,6 +21,22 @@ def configure_logging(label: str | None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     else:
         logging.basicConfig(level=logging.ERROR, format=f"[{label}] %(message)s")
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """Load a command's modules with the cyclic garbage collector paused, then put what they built out of its
+    sight for good (`gc.freeze`). Importing torch and Lightning makes ~500,000 objects that live until exit,
+    and every full collection scans them all: during the imports (a third of Lightning's import time), during
+    training, and once more as the interpreter exits (a second here). Nothing they make is garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> int:

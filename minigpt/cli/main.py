@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
 
 from minigpt import __version__
-from minigpt.cli import run
+from minigpt.cli import loading, run
 from minigpt.errors import MiniGPTError
 
 COMMANDS = {
@@ -37,12 +38,16 @@ def main(argv: Sequence[str]) -> None:
         return
     if argv[0] not in COMMANDS:
         raise MiniGPTError(f"unknown command '{argv[0]}': use one of {', '.join(COMMANDS)} (see minigpt --help)")
-    importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    with loading():
+        command = importlib.import_module(COMMANDS[argv[0]][0])
+    command.main(argv[1:])
 
 
 def entry() -> None:
     """The console script."""
-    sys.exit(run(main))
+    code = run(main)
+    gc.freeze()  # the interpreter's last collections would scan every object still alive: nothing to gain at exit
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from minigpt.cli import USER_ERROR_EXIT, configure_logging, run
+from minigpt.cli import USER_ERROR_EXIT, configure_logging, loading, run
 from minigpt.cli.common import canonical_options
 from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.training import launch
@@ -38,14 +38,15 @@ def main(argv: Sequence[str]) -> None:
     if "--list_configs" in canonical_options(argv):
         print(list_configs())
         return
-    try:
-        config = parse(argv)
-    except MiniGPTError:
-        if launch.is_rank_zero():
-            raise
-        raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
-    # Imported once the arguments are known good: --help, --list_configs and a bad option need no data side.
-    from minigpt.training.run import train
+    with loading():  # parsing imports Lightning (the options include the Trainer's)
+        try:
+            config = parse(argv)
+        except MiniGPTError:
+            if launch.is_rank_zero():
+                raise
+            raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
+        # Imported once the arguments are known good: --help, --list_configs and a bad option need no data side.
+        from minigpt.training.run import train
 
     try:
         train(config, setup_process=configure_process)
