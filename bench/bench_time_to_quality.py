@@ -31,55 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
-REFERENCE = r"""
-import math, sys, time
-import numpy as np, torch, torch.nn.functional as F
-from minigpt.model import GPT, GPTConfig
-
-import json
-path, target, recipe = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
-torch.manual_seed(1337)
-data = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
-cut = int(len(data) * 0.9)
-train, val = torch.from_numpy(data[:cut].astype(np.int64)), torch.from_numpy(data[cut:].astype(np.int64))
-block, batch, steps, warmup = recipe["block"], recipe["batch"], recipe["steps"], recipe["warmup"]
-lr, min_lr, every, windows, run_steps = recipe["lr"], recipe["min_lr"], recipe["every"], recipe["windows"], recipe["run_steps"]
-model = GPT(GPTConfig(vocab_size=257, block_size=block, n_layer=recipe["n_layer"], n_head=recipe["n_head"], n_embd=recipe["n_embd"], dropout=0.0))
-decay = [p for p in model.parameters() if p.dim() >= 2]
-rest = [p for p in model.parameters() if p.dim() < 2]
-groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
-opt = torch.optim.AdamW(groups, lr=lr, betas=recipe["betas"], fused=recipe["fused"] or None)
-offsets = np.unique(np.linspace(0, len(val) - block - 1, num=windows).astype(np.int64))
-val_x = torch.stack([val[o : o + block + 1] for o in offsets])
-
-def rate(step):
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (steps - warmup))))
-
-@torch.no_grad()
-def evaluate():
-    model.eval()
-    losses = [F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).item() for x in val_x.split(batch)]
-    model.train()
-    return sum(losses) / len(losses)
-
-for step in range(1, run_steps + 1):
-    for group in opt.param_groups:
-        group["lr"] = rate(step - 1)
-    ix = torch.randint(len(train) - block - 1, (batch,))
-    x = torch.stack([train[i : i + block + 1] for i in ix])
-    loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    if step % every == 0:
-        v = evaluate()
-        print(f"step {step}: val loss {v:.4f}", flush=True)
-        if v <= target:
-            break
-"""
+REFERENCE = [sys.executable, str(Path(__file__).with_name("reference_loop.py"))]
+"""The reference loop (`bench/reference_loop.py`): DATA TARGET RECIPE_JSON."""
 
 NANOGPT = dict(block=64, batch=12, steps=2000, warmup=100, lr=1e-3, min_lr=1e-4, every=250, windows=512, run_steps=2000,
                n_layer=4, n_head=4, n_embd=128, weight_decay=0.1, betas=[0.9, 0.99], fused=False)  # fmt: skip
@@ -122,7 +75,7 @@ def main() -> None:
             folder = Path(tmp) / str(round_)
             folder.mkdir()
             runs = {
-                "reference": [sys.executable, "-c", REFERENCE, str(args.data), str(args.target), json.dumps(NANOGPT)],
+                "reference": [*REFERENCE, str(args.data), str(args.target), json.dumps(NANOGPT)],
                 "minigpt": [sys.executable, "-m", "minigpt", "train", "--config", "shakespeare_cpu", "--data", str(args.data),
                             "--cache_dir", str(folder / "cache"), "--out_dir", str(folder / "run")],
             }  # fmt: skip
@@ -131,7 +84,7 @@ def main() -> None:
                 times[name].append(seconds)
                 print(f"round {round_} {name:>11}: {seconds:6.1f} s ({last_validation(output)})", flush=True)
             steps = last_step(output)
-            same = [sys.executable, "-c", REFERENCE, str(args.data), "0", json.dumps(shipped_recipe(steps))]
+            same = [*REFERENCE, str(args.data), "0", json.dumps(shipped_recipe(steps))]
             seconds, output = timed(same, folder)
             times["same recipe"].append(seconds)
             print(f"round {round_} same recipe: {seconds:6.1f} s ({steps} steps, {last_validation(output)})", flush=True)
