@@ -47,6 +47,7 @@ def train_in_process(tmp_path: Path, out: str, *extra: str) -> int:
         "--data", str(corpus), "--out_dir", str(tmp_path / out), "--cache_dir", str(tmp_path / "cache"),
         "--model.block_size", "32", "--model.n_layer", "2", "--model.n_head", "2", "--model.n_embd", "32",
         "--batch_size", "4", "--val_windows", "8", "--samples", "0", "--optim.warmup_steps", "2",
+        "--optim.name", "adamw",  # what these tests assert is written for AdamW (fused); Muon's tests ask for it
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
     ]  # fmt: skip

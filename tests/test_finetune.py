@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from minigpt import checkpoint
 from minigpt import tokenizer as tok
@@ -68,6 +69,16 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_its_result_samples_a
     assert run(generate.main, ["--ckpt", str(out), "--prompt", "line", "--max_new_tokens", "5", "--seed", "1"]) == 0
     assert run(attention.main, ["--ckpt", str(out), "--prompt", "the quick fox", "--out", str(tmp_path / "maps")]) == 0
     assert (tmp_path / "maps" / "overview.png").is_file()
+    # default.yaml trains from scratch with Muon, whose step ignores --optim.lr: fine-tuning takes AdamW
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["name"] == "adamw"
+
+
+def test_fine_tuning_uses_muon_only_when_asked(tmp_path, gpt2_folder, corpus):
+    out = tmp_path / "run"
+    code = run(train, ["--init", str(gpt2_folder), *common(tmp_path, corpus), "--out_dir", str(out),
+                       "--model.block_size", "32", "--optim.name", "muon"])  # fmt: skip
+    assert code == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["name"] == "muon"
 
 
 def test_generate_and_attention_read_a_hugging_face_folder_directly(tmp_path, gpt2_folder, capsys):

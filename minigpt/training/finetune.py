@@ -1,8 +1,11 @@
 """Starting a run from pretrained weights (`minigpt train --init`): the run takes the source model's shape and
-tokenizer, refusing options that contradict them, and may use a shorter context than the source's."""
+tokenizer, refusing options that contradict them, and may use a shorter context than the source's. It
+fine-tunes with AdamW unless --optim.name or a --config says otherwise: default.yaml's Muon is a recipe for
+training from scratch, and its step size (--optim.muon_lr) ignores the small --optim.lr of fine-tuning."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +15,8 @@ from minigpt.errors import MiniGPTError
 from minigpt.training.config import TrainConfig
 
 SHAPE = ("n_layer", "n_head", "n_embd", "bias", "activation")  # what a pretrained start fixes
+
+log = logging.getLogger(__name__)
 
 
 def pretrained_start(config: TrainConfig) -> tuple[TrainConfig, MiniGPT | None]:
@@ -43,9 +48,14 @@ def pretrained_start(config: TrainConfig) -> tuple[TrainConfig, MiniGPT | None]:
     if "tokenizer" in config.given:
         raise MiniGPTError(f"--tokenizer does not combine with --init: the tokenizer of {config.init} comes with it")
     model = replace(config.model, block_size=block_size, **{field: getattr(source, field) for field in SHAPE})
+    optim = config.optim
+    if optim.name != "adamw" and "optim.name" not in config.given and config.config is None:
+        log.info("fine-tuning with AdamW (--optim.name %s is default.yaml's, for training from scratch)", optim.name)
+        optim = replace(optim, name="adamw")
     # Names the encoding in config.yaml and in the shard cache's key; the digest keeps another model saved at
     # the same path later (with another tokenizer) from reusing these shards.
-    return replace(config, model=model, tokenizer=f"from:{config.init}#{tok.digest(start.tokenizer)}"), start
+    tokenizer = f"from:{config.init}#{tok.digest(start.tokenizer)}"
+    return replace(config, model=model, optim=optim, tokenizer=tokenizer), start
 
 
 def cropped_weights(state: dict[str, Any], block_size: int) -> dict[str, Any]:
