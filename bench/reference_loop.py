@@ -7,7 +7,7 @@ the loss is at most `target`. With `seconds` in the recipe it trains for that mu
 instead of `steps`: it times its first steps and the first evaluation, then sizes the cosine to end in time (how
 nanoGPT's CPU recipe is "stretched" to a budget). The last line it prints is a JSON record of the run.
 
-Usage: python bench/reference_loop.py DATA TARGET RECIPE_JSON [--save MODEL.pt]
+Usage: python bench/reference_loop.py DATA TARGET RECIPE_JSON
 RECIPE keys: block batch steps warmup lr min_lr every windows run_steps n_layer n_head n_embd weight_decay betas
 fused, and optionally seconds.
 """
@@ -54,7 +54,6 @@ def split(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main() -> None:
     path, target, recipe = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
-    save = sys.argv[sys.argv.index("--save") + 1] if "--save" in sys.argv else None
     torch.manual_seed(1337)
     train, val = split(path)
     block, batch, steps, warmup = recipe["block"], recipe["batch"], recipe["steps"], recipe["warmup"]
@@ -89,9 +88,12 @@ def main() -> None:
         opt.step()
         if budget and step == 10:
             timed_from = time.perf_counter()
-        if budget and step == 60:  # size the run: the time left over the step time, evaluations included
-            per_step = (time.perf_counter() - timed_from) / 50
-            per_step *= 1 + len(val_x) / batch / 3 / every  # an evaluation batch: a forward pass, a third of a step
+        if budget and step >= 60 and (step == 60 or (step % every == 0 and step < steps // 2)):
+            # Size the run to end on time: the time left over the time per step so far (after the first ten),
+            # evaluations included; re-sized at each evaluation of the first half, as the steps settle.
+            per_step = (time.perf_counter() - timed_from) / (step - 10)
+            if step == 60:  # no evaluation yet: one costs a forward pass per batch, a third of a step
+                per_step *= 1 + len(val_x) / batch / 3 / every
             steps = run_steps = max(step + 1, int(step + (budget - (time.perf_counter() - START)) / per_step))
         if step % every == 0 or step == run_steps:
             v = window_loss(model, val_x, batch)
@@ -99,8 +101,6 @@ def main() -> None:
             print(f"step {step}: val loss {v:.4f}", flush=True)
             if v <= target:
                 break
-    if save:
-        torch.save({"config": config.__dict__, "model": model.state_dict()}, save)
     print(json.dumps({"steps": step, "history": history, "seconds": time.perf_counter() - START}))
 
 
