@@ -45,6 +45,17 @@ def window_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int) -> fl
     return total / windows[:, 1:].numel()
 
 
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, train: torch.Tensor, block: int, batch: int) -> None:
+    """One step on `batch` random windows of `train`: cross-entropy, backward, clipping at 1.0, the update."""
+    ix = torch.randint(len(train) - block - 1, (batch,))
+    x = torch.stack([train[i : i + block + 1] for i in ix])
+    loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def split(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The bytes of the text at `path` as (training, validation) token ids, nanoGPT's 90/10 split."""
     data = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
@@ -79,13 +90,7 @@ def main() -> None:
         step += 1
         for group in opt.param_groups:
             group["lr"] = rate(step - 1)
-        ix = torch.randint(len(train) - block - 1, (batch,))
-        x = torch.stack([train[i : i + block + 1] for i in ix])
-        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, train, block, batch)
         if budget and step == 10:
             timed_from = time.perf_counter()
         if budget and step >= 60 and (step == 60 or (step % every == 0 and step < steps // 2)):

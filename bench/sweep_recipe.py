@@ -50,8 +50,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def train(data_path: str, recipe: dict, steps: int, every: int, windows: int, threads: int, seed: int) -> dict:
     """Train one recipe for `steps` steps in this process; the validation losses and the step time."""
     import torch
-    import torch.nn.functional as F
-    from reference_loop import split, window_loss, windows_of  # this folder's: the same data, windows and loss
+    from reference_loop import split, train_step, window_loss, windows_of  # this folder's: the same loop
 
     from minigpt.model import GPT, GPTConfig
     from minigpt.training.module import lr_factor
@@ -79,13 +78,7 @@ def train(data_path: str, recipe: dict, steps: int, every: int, windows: int, th
     history, step_seconds, warm = [], 0.0, min(10, steps // 2)
     for step in range(1, steps + 1):
         start = time.perf_counter()
-        ix = torch.randint(len(train_ids) - block - 1, (batch,))
-        x = torch.stack([train_ids[i : i + block + 1] for i in ix])
-        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, train_ids, block, batch)
         schedule.step()
         if step > warm:  # the first steps warm up the allocator and caches
             step_seconds += time.perf_counter() - start
