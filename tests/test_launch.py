@@ -135,3 +135,21 @@ def test_under_a_launcher_a_repeated_signal_is_still_only_recorded():
         assert signals.received() == signal.SIGINT
         with pytest.raises(KeyboardInterrupt), signals.deferred():
             os.kill(os.getpid(), signal.SIGINT)  # after the first, a user's second Ctrl-C stops at once
+
+
+@pytest.mark.parametrize("rank, waits", [("1", True), ("0", False)])
+def test_a_bad_option_under_torchrun_gives_rank_0_time_to_say_it(env, rank, waits, capsys):
+    """torchrun stops every process once one fails: a rank other than 0 that meets the same bad option must not
+    exit first, or rank 0's one line is cut off (it happened in CI once start-up and exit got faster)."""
+    from minigpt.cli import run
+    from minigpt.cli.train import main
+
+    for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                        "TORCHELASTIC_RUN_ID": "x"}.items():  # fmt: skip
+        env.setenv(name, value)
+    slept = []
+    env.setattr(launch.time, "sleep", slept.append)
+    assert run(main, ["--trainer.devices", "3"]) == 2
+    assert slept == ([launch.REPORT_GRACE_S] if waits else [])
+    said = capsys.readouterr().err
+    assert ("error: torchrun started 2 processes" in said) is not waits  # rank 0 says it; the others stay quiet

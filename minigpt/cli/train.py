@@ -44,7 +44,8 @@ def main(argv: Sequence[str]) -> None:
         except MiniGPTError:
             if launch.is_rank_zero():
                 raise
-            raise ReportedByRankZero(USER_ERROR_EXIT) from None  # every process parses the same arguments
+            launch.let_rank_zero_report()  # every process parses the same arguments: rank 0 says what is wrong
+            raise ReportedByRankZero(USER_ERROR_EXIT) from None
         # Imported once the arguments are known good: --help, --list_configs and a bad option need no data side.
         from minigpt.training.run import train
 

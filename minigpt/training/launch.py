@@ -25,6 +25,11 @@ CHILD_GRACE_S = 30.0
 """How long a launched process that fails waits for rank 0 to finish its own report (see `outlive_rank_zero`)."""
 
 
+REPORT_GRACE_S = 5.0
+"""How long a process other than rank 0 that stops for rank 0's reason waits for rank 0 to say it (see
+`let_rank_zero_report`)."""
+
+
 def _env_int(name: str) -> int | None:
     return _int(os.environ.get(name))
 
@@ -153,6 +158,16 @@ def shared_run_folder() -> str | None:
     """In a process Lightning's launcher started from rank 0, the run folder rank 0 chose; else None."""
     parent, sep, path = os.environ.get(RUN_ENV, "").partition(":")
     return path if sep and parent == str(os.getppid()) else None
+
+
+def let_rank_zero_report() -> None:
+    """In a process that a launcher outside minigpt started (torchrun, srun), other than global rank 0, that
+    stops for a reason every process meets alike (a bad option): wait up to `REPORT_GRACE_S` before exiting.
+    torchrun stops every process as soon as one fails, and this one may fail first (its start-up was a moment
+    quicker), which would cut off rank 0's one-line explanation; rank 0's exit ends the wait (torchrun stops
+    this process then)."""
+    if external() and not is_rank_zero():
+        time.sleep(REPORT_GRACE_S)
 
 
 def wait_for_rank_zero() -> None:
