@@ -28,7 +28,8 @@ def loading() -> Iterator[None]:
     """Load a command's modules with the cyclic garbage collector paused, then put what they built out of its
     sight for good (`gc.freeze`). Importing torch and Lightning makes ~500,000 objects that live until exit,
     and every full collection scans them all: during the imports (a third of Lightning's import time), during
-    training, and once more as the interpreter exits (a second here). Nothing they make is garbage."""
+    training, and once more as the interpreter exits (a second here). The little cyclic garbage importing leaves
+    is kept (`train --print_config` peaks 9.5 MB higher, 2%)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
