@@ -138,7 +138,9 @@ def test_attention_logger_draws_each_layer_with_the_probes_tokens_as_labels(tmp_
 
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
     assert {"attention/layer_0", "attention/layer_1"} <= set(events.Tags()["images"])
-    assert drawn == [list("To be, or not")] * 2  # one labelled figure per layer
+    assert drawn == [list("To be, or not")]  # laid out once, then redrawn with each layer's maps
+    pngs = [events.Images(f"attention/layer_{layer}")[-1].encoded_image_string for layer in (0, 1)]
+    assert pngs[0] != pngs[1]
 
 
 def test_the_attention_probe_is_a_window_of_varied_text_not_a_banner(tmp_path: Path) -> None:

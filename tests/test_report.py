@@ -146,6 +146,33 @@ def test_prompt_longer_than_block_size_keeps_the_last_tokens(tiny_checkpoint: Pa
     assert "".join(np.load(tmp_path / "attention.npz")["tokens"]) == prompt[-32:]
 
 
+@pytest.mark.parametrize(
+    "layers, heads, n_tokens, rc",
+    [(2, 4, 48, {}), (3, 1, 5, {}), (2, 6, 70, {}), (3, 2, 12, {"axes.grid": True, "xtick.direction": "in", "axes.axisbelow": False})],
+)  # fmt: skip
+def test_layer_pixels_are_each_layers_own_figure_to_the_byte(layers: int, heads: int, n_tokens: int, rc: dict) -> None:
+    # Drawn once and redrawn per layer: every pixel must be what drawing that layer's figure afresh gives,
+    # titles that differ per layer and a user's matplotlib settings (grid lines over the maps, ticks inside) too.
+    torch.manual_seed(0)
+    maps = torch.softmax(torch.randn(layers, heads, n_tokens, n_tokens) * 3, -1).tril()
+    tokens = [" \n" if i % 5 == 0 else chr(97 + i % 26) * (1 + i % 3) for i in range(n_tokens)]
+    titles = [[f"layer {layer} · head {head}" + "!" * layer for head in range(heads)] for layer in range(layers)]
+    with matplotlib.rc_context(rc):
+        fresh = [heatmaps.figure_pixels(heatmaps.layer_figure(m, t, tokens)) for m, t in zip(maps, titles)]
+        redrawn = [pixels[..., :3] for pixels in heatmaps.layer_pixels(maps, titles, tokens)]
+    assert len(redrawn) == layers
+    for layer, (expected, got) in enumerate(zip(fresh, redrawn)):
+        assert np.array_equal(expected, got), f"layer {layer}: {(expected != got).any(-1).sum()} pixels differ"
+
+
+def test_saved_pixels_are_the_file_matplotlib_writes(tmp_path: Path) -> None:
+    maps = torch.softmax(torch.randn(2, 1, 9, 9), -1)
+    heatmaps.save(heatmaps.layer_figure(maps[1], ["second"], list("abcdefghi")), tmp_path / "figure.png")
+    pixels = list(heatmaps.layer_pixels(maps, [["first"], ["second"]], list("abcdefghi")))[1]
+    heatmaps.save_pixels(pixels, tmp_path / "pixels.png")
+    assert (tmp_path / "pixels.png").read_bytes() == (tmp_path / "figure.png").read_bytes()
+
+
 def test_visible_whitespace() -> None:
     assert heatmaps.visible(" a\n\tb") == "·a↵→b"
 

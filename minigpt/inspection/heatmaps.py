@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 from torch import Tensor
 
 DPI = 100
@@ -216,21 +218,69 @@ def figure_pixels(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def layer_pixels(maps: Tensor, titles: Sequence[Sequence[str]], tokens: Sequence[str]) -> Iterator[np.ndarray]:
+    """The (H, W, 4) RGBA pixels of `layer_figure(maps[i], titles[i], tokens)` for each i, the same to the byte,
+    drawn from one figure: the tick labels (most of a figure's cost) are laid out and drawn once, and each
+    figure after the first redraws only its heatmaps and what lies on them (tick lines, spines) and the titles."""
+    fig = layer_figure(maps[0], titles[0], tokens)
+    canvas = FigureCanvasAgg(fig)
+    panels = [ax for ax in fig.axes if ax.images]
+    # Each panel's artists that lie on its heatmap, in the order Axes.draw draws them, are left out of the
+    # background; its title is emptied instead (a hidden title would be moved by Axes.draw).
+    redrawn = [_drawn_over(ax) for ax in panels]
+    for artist in (a for group in redrawn for a in group):
+        artist.set_visible(False)
+    for ax in panels:
+        ax.title.set_text("")
+    canvas.draw()
+    background = canvas.copy_from_bbox(fig.bbox)
+    for artist in (a for group in redrawn for a in group):
+        artist.set_visible(True)
+    for heatmaps, names in zip(maps, titles):
+        canvas.restore_region(background)
+        for ax, group, heatmap, name in zip(panels, redrawn, heatmaps, names):
+            ax.images[0].set_data(heatmap.numpy())
+            ax.title.set_text(name)
+            for artist in group:
+                ax.draw_artist(artist)
+            ax.draw_artist(ax.title)
+        yield np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _drawn_over(ax: Axes) -> list[Artist]:
+    """`ax`'s heatmap, spines and visible tick and grid lines, sorted as `Axes.draw` sorts its children."""
+    lines = {
+        axis: [line for tick in axis.get_major_ticks() for line in (tick.gridline, tick.tick1line, tick.tick2line)
+               if line.get_visible()]
+        for axis in (ax.xaxis, ax.yaxis)
+    }  # fmt: skip
+    drawn = [*ax.images, *ax.spines.values()]
+    ordered = sorted((child for child in ax.get_children() if child in drawn or child in lines), key=lambda a: a.get_zorder())
+    return [line for child in ordered for line in lines.get(child, [child])]
+
+
 def save(fig: Figure, path: Path) -> Path:
     """Write `fig` as a PNG at `path`."""
     FigureCanvasAgg(fig).print_png(path)
     return path
 
 
+def save_pixels(pixels: np.ndarray, path: Path) -> Path:
+    """Write RGBA `pixels` of a figure as a PNG at `path`, the file `save` writes for that figure."""
+    imsave(path, pixels, format="png", origin="upper", dpi=DPI)
+    return path
+
+
 def write_pngs(out_dir: Path, panels: Panels, tokens: Sequence[str], per_head: bool) -> list[Path]:
     """`overview.png` plus `layer_{l}.png` (all columns of a row) or, with `per_head`, `layer_{l}_head_{h}.png`."""
     written = [save(overview_figure(panels), out_dir / "overview.png")]
-    for r, layer in enumerate(panels.rows):
-        titles = [f"layer {layer} · {column_title(head)}" for head in panels.cols]
-        if per_head:
-            for c, head in enumerate(panels.cols):
-                fig = layer_figure(panels.maps[r, c : c + 1], titles[c : c + 1], tokens)
-                written.append(save(fig, out_dir / f"layer_{layer}_head_{head}.png"))
-        else:
-            written.append(save(layer_figure(panels.maps[r], titles, tokens), out_dir / f"layer_{layer}.png"))
+    titles = [[f"layer {layer} · {column_title(head)}" for head in panels.cols] for layer in panels.rows]
+    if per_head:
+        maps = panels.maps.flatten(0, 1).unsqueeze(1)  # one single-panel figure per head
+        titles = [[title] for row in titles for title in row]
+        names = [f"layer_{layer}_head_{head}.png" for layer in panels.rows for head in panels.cols]
+    else:
+        maps, names = panels.maps, [f"layer_{layer}.png" for layer in panels.rows]
+    for name, pixels in zip(names, layer_pixels(maps, titles, tokens)):
+        written.append(save_pixels(pixels, out_dir / name))
     return written

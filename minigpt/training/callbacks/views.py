@@ -126,9 +126,10 @@ class AttentionLogger(RankZeroView):
         analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
         panels = analysis.png
         images = {"attention/overview": heatmaps.figure_pixels(heatmaps.overview_figure(panels))}
-        titles = [heatmaps.column_title(c) for c in panels.cols]
-        for r, layer in enumerate(panels.rows):  # each layer's heads, with the probe's tokens on both axes
-            images[f"attention/layer_{layer}"] = heatmaps.figure_pixels(heatmaps.layer_figure(panels.maps[r], titles, analysis.tokens))
+        titles = [[heatmaps.column_title(c) for c in panels.cols]] * len(panels.rows)
+        layers = heatmaps.layer_pixels(panels.maps, titles, analysis.tokens)  # each layer's heads, the probe's tokens on both axes
+        for layer, pixels in zip(panels.rows, layers):
+            images[f"attention/layer_{layer}"] = pixels[..., :3]
         step = trainer.global_step
         for writer in writers:
             for tag, image in images.items():
