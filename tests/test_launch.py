@@ -153,3 +153,27 @@ def test_a_bad_option_under_torchrun_gives_rank_0_time_to_say_it(env, rank, wait
     assert slept == ([launch.REPORT_GRACE_S] if waits else [])
     said = capsys.readouterr().err
     assert ("error: torchrun started 2 processes" in said) is not waits  # rank 0 says it; the others stay quiet
+
+
+@pytest.mark.parametrize("rank, waits", [("1", True), ("0", False)])
+def test_a_stop_during_training_under_torchrun_gives_rank_0_time_to_say_it(env, rank, waits, capsys):
+    """The same race once training runs: a divergence, a setting Lightning rejects or a signal stops every
+    process alike, and a rank other than 0 (which `explained_stops` keeps quiet) must not exit first."""
+    import minigpt.training.run
+    from minigpt.cli import run
+    from minigpt.cli.train import main
+    from minigpt.errors import MiniGPTError, ReportedByRankZero
+
+    for name, value in {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                        "TORCHELASTIC_RUN_ID": "x"}.items():  # fmt: skip
+        env.setenv(name, value)
+
+    def diverges(config, **_):  # what explained_stops raises in each process for a divergence
+        raise MiniGPTError("training diverged at step 3") if rank == "0" else ReportedByRankZero(2)
+
+    env.setattr(minigpt.training.run, "train", diverges)
+    slept = []
+    env.setattr(launch.time, "sleep", slept.append)
+    assert run(main, ["--trainer.devices", "2", "--trainer.accelerator", "cpu"]) == 2
+    assert slept == ([launch.REPORT_GRACE_S] if waits else [])
+    assert ("error: training diverged" in capsys.readouterr().err) is not waits

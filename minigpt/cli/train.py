@@ -51,7 +51,9 @@ def main(argv: Sequence[str]) -> None:
 
     try:
         train(config, setup_process=configure_process)
-    except BaseException:
+    except BaseException as stop:
+        if isinstance(stop, ReportedByRankZero):  # a divergence, a bad setting, a signal: every process meets it
+            launch.let_rank_zero_report()
         launch.wait_for_rank_zero()
         raise
 

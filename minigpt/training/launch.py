@@ -162,7 +162,8 @@ def shared_run_folder() -> str | None:
 
 def let_rank_zero_report() -> None:
     """In a process that a launcher outside minigpt started (torchrun, srun), other than global rank 0, that
-    stops for a reason every process meets alike (a bad option): wait up to `REPORT_GRACE_S` before exiting.
+    stops for a reason every process meets alike (a bad option, a divergence, a signal): wait up to
+    `REPORT_GRACE_S` before exiting.
     torchrun stops every process as soon as one fails, and this one may fail first (its start-up was a moment
     quicker), which would cut off rank 0's one-line explanation; rank 0's exit ends the wait (torchrun stops
     this process then)."""
