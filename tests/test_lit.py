@@ -300,6 +300,16 @@ def test_fused_adamw_updates_equal_the_per_tensor_loop():
         torch.testing.assert_close(p.detach(), r.detach(), atol=1e-6, rtol=1e-5)
 
 
+def test_validation_batches_stay_cache_sized_on_a_cpu_and_large_on_a_gpu():
+    from minigpt.training.datamodule import CPU_EVAL_LOGITS, MAX_EVAL_BATCH, eval_batch_size
+
+    cpu = eval_batch_size(16, 64, 257, "cpu")  # the shakespeare_cpu model
+    assert 16 < cpu and cpu * 64 * 257 <= CPU_EVAL_LOGITS
+    assert eval_batch_size(16, 64, 257, "cuda") == MAX_EVAL_BATCH
+    assert eval_batch_size(16, 1024, 50304, "cuda") == 16  # never below the training batch
+    assert eval_batch_size(64, 128, 257, "cpu") == 64
+
+
 def test_validation_loss_does_not_depend_on_the_evaluation_batch(tmp_path):
     """Validation runs in larger batches than training (`eval_batch_size`); the loss is the same mean over windows."""
     import lightning as L
