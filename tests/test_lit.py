@@ -207,9 +207,11 @@ def test_infinite_gradients_stop_training_before_they_reach_the_weights(tmp_path
     assert "diverged at step 2: the gradient norm is inf" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("scale", [100.0, 1e-3], ids=["above-the-limit", "within-it"])
 @pytest.mark.parametrize("algorithm", [None, "norm", "value"])
-def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm):
-    """LitGPT clips itself (so fused AdamW works under bf16); it must equal torch's own clipping."""
+def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm, scale):
+    """LitGPT clips itself (so fused AdamW works under bf16, and it skips the pass that would multiply by 1.0);
+    it must equal torch's own clipping to the bit."""
     import copy
 
     torch.manual_seed(0)
@@ -217,7 +219,7 @@ def test_clipping_gives_the_same_gradients_as_torch_clipping(algorithm):
     reference = copy.deepcopy(module.model)
     batch = torch.randint(0, 257, (4, 17))
     for model in (module.model, reference):
-        (next_token_loss(model, batch) * 100).backward()
+        (next_token_loss(model, batch) * scale).backward()
     module._grad_norm = torch.nn.utils.get_total_norm([p.grad for p in module.model.parameters()])
     module.configure_gradient_clipping(None, 0.5, algorithm)
     if algorithm == "value":
