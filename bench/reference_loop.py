@@ -3,13 +3,14 @@
 It trains minigpt's GPT class on the bytes of a text (nanoGPT's 90/10 split) with AdamW (decayed matrices and
 embeddings, undecayed biases and gains), linear warmup and cosine decay, clipping at 1.0, and evaluates on fixed
 validation windows (`windows` evenly spaced over the validation split) every `every` steps, stopping early once
-the loss is at most `target`. With `seconds` in the recipe it trains for that much wall time from process start
+the loss is at most `target`. With `train_windows`, each evaluation also scores that many windows of the training
+split, as nanoGPT's `estimate_loss` and minigpt's validation do (the gap shows memorisation). With `seconds` in the recipe it trains for that much wall time from process start
 instead of `steps`: it times its first steps and the first evaluation, then sizes the cosine to end in time (how
 nanoGPT's CPU recipe is "stretched" to a budget). The last line it prints is a JSON record of the run.
 
 Usage: python bench/reference_loop.py DATA TARGET RECIPE_JSON
 RECIPE keys: block batch steps warmup lr min_lr every windows run_steps n_layer n_head n_embd weight_decay betas
-fused, and optionally seconds.
+fused, and optionally train_windows and seconds.
 """
 
 import json
@@ -78,6 +79,7 @@ def main() -> None:
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lr, betas=recipe["betas"], fused=recipe["fused"] or None)
     val_x = windows_of(val, block, recipe["windows"])
+    train_x = windows_of(train, block, recipe.get("train_windows", 0)) if recipe.get("train_windows") else None
 
     def rate(step: int) -> float:
         if step < warmup:
@@ -98,12 +100,14 @@ def main() -> None:
             # evaluations included; re-sized at each evaluation of the first half, as the steps settle.
             per_step = (time.perf_counter() - timed_from) / (step - 10)
             if step == 60:  # no evaluation yet: one costs a forward pass per batch, a third of a step
-                per_step *= 1 + len(val_x) / batch / 3 / every
+                scored = len(val_x) + (len(train_x) if train_x is not None else 0)
+                per_step *= 1 + scored / batch / 3 / every
             steps = run_steps = max(step + 1, int(step + (budget - (time.perf_counter() - START)) / per_step))
         if step % every == 0 or step == run_steps:
             v = window_loss(model, val_x, batch)
             history.append((step, round(v, 4)))
-            print(f"step {step}: val loss {v:.4f}", flush=True)
+            seen = f" (training text: {window_loss(model, train_x, batch):.4f})" if train_x is not None else ""
+            print(f"step {step}: val loss {v:.4f}{seen}", flush=True)
             if v <= target:
                 break
     print(json.dumps({"steps": step, "history": history, "seconds": time.perf_counter() - START}))
