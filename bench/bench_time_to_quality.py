@@ -13,9 +13,11 @@
     (b) / (c) measures the engine: the command, Lightning included, against a careful hand-written loop.
 
 Each runs in a fresh process (imports, preparation, validation, samples: everything counts), the three
-alternating for several rounds; the medians and their ratios are reported. `--python` runs every side with
-another interpreter: a user's install has none of the test dependencies (transformers, scikit-learn) that
-Lightning's torchmetrics imports when they are there, ~1 s of start-up in the development virtualenv.
+alternating for several rounds; the medians and their ratios are reported, and for the engine pair the
+median of each round's own ratio too (the machine's speed drifts between rounds more than within one).
+`--python` runs every side with another interpreter: a user's install has none of the test dependencies
+(transformers, scikit-learn) that Lightning's torchmetrics imports when they are there, ~1 s of start-up in
+the development virtualenv.
 Usage: python bench/bench_time_to_quality.py [--rounds 3] [--target 1.89] [--data FILE] [--engine-only]
        [--python INTERPRETER]
 """
@@ -102,7 +104,9 @@ def main() -> None:
           + (f", reference {median['reference']:.1f} s" if "reference" in median else ""))  # fmt: skip
     if "reference" in median:
         print(f"recipe: minigpt / reference = {median['minigpt'] / median['reference']:.2f}")
-    print(f"engine: minigpt / same-recipe loop = {median['minigpt'] / median['same recipe']:.2f}")
+    paired = statistics.median(a / b for a, b in zip(times["minigpt"], times["same recipe"]))
+    print(f"engine: minigpt / same-recipe loop = {median['minigpt'] / median['same recipe']:.2f} "
+          f"(median of the rounds' own ratios: {paired:.2f})")  # fmt: skip
 
 
 def last_step(output: str) -> int:
