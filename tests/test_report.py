@@ -148,7 +148,8 @@ def test_prompt_longer_than_block_size_keeps_the_last_tokens(tiny_checkpoint: Pa
 
 @pytest.mark.parametrize(
     "layers, heads, n_tokens, rc",
-    [(2, 4, 48, {}), (3, 1, 5, {}), (2, 6, 70, {}), (3, 2, 12, {"axes.grid": True, "xtick.direction": "in", "axes.axisbelow": False})],
+    [(2, 4, 48, {}), (3, 1, 5, {}), (2, 6, 70, {}), (2, 2, 1, {}),
+     (3, 2, 12, {"axes.grid": True, "xtick.direction": "in", "axes.axisbelow": False})],
 )  # fmt: skip
 def test_layer_pixels_are_each_layers_own_figure_to_the_byte(layers: int, heads: int, n_tokens: int, rc: dict) -> None:
     # Drawn once and redrawn per layer: every pixel must be what drawing that layer's figure afresh gives,
@@ -161,6 +162,7 @@ def test_layer_pixels_are_each_layers_own_figure_to_the_byte(layers: int, heads:
         fresh = [heatmaps.figure_pixels(heatmaps.layer_figure(m, t, tokens)) for m, t in zip(maps, titles)]
         redrawn = [pixels[..., :3] for pixels in heatmaps.layer_pixels(maps, titles, tokens)]
     assert len(redrawn) == layers
+    assert not list(heatmaps.layer_pixels(maps[:0], [], tokens))
     for layer, (expected, got) in enumerate(zip(fresh, redrawn)):
         assert np.array_equal(expected, got), f"layer {layer}: {(expected != got).any(-1).sum()} pixels differ"
 

@@ -222,6 +222,8 @@ def layer_pixels(maps: Tensor, titles: Sequence[Sequence[str]], tokens: Sequence
     """The (H, W, 4) RGBA pixels of `layer_figure(maps[i], titles[i], tokens)` for each i, the same to the byte,
     drawn from one figure: the tick labels (most of a figure's cost) are laid out and drawn once, and each
     figure after the first redraws only its heatmaps and what lies on them (tick lines, spines) and the titles."""
+    if not len(maps):
+        return
     fig = layer_figure(maps[0], titles[0], tokens)
     canvas = FigureCanvasAgg(fig)
     panels = [ax for ax in fig.axes if ax.images]
