@@ -122,25 +122,38 @@ def test_views_wait_every_s_from_the_start_and_the_final_model_is_always_shown(t
 
 
 def test_attention_logger_draws_each_layer_with_the_probes_tokens_as_labels(tmp_path: Path, monkeypatch) -> None:
-    from minigpt.inspection import heatmaps
+    import io
+
+    import matplotlib.image
+    import numpy as np
+
+    from minigpt.inspection import heatmaps, report
 
     drawn = []
     layer_figure = heatmaps.layer_figure
     monkeypatch.setattr(heatmaps, "layer_figure", lambda maps, titles, tokens: drawn.append(list(tokens)) or layer_figure(maps, titles, tokens))
     sequences = torch.randint(0, 256, (4, 17))
+    module = TinyModule()
     trainer = L.Trainer(
-        max_steps=2, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+        max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
         logger=TensorBoardLogger(tmp_path, name="tb", version=""), callbacks=[AttentionLogger(
             tokenizer.byte_tokenizer(), "To be, or not", every_s=0)],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
     )  # fmt: skip
-    trainer.fit(TinyModule(), DataLoader(sequences, batch_size=2), DataLoader(sequences[:2], batch_size=2))
+    trainer.fit(module, DataLoader(sequences, batch_size=2), DataLoader(sequences[:2], batch_size=2))
 
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
     assert {"attention/layer_0", "attention/layer_1"} <= set(events.Tags()["images"])
-    assert drawn == [list("To be, or not")]  # laid out once, then redrawn with each layer's maps
-    pngs = [events.Images(f"attention/layer_{layer}")[-1].encoded_image_string for layer in (0, 1)]
-    assert pngs[0] != pngs[1]
+    assert [e.step for e in events.Images("attention/layer_1")] == [2, 4]
+    assert drawn == [list("To be, or not")]  # laid out once in the run, then redrawn with each view's maps
+    # The last view's images are what a fresh figure of the final model's maps shows.
+    analysis = report.analyse(module.model, tokenizer.byte_tokenizer(), list(b"To be, or not"))
+    titles = [heatmaps.column_title(c) for c in analysis.png.cols]
+    for r in range(2):
+        png = events.Images(f"attention/layer_{r}")[-1].encoded_image_string
+        logged = np.round(matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3] * 255).astype(np.uint8)
+        fresh = heatmaps.figure_pixels(layer_figure(analysis.png.maps[r], titles, analysis.tokens))
+        assert np.array_equal(logged, fresh)
 
 
 def test_the_attention_probe_is_a_window_of_varied_text_not_a_banner(tmp_path: Path) -> None:

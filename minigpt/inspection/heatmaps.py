@@ -220,33 +220,50 @@ def figure_pixels(fig: Figure) -> np.ndarray:
 
 def layer_pixels(maps: Tensor, titles: Sequence[Sequence[str]], tokens: Sequence[str]) -> Iterator[np.ndarray]:
     """The (H, W, 4) RGBA pixels of `layer_figure(maps[i], titles[i], tokens)` for each i, the same to the byte,
-    drawn from one figure: the tick labels (most of a figure's cost) are laid out and drawn once, and each
-    figure after the first redraws only its heatmaps and what lies on them (tick lines, spines) and the titles."""
+    drawn from one `LayerCanvas`."""
     if not len(maps):
         return
-    fig = layer_figure(maps[0], titles[0], tokens)
-    canvas = FigureCanvasAgg(fig)
-    panels = [ax for ax in fig.axes if ax.images]
-    # Each panel's artists that lie on its heatmap, in the order Axes.draw draws them, are left out of the
-    # background; its title is emptied instead (a hidden title would be moved by Axes.draw).
-    redrawn = [_drawn_over(ax) for ax in panels]
-    for artist in (a for group in redrawn for a in group):
-        artist.set_visible(False)
-    for ax in panels:
-        ax.title.set_text("")
-    canvas.draw()
-    background = canvas.copy_from_bbox(fig.bbox)
-    for artist in (a for group in redrawn for a in group):
-        artist.set_visible(True)
+    canvas = LayerCanvas(maps[0], titles[0], tokens)
     for heatmaps, names in zip(maps, titles):
-        canvas.restore_region(background)
-        for ax, group, heatmap, name in zip(panels, redrawn, heatmaps, names):
+        yield canvas.pixels(heatmaps, names)
+
+
+class LayerCanvas:
+    """A labelled layer figure (`layer_figure`) laid out and drawn once, then redrawn for any maps of the same
+    shape: its tick labels, most of a figure's cost, are drawn once; each figure redraws only its heatmaps, what
+    lies on them (tick and grid lines, spines) and its titles. The pixels are those of a fresh figure."""
+
+    def __init__(self, maps: Tensor, titles: Sequence[str], tokens: Sequence[str]) -> None:
+        self.shape, self.tokens = tuple(maps.shape), list(tokens)
+        fig = layer_figure(maps, titles, tokens)
+        self._canvas = FigureCanvasAgg(fig)
+        self._panels = [ax for ax in fig.axes if ax.images]
+        # Each panel's artists that lie on its heatmap, in the order Axes.draw draws them, are left out of the
+        # background; its title is emptied instead (a hidden title would be moved by Axes.draw).
+        self._redrawn = [_drawn_over(ax) for ax in self._panels]
+        for artist in (a for group in self._redrawn for a in group):
+            artist.set_visible(False)
+        for ax in self._panels:
+            ax.title.set_text("")
+        self._canvas.draw()
+        self._background = self._canvas.copy_from_bbox(fig.bbox)
+        for artist in (a for group in self._redrawn for a in group):
+            artist.set_visible(True)
+
+    def fits(self, maps: Tensor, tokens: Sequence[str]) -> bool:
+        """True when `maps` and `tokens` can be drawn on this canvas: the same shape and labels."""
+        return tuple(maps.shape) == self.shape and list(tokens) == self.tokens
+
+    def pixels(self, maps: Tensor, titles: Sequence[str]) -> np.ndarray:
+        """The (H, W, 4) RGBA pixels of `layer_figure(maps, titles, tokens)`."""
+        self._canvas.restore_region(self._background)
+        for ax, group, heatmap, name in zip(self._panels, self._redrawn, maps, titles):
             ax.images[0].set_data(heatmap.numpy())
             ax.title.set_text(name)
             for artist in group:
                 ax.draw_artist(artist)
             ax.draw_artist(ax.title)
-        yield np.asarray(canvas.buffer_rgba()).copy()
+        return np.asarray(self._canvas.buffer_rgba()).copy()
 
 
 def _drawn_over(ax: Axes) -> list[Artist]:

@@ -115,6 +115,7 @@ class AttentionLogger(RankZeroView):
             raise ValueError("AttentionLogger needs a non-empty probe_text")
         self.tokenizer = tokenizer
         self.layers = layers
+        self._canvas = None  # the labelled layer figure, laid out at the first view (heatmaps.LayerCanvas)
 
     @rank_zero_only
     def show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -126,10 +127,11 @@ class AttentionLogger(RankZeroView):
         analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
         panels = analysis.png
         images = {"attention/overview": heatmaps.figure_pixels(heatmaps.overview_figure(panels))}
-        titles = [[heatmaps.column_title(c) for c in panels.cols]] * len(panels.rows)
-        layers = heatmaps.layer_pixels(panels.maps, titles, analysis.tokens)  # each layer's heads, the probe's tokens on both axes
-        for layer, pixels in zip(panels.rows, layers):
-            images[f"attention/layer_{layer}"] = pixels[..., :3]
+        titles = [heatmaps.column_title(c) for c in panels.cols]
+        if self._canvas is None or not self._canvas.fits(panels.maps[0], analysis.tokens):
+            self._canvas = heatmaps.LayerCanvas(panels.maps[0], titles, analysis.tokens)  # kept for the next views
+        for r, layer in enumerate(panels.rows):  # each layer's heads, with the probe's tokens on both axes
+            images[f"attention/layer_{layer}"] = self._canvas.pixels(panels.maps[r], titles)[..., :3]
         step = trainer.global_step
         for writer in writers:
             for tag, image in images.items():
