@@ -21,7 +21,8 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,20 +234,34 @@ def run_tasks(
         raise MiniGPTError(f"limit {limit} is out of range: use at least 1 document per task")
     if num_fewshot is not None and num_fewshot < 0:
         raise MiniGPTError(f"num_fewshot {num_fewshot} is out of range: use 0 or more")
-    from lm_eval.evaluator import simple_evaluate  # seconds to import: only once tasks are run
+    from lm_eval import evaluator  # seconds to import: only once tasks are run
 
     manager = _task_manager(names, include_path)
     lm = HarnessLM(model, tokenizer, batch_size)
     try:
-        raw = simple_evaluate(
-            model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, log_samples=False,
-            batch_size=batch_size,
-        )  # fmt: skip
+        with _no_git_lookup(evaluator):
+            raw = evaluator.simple_evaluate(
+                model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, log_samples=False,
+                batch_size=batch_size,
+            )  # fmt: skip
     except (ConnectionError, FileNotFoundError) as err:  # a task's dataset is missing or out of reach
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MiniGPTError(f"a task's dataset could not be loaded ({first}): check the network or its data files") from None
     assert raw is not None  # one process: rank 0
     return TaskResults.from_lm_eval(source, raw)
+
+
+@contextmanager
+def _no_git_lookup(evaluator: Any) -> Iterator[None]:
+    """lm-eval records `git describe` run in the working directory as its results' ``git_hash``: the commit of
+    whatever repository the user stands in, nothing of the model's, and outside any repository git prints
+    "fatal: not a git repository" on the user's terminal. Within this block the hash is left out (None)."""
+    lookup = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = lookup
 
 
 def _task_names(tasks: str | Sequence[str]) -> list[str]:

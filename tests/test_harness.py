@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import minigpt
-from minigpt import checkpoint, tokenizer
+from minigpt import tokenizer
 from minigpt.cli import run
 from minigpt.cli.eval import main
 from minigpt.model import GPT
@@ -188,6 +188,21 @@ def test_local_tasks_score_offline_as_the_brute_force_says(tmp_path: Path, tiny_
     assert scores["tiny_choice", "acc"].value == pytest.approx(sum(p == r["answer"] for p, r in zip(picks, ROWS)) / 4)
     assert scores["tiny_choice", "acc"].n == 4 and scores["tiny_choice", "acc"].stderr is not None
     assert ("tiny_next", "acc") in scores  # acc of a loglikelihood task: whether greedy decoding gives the target
+
+
+def test_outside_a_git_repository_git_prints_nothing(
+    tmp_path: Path, tiny_model: GPT, offline: None, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    # lm-eval runs `git describe` in the working directory: outside a repository git printed "fatal: not a git
+    # repository" on the user's terminal.
+    tasks = write_tasks(tmp_path / "tasks")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # never the repository of a folder above
+
+    results = harness.run_tasks(tiny_model, tokenizer.byte_tokenizer(), ["tiny_choice"], include_path=tasks, limit=2)
+
+    assert results.scores and "not a git repository" not in capfd.readouterr().err
 
 
 def cli(argv: list[str]) -> tuple[int, str, str]:
