@@ -101,6 +101,22 @@ def test_an_unusable_destination_is_one_line_exit_2_and_nothing_changes(tmp_path
     assert tree(tmp_path) == before
 
 
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    # What safetensors raises when the disk fills while it writes (seen on a 512 KiB tmpfs): its own error, not
+    # an OSError, which went through as a traceback and exit 1.
+    from safetensors import SafetensorError
+
+    def full(state, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 100)  # part of the file was written
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(hf_export, "save_file", full)
+    code, err = export_cli(tiny_checkpoint, tmp_path / "hf", capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot export to {tmp_path / 'hf'}: No space left on device; free some space" in err
+    assert os.listdir(tmp_path) == [tiny_checkpoint.name]  # neither the folder nor its temporary twin
+
+
 def test_dot_is_refused_in_one_line_and_the_current_folder_stays(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     here = tmp_path / "here"
     here.mkdir()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import tiktoken
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -142,6 +143,8 @@ def _write_error(out: Path, err: OSError) -> MiniGPTError:
     parent = Path(os.path.abspath(out)).parent
     if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.lexists(out):
         return MiniGPTError(f"cannot export to {out}: another export wrote it meanwhile, and it is kept; pass a new folder")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MiniGPTError(f"cannot export to {out}: {err.strerror}; free some space or pass a folder on another disk")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason = f"{parent} cannot be written ({err.strerror})"
     elif err.errno == errno.ENAMETOOLONG:
@@ -161,10 +164,23 @@ def _write_folder(loaded: checkpoint.Loaded, folder: Path, name: str) -> None:
     _write_json(folder / "config.json", config_to_hf(config, eot, dtype))
     _write_json(folder / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     weights = folder / "model.safetensors"
-    save_file(state, weights, metadata={"format": "pt"})  # transformers needs the format
+    _save_weights(state, weights)
     weights.chmod(stat.S_IMODE((folder / "config.json").stat().st_mode))  # safetensors writes 0600 whatever the umask
     hf_tokenizer.save(enc, folder)
     (folder / "README.md").write_text(model_card(config, enc, name), encoding="utf-8")
+
+
+def _save_weights(state: dict[str, Tensor], path: Path) -> None:
+    """Write `state` as safetensors at `path`. safetensors reports a write the file system refused (a full
+    disk, a quota) as its own SafetensorError, "I/O error: ... (os error N)": raised here as the OSError it is."""
+    try:
+        save_file(state, path, metadata={"format": "pt"})  # transformers needs the format
+    except SafetensorError as err:
+        failed = re.search(r"\(os error (\d+)\)", str(err))
+        if failed is None:
+            raise
+        code = int(failed.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
