@@ -146,6 +146,11 @@ def test_attention_logger_draws_each_layer_with_the_probes_tokens_as_labels(tmp_
     assert {"attention/layer_0", "attention/layer_1"} <= set(events.Tags()["images"])
     assert [e.step for e in events.Images("attention/layer_1")] == [2, 4]
     assert drawn == [list("To be, or not")]  # laid out once in the run, then redrawn with each view's maps
+    import copy
+    import pickle
+
+    logger = next(c for c in trainer.callbacks if isinstance(c, AttentionLogger))
+    assert pickle.loads(pickle.dumps(logger)).ids == logger.ids and copy.deepcopy(logger)._canvas is None
     # The last view's images are what a fresh figure of the final model's maps shows.
     analysis = report.analyse(module.model, tokenizer.byte_tokenizer(), list(b"To be, or not"))
     titles = [heatmaps.column_title(c) for c in analysis.png.cols]
