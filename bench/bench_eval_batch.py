@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from reference_loop import split  # this folder's
 from torch.utils.data import DataLoader
 
 from minigpt.training.datamodule import FixedWindows, eval_batch_size
@@ -39,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     quiet_lightning()
     with tempfile.TemporaryDirectory() as folder:
-        text = np.frombuffer(args.data.read_bytes(), dtype=np.uint8)
-        text[int(len(text) * 0.9) :].astype(np.uint16).tofile(Path(folder) / "val.bin")  # nanoGPT's validation split
+        _, val = split(str(args.data))  # nanoGPT's validation split, as the reference loop takes it
+        val.numpy().astype(np.uint16).tofile(Path(folder) / "val.bin")
         for name, shape in SHAPES.items():
             block, train_batch = shape["block_size"], shape["batch"]
             config = dict(vocab_size=257, block_size=block, n_layer=shape["n_layer"], n_head=4, n_embd=128, dropout=0.0)

@@ -79,7 +79,7 @@ def main() -> None:
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lr, betas=recipe["betas"], fused=recipe["fused"] or None)
     val_x = windows_of(val, block, recipe["windows"])
-    train_x = windows_of(train, block, recipe.get("train_windows", 0)) if recipe.get("train_windows") else None
+    train_x = windows_of(train, block, recipe["train_windows"]) if recipe.get("train_windows") else None
 
     def rate(step: int) -> float:
         if step < warmup:

@@ -163,11 +163,6 @@ class SampleLogger(RankZeroView):
         super().__init__(every_s)
         self.tokenizer, self.settings = tokenizer, settings
 
-    def __getstate__(self) -> dict:
-        # A drawn figure cannot be pickled (ddp_spawn pickles callbacks, and a notebook may copy them): it is
-        # laid out again where it is needed.
-        return {**self.__dict__, "_canvas": None}
-
     @rank_zero_only
     def show(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writers = _tensorboard_writers(trainer, pl_module.model)
