@@ -108,7 +108,8 @@ def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | 
 
 def claim_run_folder(config: TrainConfig) -> RunFolder:
     """The run folder, locked: the resumed run's, the one asked for (if it holds no run yet), or a fresh
-    runs/<config name>[-N]. A folder that holds a run, or that another process is using, is never reused."""
+    runs/<config name>[-N]. A folder that holds a run, that another process is using, or that has files of its
+    own that a run would overwrite (`RunFolder.others`) is never used."""
     if config.resume:
         return RunFolder(Path(config.resume).parent.resolve()).acquire()
     if config.out_dir:
@@ -118,6 +119,12 @@ def claim_run_folder(config: TrainConfig) -> RunFolder:
             raise MiniGPTError(
                 f"{folder.path} already holds a trained run; continue it with --resume {folder.path} "
                 "or choose another --out_dir"
+            )
+        if folder.others:
+            folder.release()
+            raise MiniGPTError(
+                f"{folder.path} already has {', '.join(folder.others)}, which a run would overwrite; "
+                "move them or choose another --out_dir"
             )
         folder.clear_leftovers()
         return folder
@@ -130,7 +137,7 @@ def claim_run_folder(config: TrainConfig) -> RunFolder:
             folder = RunFolder(path).acquire()
         except InUse:
             continue
-        if not holds_run(folder.path):  # no run appeared between the check and the lock
+        if not holds_run(folder.path) and not folder.others:  # no run appeared between the check and the lock
             folder.clear_leftovers()
             return folder
         folder.release()

@@ -3,7 +3,9 @@
 A claimed folder holds a ``.lock`` file locked with ``flock``: the kernel releases it when its process
 dies (even by ``kill -9``), so a stale lock can never block a folder. A folder "holds a run" once it has a
 checkpoint; a ``config.yaml`` or TensorBoard files without one are leftovers of a run that failed before
-saving anything, and are cleared when such a run ends or the folder is claimed afresh.
+saving anything, and are cleared when such a run ends or the folder is claimed afresh. Files of those names
+that no run wrote (a user's own ``README.md`` in the folder given as ``--out_dir``) are never touched: such a
+folder is refused.
 """
 
 from __future__ import annotations
@@ -45,12 +47,16 @@ class RunFolder:
         self.path = Path(path)
         self._lock_fd: int | None = None
         self._created: Path | None = None  # the topmost folder acquiring had to create
+        self.others: list[str] = []
+        """Names a run writes (`LEFTOVERS`) that were in the folder when it was acquired and that no run of
+        minigpt left: someone else's files, which a run must not overwrite nor a release remove."""
 
     def acquire(self) -> RunFolder:
         """Create and lock the folder; `InUse` if another process holds it, `MiniGPTError` if it is unusable."""
         self._created = _first_missing(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            killed_run_was_here = (self.path / LOCK_NAME).exists()  # a live run's lock makes _lock refuse
             self._lock()
         except InUse:
             self._remove_created()
@@ -62,11 +68,13 @@ class RunFolder:
             ) from None
         for stale in self.path.glob(TEMP_GLOB):
             stale.unlink(missing_ok=True)
+        if not killed_run_was_here and not holds_run(self.path):
+            self.others = sorted(name for name in LEFTOVERS if os.path.lexists(self.path / name))
         return self
 
     def release(self) -> None:
         """Unlock; clear what a run that saved no checkpoint left (see the class docstring)."""
-        if not holds_run(self.path):
+        if not holds_run(self.path) and not self.others:
             self.clear_leftovers()
         self._unlock()
         if not holds_run(self.path):
