@@ -309,3 +309,46 @@ def test_resume_starts_from_the_runs_config_and_names_its_checkpoint_file(tmp_pa
     (run_dir / "last.ckpt").touch()
     cfg = parse(["--resume", str(run_dir), "--batch_size", "3"])
     assert (cfg.resume, cfg.model.n_layer, cfg.batch_size) == (str(run_dir / "last.ckpt"), 3, 3)
+
+
+def test_an_out_dir_with_files_a_run_would_write_is_refused_and_they_are_kept(tmp_path, capsys):
+    """A user's own README.md (or config.yaml, tb/ ...) in --out_dir: refused, and neither a failed run nor
+    the refusal removes them; other files there are no obstacle."""
+    from tests.helpers import train_in_process as train
+
+    mine = {"README.md": "my notes", "config.yaml": "mine: 1", "notes.txt": "keep"}
+    for out in ("given", "fails"):
+        for name, text in mine.items():
+            (tmp_path / out).mkdir(exist_ok=True)
+            (tmp_path / out / name).write_text(text)
+    (tmp_path / "given" / "tb").mkdir()
+    assert train(tmp_path, "given") == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'given'} already has README.md, config.yaml, tb, which a run would overwrite" in err
+    assert user_error(capsys, ["--data", str(tmp_path / "missing.txt"), "--out_dir", str(tmp_path / "fails")])
+    for out in ("given", "fails"):
+        assert {name: (tmp_path / out / name).read_text() for name in mine} == mine
+    assert sorted(p.name for p in (tmp_path / "given").iterdir()) == ["README.md", "config.yaml", "notes.txt", "tb"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep")
+    assert train(tmp_path, "other") == 0 and (tmp_path / "other" / "notes.txt").read_text() == "keep"
+
+
+def test_a_killed_runs_leftovers_are_cleared_when_its_folder_is_claimed_again(tmp_path, monkeypatch):
+    """kill -9 before the first checkpoint leaves the lock file, config.yaml and tb/: the run's own files."""
+    from minigpt.training.run import claim_run_folder
+    from minigpt.training.run_folder import LOCK_NAME
+
+    folder = tmp_path / "run"
+    (folder / "tb").mkdir(parents=True)
+    for name in (LOCK_NAME, "config.yaml", "metrics.csv"):
+        (folder / name).write_text("x")
+    cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml"), "--out_dir", str(folder)])
+    with claim_run_folder(cfg) as claimed:
+        assert sorted(p.name for p in claimed.path.iterdir()) == [LOCK_NAME]
+    monkeypatch.chdir(tmp_path)  # the default runs/<config> is passed over when it has someone else's files
+    (tmp_path / "runs" / "shakespeare_cpu").mkdir(parents=True)
+    (tmp_path / "runs" / "shakespeare_cpu" / "README.md").write_text("mine")
+    with claim_run_folder(parse(["--config", "shakespeare_cpu"])) as claimed:
+        assert claimed.path == Path("runs/shakespeare_cpu-2")
+    assert (tmp_path / "runs" / "shakespeare_cpu" / "README.md").read_text() == "mine"
