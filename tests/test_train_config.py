@@ -60,6 +60,53 @@ def test_a_bad_value_from_python_is_the_commands_one_line_error(overrides, optio
     assert str(from_python.value) == str(from_command.value) and "\n" not in str(from_python.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_steps": 5}, """unknown option 'max_steps'; did you mean trainer={"max_steps": ...}?"""),
+        ({"model": {"n_layers": 1}}, """unknown option 'model.n_layers'; did you mean model={"n_layer": ...}?"""),
+        ({"lr": 1e-3}, """unknown option 'lr'; did you mean optim={"lr": ...}?"""),
+        ({"batchsize": 4}, "unknown option 'batchsize'; did you mean batch_size=...?"),
+        ({"data": object()}, "data takes text, a number or true/false, got object"),
+    ],
+)
+def test_an_unknown_keyword_names_the_option_as_python_spells_it(overrides, message):
+    with pytest.raises(MiniGPTError) as err:
+        TrainConfig.load(**overrides)
+    assert str(err.value) == message
+
+
+def test_paths_and_numpy_numbers_are_the_values_they_hold(tmp_path):
+    import numpy as np
+
+    config = TrainConfig.load(data=tmp_path / "my.txt", out_dir=tmp_path / "run", trainer={"max_steps": np.int64(5)},
+                              optim={"lr": np.float64(1e-3)}, model={"dropout": np.float32(0.5)})  # fmt: skip
+    assert (config.data, config.out_dir) == (str(tmp_path / "my.txt"), str(tmp_path / "run"))
+    assert (config.trainer["max_steps"], config.optim.lr, config.model.dropout) == (5, 1e-3, 0.5)
+    assert type(config.trainer["max_steps"]) is int
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: setattr(c, "batch_size", 2.5), "--batch_size must be a whole number, got 2.5"),
+        (lambda c: setattr(c, "seed", "1"), "--seed must be a whole number, got '1'"),
+        (lambda c: setattr(c, "data", None), "--data must be text, got None"),
+        (lambda c: setattr(c, "compile", 1), "--compile must be true or false or unset, got 1"),
+        (lambda c: setattr(c.model, "n_layer", "1"), "--model.n_layer must be a whole number, got '1'"),
+        (lambda c: setattr(c.optim, "name", "sgd"), "--optim.name must be one of adamw, muon, got 'sgd'"),
+        (lambda c: setattr(c.optim, "lr", -1.0), "--optim.lr must be a positive number, got -1.0"),
+        (lambda c: c.trainer.update(max_steps=2.5), "set --trainer.max_steps to a positive whole number"),
+    ],
+)
+def test_a_config_changed_in_python_is_checked_again_before_training(change, message):
+    config = TrainConfig.load(data="my.txt", trainer={"max_steps": 5})
+    change(config)
+    with pytest.raises(MiniGPTError) as err:
+        config.validate()
+    assert str(err.value) == message
+
+
 def test_an_unknown_config_name_from_python_is_the_commands_error():
     with pytest.raises(MiniGPTError, match="no config 'nope': give a YAML file"):
         TrainConfig.load("nope")

@@ -13,10 +13,12 @@ that `TrainConfig` can be built, read and written where Lightning is not wanted.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -150,11 +152,11 @@ class TrainConfig:
         `resume="runs/x"` starts from that run's own config, as --resume does. Raises `MiniGPTError`."""
         from minigpt.training.options import config_path, resolve  # it builds on TrainConfig: imported on use
 
-        files = ["--config", config_path(str(config))] if config is not None else []
+        files = ["--config", config_path(os.fspath(config))] if config is not None else []
         # A YAML text is a config too: the values keep their Python types, and resolve exactly as the command's.
-        values = ["--config", yaml.safe_dump(overrides, sort_keys=False)] if overrides else []
+        values = ["--config", yaml.safe_dump(_as_yaml(overrides), sort_keys=False)] if overrides else []
         given = {f"{key}.{sub}" for key in GROUPS if isinstance(overrides.get(key), Mapping) for sub in overrides[key]}
-        return resolve([*files, *values], given | {key for key in overrides if key not in GROUPS})
+        return resolve([*files, *values], given | {key for key in overrides if key not in GROUPS}, overrides)
 
     @classmethod
     def from_options(cls, options: Sequence[str]) -> TrainConfig:
@@ -193,6 +195,7 @@ class TrainConfig:
         """Check every value before anything is written, in every process alike (only rank 0 reports): ranges
         here, the data's, model's and optimizer's own checks, and what this machine can do. Raises
         `MiniGPTError` naming the option."""
+        _check_types(self)
         _check_ranges(self)
         if self.val_data is None:
             check_val_fraction(self.val_fraction, "--val_fraction")
@@ -200,9 +203,66 @@ class TrainConfig:
             model = self.model_config(vocab_size=257)  # the smallest vocabulary; checked again with the real one
         except ValueError as err:
             raise MiniGPTError(f"--model.{err}") from None
+        try:
+            OptimConfig(**asdict(self.optim))  # its ranges again, for a config changed after it was made
+        except ValueError as err:
+            raise MiniGPTError(f"--optim.{err}") from None
         trainer = self.trainer = launch.fit_to_launcher(self.trainer)  # torchrun's or SLURM's processes, or refused
         check_devices(trainer.get("accelerator"), trainer.get("strategy"), trainer.get("devices"))
         check_fits_in_memory(model, self.batch_size, trainer.get("accelerator"))
+
+
+def _as_yaml(value: Any, name: str = "") -> Any:
+    """`value`, an option's (or a group of them), as YAML can hold it: a path as its text, a numpy or torch
+    scalar as the Python number it holds. Raises `MiniGPTError` for what no option takes."""
+    if isinstance(value, Mapping):
+        return {key: _as_yaml(item, f"{name}.{key}" if name else str(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_yaml(item, name) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.float64(0.1), torch.tensor(3)
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise MiniGPTError(f"{name or 'an option'} takes text, a number or true/false, got {type(value).__name__}")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Each option holds its type: a config changed in Python after it was resolved (`config.batch_size = 2.5`)
+    reaches no parser. Whole numbers are ints, numbers ints or floats, never bools."""
+    hints = get_type_hints(TrainConfig)
+    for f in fields(config):
+        if "help" in f.metadata:
+            _check_type(f"--{f.name}", getattr(config, f.name), hints[f.name])
+    for group, kind in (("model", ModelConfig), ("optim", OptimConfig)):
+        hints = get_type_hints(kind)
+        for f in fields(kind):
+            _check_type(f"--{group}.{f.name}", getattr(getattr(config, group), f.name), hints[f.name])
+    if not isinstance(config.trainer, dict):
+        raise MiniGPTError(f"trainer must be a dict of Trainer settings, got {type(config.trainer).__name__}")
+
+
+def _check_type(option: str, value: Any, hint: Any) -> None:
+    kinds = get_args(hint) if get_origin(hint) is UnionType else (hint,)
+    allowed = {
+        int: lambda v: type(v) is int,
+        float: lambda v: type(v) in (int, float),
+        str: lambda v: type(v) is str,
+        bool: lambda v: type(v) is bool,
+        type(None): lambda v: v is None,
+    }
+    for kind in kinds:
+        if get_origin(kind) is Literal:
+            if value in get_args(kind) and type(value) is str:
+                return
+        elif allowed[kind](value):
+            return
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", type(None): "unset"}
+    wanted = " or ".join(
+        f"one of {', '.join(get_args(k))}" if get_origin(k) is Literal else names[k] for k in kinds
+    )
+    raise MiniGPTError(f"{option} must be {wanted}, got {value!r}"[:300])
 
 
 def _check_ranges(config: TrainConfig) -> None:
@@ -220,9 +280,10 @@ def _check_ranges(config: TrainConfig) -> None:
         (c.target_loss is None or (math.isfinite(c.target_loss) and c.target_loss > 0),
          f"--target_loss must be a positive number of nats/token, got {c.target_loss}"),
         (c.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {c.model.n_layer}"),
-        (steps is not None and steps > 0, "set --trainer.max_steps to a positive number"),
+        (type(steps) is int and steps > 0, "set --trainer.max_steps to a positive whole number"),
         # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
-        (accumulate is None or accumulate >= 1, "--trainer.accumulate_grad_batches must be at least 1"),
+        (accumulate is None or (type(accumulate) is int and accumulate >= 1),
+         "--trainer.accumulate_grad_batches must be a whole number, at least 1"),
         (clip is None or clip >= 0, "--trainer.gradient_clip_val must be 0 or more"),
         # Training is one endless stream: a fraction of an epoch never comes. Times (DD:HH:MM:SS) go to Lightning.
         (not isinstance(interval, (int, float)) or (type(interval) is int and interval >= 1),

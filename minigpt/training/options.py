@@ -20,8 +20,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter,
 from minigpt import checkpoint
 from minigpt.errors import MiniGPTError
 from minigpt.model import GPTConfig
-from minigpt.suggest import did_you_mean, option_names
-from minigpt.training.config import OptimConfig, TrainConfig
+from minigpt.suggest import closest_option, did_you_mean, option_names
+from minigpt.training.config import GROUPS, OptimConfig, TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The bundled configs (package data); `default.yaml` holds the recipe a plain run uses."""
@@ -141,10 +141,13 @@ def resume_path(path: str) -> Path:
     return p
 
 
-def resolve(options: list[str], given: set[str]) -> TrainConfig:
+def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, Any] | None = None) -> TrainConfig:
     """`options` (each --config a file or YAML text) applied over the bundled defaults; --resume starts from the
-    run's own config, and from then on names the checkpoint file it resolves to."""
+    run's own config, and from then on names the checkpoint file it resolves to. `keywords`, the options as
+    `TrainConfig.load` takes them, are checked for unknown names first."""
     parser = build_parser()
+    if keywords:
+        _check_keywords(keywords, option_names(parser))
     cfg = _parse_args(parser, options)
     if cfg.resume:  # the same options again, over the resumed run's own config
         resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
@@ -164,6 +167,21 @@ def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
         if message.startswith(UNRECOGNIZED):
             message += did_you_mean(message.removeprefix(UNRECOGNIZED).split(), option_names(parser))
         raise MiniGPTError(message) from None
+
+
+def _check_keywords(keywords: typing.Mapping[str, Any], names: list[str]) -> None:
+    """A keyword (`max_steps=`) or group key (`model={"n_layers": 2}`) that names no option: `MiniGPTError`
+    with the closest real one as Python spells it (`trainer={"max_steps": ...}`)."""
+    keys = []
+    for key, value in keywords.items():
+        grouped = key in GROUPS and isinstance(value, typing.Mapping)
+        keys += [f"{key}.{sub}" for sub in value] if grouped else [key]
+    for key in keys:
+        if f"--{key}" not in names:
+            closest = closest_option(f"--{key}", names)
+            group, _, name = (closest or "")[2:].rpartition(".")
+            spelled = f'{group}={{"{name}": ...}}' if group else f"{name}=..."
+            raise MiniGPTError(f"unknown option {key!r}" + (f"; did you mean {spelled}?" if closest else ""))
 
 
 def _plain(parser: ArgumentParser, cfg: Namespace) -> dict[str, Any]:
