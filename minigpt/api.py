@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 import tiktoken
 import torch
 
-from minigpt import checkpoint, signals
+from minigpt import checkpoint, checks, signals
 from minigpt import tokenizer as tok
 from minigpt.checkpoint import Loaded
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt.device import autocast
+from minigpt.device import resolve as resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import Evaluation, corpus_tokens, score
 from minigpt.hf import pretrained
@@ -45,10 +46,10 @@ if TYPE_CHECKING:
 
 def load(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> MiniGPT:
     """The model of `source`: a minigpt checkpoint or run folder (its best checkpoint, see
-    `minigpt.checkpoint.file_to_use`), a Hugging Face GPT-2 folder, or ``hf:REPO_ID``; on `device`, ready for
-    inference. Every command that takes a model (generate, attention, eval, export, train --init) loads it here.
-    Anything unusable is a `MiniGPTError`."""
-    source, device = os.fspath(source), torch.device(device)
+    `minigpt.checkpoint.file_to_use`), a Hugging Face GPT-2 folder, or ``hf:REPO_ID``; on `device` (cpu, cuda,
+    cuda:N, mps or auto), ready for inference. Every command that takes a model (generate, attention, eval, export,
+    train --init) loads it here. Anything unusable is a `MiniGPTError`."""
+    source, device = checks.path(source, "model source"), resolve_device(device)
     checkpoint.check_lookup(source)
     if pretrained.is_pretrained_source(source):
         return MiniGPT(pretrained.load_pretrained(source, device), source, source)
@@ -97,11 +98,6 @@ def _progress_shown() -> Iterator[None]:
     finally:
         ours.removeHandler(handler)
         ours.setLevel(level)
-
-
-def _check_text(text: object, what: str) -> None:
-    if not isinstance(text, str):
-        raise MiniGPTError(f"the {what} must be a str, got {type(text).__name__}")
 
 
 class MiniGPT:
@@ -162,7 +158,7 @@ class MiniGPT:
     def _pieces(self, prompt: str, settings: SamplingSettings) -> Iterator[tuple[int, str]]:
         """The sampler's (sample, piece) pairs, each computed under the device's autocast, which is left before
         the piece goes to the caller (autocast is a per-thread switch: it must not stay on in the caller's code)."""
-        _check_text(prompt, "prompt")
+        checks.text(prompt, "prompt")
         pieces = stream_pieces(self.model, self.tokenizer, prompt, settings)
         while True:
             with autocast(self.device):
@@ -190,17 +186,14 @@ class MiniGPT:
         attention`` computes them; `layers`/`heads` choose what the maps show (statistics cover every head). The
         result also reads the logit lens (`Attention.logit_lens`) and patches activations from `text` into a corrupted
         text (`Attention.patch`); `Attention.showing` puts either on its page and in its files."""
-        _check_text(text, "text")
+        checks.text(text, "text")
         if aggregate is not None and aggregate not in AGGREGATES:
             raise MiniGPTError(f"unknown aggregate {aggregate!r}: use one of {', '.join(AGGREGATES)}, or None")
+        layers = checks.indices(layers, "layer", self.config.n_layer)
+        heads = checks.indices(heads, "head", self.config.n_head)
         ids = tok.encode(self.tokenizer, text)
         if not ids:
             raise MiniGPTError("the text is empty: give some text to look at")
-        config = self.config
-        for what, chosen, count in (("layer", layers, config.n_layer), ("head", heads, config.n_head)):
-            bad = [i for i in chosen or () if not 0 <= i < count]
-            if bad:
-                raise MiniGPTError(f"{what} {bad[0]} does not exist: the model has {count} {what}s, 0 to {count - 1}")
         # matplotlib: only once maps are asked for
         from minigpt.inspection.attention import Attention
         from minigpt.inspection.report import analyse
@@ -215,8 +208,16 @@ class MiniGPT:
         """The loss of every token of the corpus `data` (a file, folder, glob, ``hf:`` dataset or builtin): ``all``
         of it, as ``minigpt eval`` by default, or its ``val`` or ``train`` split as the model's run made it (with its
         recorded `val_fraction`, unless given)."""
+        data = checks.path(data, "data")
+        stride = None if stride is None else checks.whole_number(stride, "stride")
+        batch_size = checks.whole_number(batch_size, "batch_size")
+        cache = Path(checks.path(cache_dir, "cache_dir")) if cache_dir is not None else None
+        if val_fraction is not None:
+            if split == "all":
+                raise MiniGPTError("val_fraction says how a run split its corpus: give it with split='val' or 'train'")
+            val_fraction = checks.real_number(val_fraction, "val_fraction")
         fraction = val_fraction if val_fraction is not None else self.val_fraction if split != "all" else DEFAULT_VAL_FRACTION
-        tokens = corpus_tokens(data, self.tokenizer, split, fraction, Path(cache_dir) if cache_dir else None)
+        tokens = corpus_tokens(data, self.tokenizer, split, fraction, cache)
         with autocast(self.device):
             result = score(self.model, tokens.ids, stride, batch_size)
         return Evaluation(

@@ -1,10 +1,32 @@
-"""Where inference runs fast: the arithmetic a device gets (no Lightning here; training sets its own precision)."""
+"""Which device a name means, and the arithmetic inference gets there (no Lightning here; training sets its own
+precision)."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from minigpt.errors import MiniGPTError
+
+
+def resolve(name: object, what: str = "device") -> torch.device:
+    """The torch device `name` means: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps, or such a
+    `torch.device`. One this machine does not have, or any other value, is a `MiniGPTError` naming `what`."""
+    spelled = str(name) if isinstance(name, torch.device) else name
+    if not isinstance(spelled, str):
+        raise MiniGPTError(f"{what} must be auto, cpu, cuda, cuda:N or mps, got {type(name).__name__}")
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if spelled == "auto":
+        spelled = "cuda" if cuda else "mps" if mps else "cpu"
+    kind, _, index = spelled.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise MiniGPTError(f"{what} must be auto, cpu, cuda, cuda:N or mps, got {spelled[:40]!r}")
+    if (kind == "cuda" and not cuda) or (kind == "mps" and not mps):
+        raise MiniGPTError(f"{what} {spelled} was asked for but is not available here; use cpu or auto")
+    if index and int(index) >= torch.cuda.device_count():
+        raise MiniGPTError(f"{what} {spelled} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device(spelled)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:

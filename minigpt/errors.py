@@ -13,6 +13,9 @@ class MiniGPTError(Exception):
 USER_ERROR_EXIT = 2
 """The exit code of a `MiniGPTError`."""
 
+NOT_FINITE = "the model's output is not finite (NaN or inf): its weights are broken; use another checkpoint"
+"""What sampling, scoring and attention say of a model whose output is NaN or inf (never a NaN result)."""
+
 
 class Interrupted(Exception):
     """A command stopped by Ctrl-C or SIGTERM after saving its state; the message says how to continue."""

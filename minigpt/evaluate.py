@@ -37,7 +37,7 @@ from minigpt.data.pieces import (
     split_documents,
 )
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction
-from minigpt.errors import MiniGPTError
+from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.model import GPT
 
 SPLITS = ("all", "train", "val")
@@ -66,7 +66,7 @@ class Score:
     @property
     def perplexity(self) -> float:
         """exp(loss); infinite where that overflows a float (a loss above ~709 nats)."""
-        return math.exp(self.loss) if self.loss < 709 else math.inf
+        return math.inf if self.loss >= 709 else math.exp(self.loss)
 
     def bits_per_byte(self, n_bytes: int) -> float:
         """Bits per byte of a text of `n_bytes` UTF-8 bytes (loss × tokens / bytes / ln 2): compares tokenizers."""
@@ -180,4 +180,6 @@ def score(model: GPT, ids: Tensor, stride: int | None = None, batch_size: int = 
                 bar.update(len(batch))
     finally:
         model.train(was_training)
+    if not math.isfinite(nats):
+        raise MiniGPTError(NOT_FINITE)
     return Score(sum(count for _, count in spans), nats)

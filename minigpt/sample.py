@@ -19,6 +19,7 @@ import codecs
 import hashlib
 import logging
 import math
+import numbers
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ import tiktoken
 import torch
 from torch import Tensor
 
+from minigpt import checks
 from minigpt import tokenizer as tok
-from minigpt.errors import MiniGPTError
+from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.model import GPT, KVCache
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.stop, (tuple, list)) or not all(isinstance(s, str) for s in self.stop):
             raise MiniGPTError(f"stop must be a sequence of strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", tuple(self.stop))  # a list (argparse's) becomes immutable like the rest
+        object.__setattr__(self, "stop", tuple(checks.text(s, "stop string") for s in self.stop))  # immutable, as the rest
         self._check_types()
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise MiniGPTError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
@@ -149,13 +151,16 @@ class SamplingSettings:
             raise MiniGPTError("stop strings must not be empty")
 
     def _check_types(self) -> None:
-        """From Python any value can arrive: each must be a number of the field's kind (a bool is no number)."""
+        """From Python any value can arrive: each must be a number of the field's kind (a bool is no number;
+        numpy's numbers are, and are stored as Python's)."""
         kinds = {"max_new_tokens": int, "num_samples": int, "top_k": int, "seed": int}
         for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "num_samples", "seed"):
             value, kind = getattr(self, name), kinds.get(name, float)
             optional = name in ("top_k", "top_p", "seed")
-            allowed = (int,) if kind is int else (int, float)
-            if (value is None and optional) or (type(value) in allowed):
+            if value is None and optional:
+                continue
+            if not isinstance(value, bool) and isinstance(value, numbers.Integral if kind is int else numbers.Real):
+                object.__setattr__(self, name, kind(value))
                 continue
             what = "a whole number" if kind is int else "a number"
             raise MiniGPTError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
@@ -204,7 +209,7 @@ def sample_tokens(
     for _ in range(settings.max_new_tokens):
         logits = next_logits(model, seq, cache)
         if not torch.isfinite(logits).all():  # else multinomial fails deep inside torch, or argmax picks junk
-            raise MiniGPTError("the model's output is not finite (NaN or inf): its weights are broken; use another checkpoint")
+            raise MiniGPTError(NOT_FINITE)
         logits[:, never_ids] = -torch.inf
         logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
         ids = sample_next(logits, generators, settings.temperature, settings.top_k, settings.top_p)

@@ -67,6 +67,27 @@ def test_a_string_stop_is_one_stop_string(lm):
         (lambda lm: lm.attention("a cat").patch("a cow", ".", wrong=""), "the wrong '' is 0 tokens"),
         (lambda lm: lm.attention("a cat").patch(b"a cow", "."), "the corrupted text must be a str, got bytes"),
         (lambda lm: lm.eval("no/such/corpus.txt"), "not found"),
+        # Found by attacking the API: each was a raw TypeError, AttributeError or torch error, or a silent result.
+        (lambda lm: lm.attention(PROMPT, layers=[]), "layers is empty: choose at least one layer"),
+        (lambda lm: lm.attention(PROMPT, heads=[1.5]), "each of heads must be a whole number, got 1.5"),
+        (lambda lm: lm.attention(PROMPT, layers=0), "layers must be a list of whole numbers"),
+        (lambda lm: lm.attention(PROMPT, layers="0"), "layers must be a list of whole numbers"),
+        (lambda lm: lm.attention("\ud800"), "the text is not valid Unicode: a lone surrogate '\\ud800' at character 0"),
+        (lambda lm: lm.generate("ab\udcff"), "the prompt is not valid Unicode"),
+        (lambda lm: lm.generate(PROMPT, stop="\ud800"), "the stop string is not valid Unicode"),
+        (lambda lm: lm.attention(PROMPT).top_heads("entropy", k=-1), "k must be at least 1, got -1"),
+        (lambda lm: lm.attention(PROMPT).top_heads("entropy", k=None), "k must be a whole number, got None"),
+        (lambda lm: lm.attention(PROMPT).save("x", top=1.5), "top must be a whole number, got 1.5"),
+        (lambda lm: lm.attention(PROMPT).save(None), "the folder must be a path"),
+        (lambda lm: lm.attention(PROMPT).ablate(windows=4), "give data (a corpus) with windows"),
+        (lambda lm: lm.attention(PROMPT).ablate(5), "the data must be a path"),
+        (lambda lm: lm.attention(PROMPT).ablate("x.txt", windows=0), "windows must be at least 1, got 0"),
+        (lambda lm: lm.attention(PROMPT).showing(lens="oops"), "logitlens must be what logit_lens() returns, got str"),
+        (lambda lm: lm.eval(None), "the data must be a path"),
+        (lambda lm: lm.eval(b"x"), "the data must be a path (a str or pathlib.Path), got b'x'"),
+        (lambda lm: lm.eval("x.txt", stride=1.5), "stride must be a whole number, got 1.5"),
+        (lambda lm: lm.eval("x.txt", batch_size="8"), "batch_size must be a whole number, got '8'"),
+        (lambda lm: lm.eval("x.txt", val_fraction=0.5), "give it with split='val' or 'train'"),
     ],
 )
 def test_mistakes_are_one_line_user_errors(lm, call, needle):
@@ -78,6 +99,46 @@ def test_mistakes_are_one_line_user_errors(lm, call, needle):
 def test_loading_what_is_not_there_is_a_user_error(tmp_path):
     with pytest.raises(MiniGPTError, match="not found"):
         minigpt.load(tmp_path / "nothing.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("gpu", "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"), ("meta", "got 'meta'"), ("", "got ''"),
+     (None, "device must be auto, cpu, cuda, cuda:N or mps, got NoneType"), (5, "got int"), ("cuda:x", "got 'cuda:x'")],
+)  # fmt: skip
+def test_a_device_that_is_not_one_is_a_user_error(tiny_checkpoint, device, needle):
+    with pytest.raises(MiniGPTError) as err:
+        minigpt.load(tiny_checkpoint, device=device)
+    assert needle in str(err.value)
+
+
+def test_a_gpu_that_is_not_here_is_a_user_error(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MiniGPTError, match="device cuda was asked for but is not available here; use cpu or auto"):
+        minigpt.load(tiny_checkpoint, device="cuda")
+    assert minigpt.load(tiny_checkpoint, device="auto").device.type in ("cpu", "mps")
+
+
+def test_numpy_numbers_and_paths_are_what_they_hold(lm, tmp_path):
+    import numpy as np
+
+    assert lm.generate(PROMPT, max_new_tokens=np.int64(6), temperature=np.float64(0.5), seed=np.int64(2)) == lm.generate(
+        PROMPT, max_new_tokens=6, temperature=0.5, seed=2
+    )
+    att = lm.attention(PROMPT, layers=[np.int64(0)], heads=(0,))
+    assert att.top_heads("entropy", np.int64(1)) == att.top_heads("entropy", 1)
+    assert [p.name for p in att.save(tmp_path / "maps") if p.name.startswith("layer_")] == ["layer_0.png"]
+
+
+def test_a_model_with_nan_weights_gives_no_nan_numbers(lm, tmp_path):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(PROMPT * 20)
+    att = lm.attention(PROMPT)
+    with torch.no_grad():
+        lm.model.transformer.h[0].attn.c_attn.weight[0, 0] = float("nan")
+    for call in (lambda: lm.eval(str(corpus)), lambda: lm.attention(PROMPT), att.ablate, lambda: lm.generate(PROMPT)):
+        with pytest.raises(MiniGPTError, match="the model's output is not finite"):
+            call()
 
 
 def test_attention_is_the_extracted_maps_and_statistics(lm):

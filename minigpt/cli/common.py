@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import torch
 
+from minigpt import device
 from minigpt.errors import MiniGPTError
 from minigpt.suggest import did_you_mean, option_names
 
@@ -69,12 +70,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for --device; asking for a GPU that is not there is a user error."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        name = "cuda" if cuda else "mps" if mps else "cpu"
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise MiniGPTError(f"--device {name} was asked for but is not available here; use --device cpu or auto")
-    return torch.device(name)
+    return device.resolve(name, "--device")
 
 
 def check_stdout_open() -> None:

@@ -11,6 +11,7 @@ text's own tokens (`text_windows`), or the validation split of a corpus that a c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from minigpt import evaluate
-from minigpt.errors import MiniGPTError
+from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.inspection.maps import hooked
 from minigpt.model import GPT
 
@@ -134,6 +135,8 @@ def head_importance(model: GPT, windows: Windows, batch_size: int = 32) -> Impor
     model.eval()
     try:
         base = mean_loss(model, windows, batch_size)
+        if not math.isfinite(base):
+            raise MiniGPTError(NOT_FINITE)
         change = torch.zeros(config.n_layer, config.n_head, dtype=torch.float64)
         for layer in range(config.n_layer):
             for head in range(config.n_head):

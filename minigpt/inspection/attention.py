@@ -12,6 +12,7 @@ from pathlib import Path
 import tiktoken
 import torch
 
+from minigpt import checks
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.inspection import ablation
@@ -57,17 +58,22 @@ class Attention:
     def top_heads(self, kind: str = "previous_token", k: int = 3) -> list[tuple[int, int, float]]:
         """The `k` heads that score highest on `kind` (lowest for entropy) as (layer, head, score)."""
         stats = self.stats
-        if kind not in stats:
+        if not isinstance(kind, str) or kind not in stats:
             raise MiniGPTError(f"unknown statistic {kind!r}: use one of {', '.join(stats)}")
-        return top_heads(stats[kind], k, largest=kind != "entropy")
+        return top_heads(stats[kind], checks.whole_number(k, "k"), largest=kind != "entropy")
 
-    def ablate(self, data: str | None = None, *, windows: int = ablation.DEFAULT_WINDOWS) -> Attention:
+    def ablate(self, data: str | os.PathLike[str] | None = None, *, windows: int | None = None) -> Attention:
         """This attention with each head's importance: how much the loss rises when the head's output is zeroed,
-        on this text, or with `data` on `windows` windows of that corpus's validation split."""
+        on this text, or with `data` on `windows` (default `ablation.DEFAULT_WINDOWS`) windows of that corpus's
+        validation split."""
         block_size = self._model.config.block_size
         if data is None:
+            if windows is not None:
+                raise MiniGPTError("windows are drawn from data: give data (a corpus) with windows, or neither")
             return self.ablate_on(ablation.text_windows(self._ids, block_size, "the text"))
-        return self.ablate_on(ablation.corpus_windows(data, self._tokenizer, block_size, self._val_fraction, windows))
+        count = ablation.DEFAULT_WINDOWS if windows is None else checks.whole_number(windows, "windows")
+        spec = checks.path(data, "data")
+        return self.ablate_on(ablation.corpus_windows(spec, self._tokenizer, block_size, self._val_fraction, count))
 
     def ablate_on(self, windows: ablation.Windows) -> Attention:
         """`ablate` measured on any windows (`minigpt.inspection.ablation.text_windows`, `corpus_windows`)."""
@@ -84,8 +90,7 @@ class Attention:
         """Activation patching from this text (the clean one) into `corrupt`, a text of as many tokens: the share of
         the difference in the `answer` token's logit minus the `wrong` token's (default: the mean logit), at the last
         position, that each head's output and the residual stream at each position restore."""
-        if not isinstance(corrupt, str):
-            raise MiniGPTError(f"the corrupted text must be a str, got {type(corrupt).__name__}")
+        checks.text(corrupt, "corrupted text")
         enc = self._tokenizer
         wrong_id = None if wrong is None else one_token(enc, wrong, "wrong")
         corrupt_ids = tok.encode(enc, corrupt)
@@ -94,6 +99,9 @@ class Attention:
     def showing(self, *, lens: LogitLens | None = None, patching: Patching | None = None) -> Attention:
         """This attention with a logit lens (`logit_lens`) and patching results (`patch`) beside the maps: on the page,
         in `save`'s files (logit_lens.png; patching_*.png and heads.json's ``patching``)."""
+        for value, kind, made_by in ((lens, LogitLens, "logit_lens()"), (patching, Patching, "patch()")):
+            if value is not None and not isinstance(value, kind):
+                raise MiniGPTError(f"{kind.__name__.lower()} must be what {made_by} returns, got {type(value).__name__}")
         shown = dataclasses.replace(self.analysis, lens=lens or self.lens, patching=patching or self.patching)
         return Attention(shown, self._model, self._tokenizer, self._ids, self._val_fraction)
 
@@ -110,7 +118,10 @@ class Attention:
     def save(self, folder: str | os.PathLike[str], *, per_head: bool = False, top: int = 3) -> list[Path]:
         """Write the files ``minigpt attention --out folder`` writes (PNGs, attention.html, attention.npz,
         heads.json, importance.png after `ablate`, the lens and patching figures after `showing`); return their paths."""
-        return write_report(Path(folder), self.analysis, per_head=per_head, top=top)
+        if not isinstance(per_head, bool):
+            raise MiniGPTError(f"per_head must be True or False, got {per_head!r}")
+        folder = Path(checks.path(folder, "folder"))
+        return write_report(folder, self.analysis, per_head=per_head, top=checks.whole_number(top, "top"))
 
     def __repr__(self) -> str:
         n_layer, n_head = self.weights.shape[:2]
@@ -123,9 +134,7 @@ class Attention:
 
 def one_token(enc: tiktoken.Encoding, text: object, what: str) -> int:
     """The id of `text`, which must be exactly one token; anything else is a one-line `MiniGPTError` naming `what`."""
-    if not isinstance(text, str):
-        raise MiniGPTError(f"the {what} must be a str (one token), got {type(text).__name__}")
-    ids = tok.encode(enc, text)
+    ids = tok.encode(enc, checks.text(text, what))
     if len(ids) != 1:
         pieces = ", ".join(repr(enc.decode([i])) for i in ids[:5]) or "none"
         raise MiniGPTError(f"the {what} {text[:40]!r} is {len(ids)} tokens ({pieces}): give exactly one token")

@@ -9,6 +9,7 @@ same activations between two runs.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,8 +99,9 @@ def logit_lens(model: GPT, enc: tiktoken.Encoding, ids: Sequence[int], k: int = 
 
     if not 1 <= len(ids) <= model.config.block_size:
         raise MiniGPTError(f"the logit lens reads 1 to {model.config.block_size} tokens, got {len(ids)}")
-    if type(k) is not int or not 1 <= k <= model.config.vocab_size:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= model.config.vocab_size:
         raise MiniGPTError(f"k must be a whole number from 1 to the vocabulary size {model.config.vocab_size}, got {k!r}")
+    k = int(k)
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
     probs, top_ids = [], []

@@ -25,7 +25,7 @@ import tiktoken
 import torch
 from torch import Tensor
 
-from minigpt.errors import MiniGPTError
+from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.inspection import ablation, circuit_figures, heatmaps
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import Importance, Windows
@@ -105,6 +105,8 @@ def analyse(
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     heads = list(range(config.n_head)) if heads is None else list(heads)
     maps = attention.extract(model, ids)
+    if not torch.isfinite(maps.weights).all():
+        raise MiniGPTError(NOT_FINITE)
     selected = maps.weights[:, heads]  # (L, h, T, T)
     columns = [str(h) for h in heads]
     aggregates = {aggregate: attention.aggregate(selected, aggregate)} if aggregate else {}

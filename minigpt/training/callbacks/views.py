@@ -129,7 +129,11 @@ class AttentionLogger(RankZeroView):
             return
         from minigpt.inspection import heatmaps, report  # matplotlib: only once there is something to draw
 
-        analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
+        try:
+            analysis = report.analyse(pl_module.model, self.tokenizer, self.ids, layers=self.layers)
+        except MiniGPTError as err:  # finite but enormous weights can still overflow the attention scores
+            log.warning("step %d: no attention maps logged: %s", trainer.global_step, err)
+            return
         panels = analysis.png
         images = {"attention/overview": heatmaps.figure_pixels(heatmaps.overview_figure(panels))}
         titles = [heatmaps.column_title(c) for c in panels.cols]

@@ -1,0 +1,70 @@
+"""Checks of the values a Python caller hands the library, where any object can arrive: each returns the value
+in its plain form or raises a one-line `MiniGPTError` naming the argument (the command's parsers check theirs)."""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+
+from minigpt.errors import MiniGPTError
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def text(value: object, what: str) -> str:
+    """`value` if it is a str that is valid Unicode: a lone surrogate ("\\ud800") has no UTF-8 bytes, and the
+    tokenizer would silently put U+FFFD in its place."""
+    if not isinstance(value, str):
+        raise MiniGPTError(f"the {what} must be a str, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise MiniGPTError(
+            f"the {what} is not valid Unicode: a lone surrogate {value[err.start]!r} at character {err.start}"
+        ) from None
+    return value
+
+
+def whole_number(value: object, what: str, minimum: int = 1) -> int:
+    """`value` as an int, at least `minimum`; numpy's integers count, a bool does not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise MiniGPTError(f"{what} must be a whole number, got {_shown(value)}")
+    if value < minimum:
+        raise MiniGPTError(f"{what} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def real_number(value: object, what: str) -> float:
+    """`value` as a float; numpy's numbers count, a bool does not (the range is the caller's to check)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise MiniGPTError(f"{what} must be a number, got {_shown(value)}")
+    return float(value)
+
+
+def path(value: object, what: str) -> str:
+    """`value` as a path string: a str or an `os.PathLike` (a `pathlib.Path`)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise MiniGPTError(f"the {what} must be a path (a str or pathlib.Path), got {_shown(value)}")
+    spelled = os.fspath(value)
+    if not isinstance(spelled, str):
+        raise MiniGPTError(f"the {what} must be a path as text, not bytes: got {_shown(value)}")
+    return spelled
+
+
+def indices(value: object, what: str, count: int) -> list[int] | None:
+    """`value`, a sequence of `what`s (layers, heads) numbered 0 to count - 1, as a list; None stays None (all)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise MiniGPTError(f"{what}s must be a list of whole numbers (or None for all), got {_shown(value)}")
+    chosen = [whole_number(i, f"each of {what}s", minimum=0) for i in value]
+    if not chosen:
+        raise MiniGPTError(f"{what}s is empty: choose at least one {what}, or None for all")
+    bad = [i for i in chosen if i >= count]
+    if bad:
+        raise MiniGPTError(f"{what} {bad[0]} does not exist: the model has {count} {what}s, 0 to {count - 1}")
+    return chosen
