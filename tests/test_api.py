@@ -294,3 +294,15 @@ def test_ctrl_c_in_python_training_saves_the_step_and_says_how_to_resume(tmp_pat
 def test_a_source_name_the_file_system_refuses_is_one_line() -> None:
     with pytest.raises(MiniGPTError, match="File name too long"):
         minigpt.load("x" * 300)
+
+
+def test_saving_over_an_earlier_analysis_leaves_only_the_new_ones_files(lm, tmp_path):
+    """A folder holds one analysis: the importance.png and per-head PNGs of an earlier save do not linger
+    beside a later one's heads.json; files that no report writes stay."""
+    folder = tmp_path / "maps"
+    lm.attention(PROMPT).ablate().save(folder, per_head=True)
+    (folder / "notes.txt").write_text("mine")
+    (folder / "layer_0_notes.png").write_text("mine too")
+    written = lm.attention("a cat", layers=[1]).save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in written] + ["notes.txt", "layer_0_notes.png"])
+    assert "importance.png" not in {p.name for p in written} and (folder / "notes.txt").read_text() == "mine"

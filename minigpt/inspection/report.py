@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -122,20 +123,32 @@ def analyse(
     return Analysis(maps, token_strings(enc, maps.ids), png, page, aggregates, stats, importance)
 
 
+REPORT_FILE = re.compile(
+    r"overview\.png|layer_\d+(_head_\d+)?\.png|importance\.png|logit_lens\.png|patching_(heads|residual)\.png"
+    r"|attention\.(html|npz)|heads\.json"
+)
+"""The names of the files `write_report` writes (any report's): what an earlier report in the folder left."""
+
+
 def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, top: int = 3) -> list[Path]:
     """Write the files of `analysis` into `out_dir` (created if needed); return their paths.
 
     `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind.
     The files are written into a temporary folder inside `out_dir` and then moved over its own, so a run that
-    fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was.
+    fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was. Once they are in,
+    the files an earlier report left there that this one does not write (a deeper model's layer_5.png, an
+    importance.png) are removed: the folder shows one analysis. Other files are left alone.
     """
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".writing-", dir=out_dir, ignore_cleanup_errors=True) as staging:
             names = [path.name for path in _write_all(Path(staging), analysis, per_head, top)]
+            earlier = [p for p in out_dir.iterdir() if REPORT_FILE.fullmatch(p.name) and p.name not in names]
             for name in names:
                 os.replace(Path(staging) / name, out_dir / name)
+            for stale in earlier:
+                stale.unlink(missing_ok=True)
     except OSError as err:
         if created:  # nothing but this run's files are in it
             shutil.rmtree(out_dir, ignore_errors=True)
