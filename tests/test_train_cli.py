@@ -352,3 +352,80 @@ def test_a_killed_runs_leftovers_are_cleared_when_its_folder_is_claimed_again(tm
     with claim_run_folder(parse(["--config", "shakespeare_cpu"])) as claimed:
         assert claimed.path == Path("runs/shakespeare_cpu-2")
     assert (tmp_path / "runs" / "shakespeare_cpu" / "README.md").read_text() == "mine"
+
+
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)  # 342 bytes that expand to 9**9 values
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BOMB, " expands to over 100,000 values (YAML aliases): a config holds dozens"),
+        ("a: &a [*a]\n", " has an alias inside its own anchor"),
+        ("model: 5\n", ": model must be a mapping of its options (model: then indented lines)"),
+        ("trainer:\n", ": trainer must be a mapping of its options"),
+        ("- a\n- b\n", " is not a mapping of options (option: value lines)"),
+        ("", " is empty: write option: value lines in it, or leave it out"),
+        ("a: [\n", " is not valid YAML"),
+    ],
+    ids=["alias-bomb", "recursive", "group-not-mapping", "group-null", "list", "empty", "broken"],
+)
+def test_a_crafted_config_file_is_one_line_before_it_is_expanded(tmp_path, capsys, text, message):
+    config = tmp_path / "crafted.yaml"
+    config.write_text(text)
+    for extra in ([], ["--print_config"]):
+        assert user_error(capsys, ["--config", str(config), *extra]).startswith(f"error: config {config}{message}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume", ""], "error: --resume is empty: give a path, or leave the option out"),
+        (["--init", " "], "error: --init is empty: give a path, or leave the option out"),
+        (["--out_dir", ""], "error: --out_dir is empty: give a path, or leave the option out"),
+        (["--trainer.max_steps", str(2**63 - 1)], f"error: --trainer.max_steps must be at most 1e+12, got {2**63 - 1}"),
+        (["--config", "a" * 300 + ".yaml"], "error: cannot use " + "a" * 77 + "... as a config (File name too long)"),
+    ],
+    ids=["resume", "init", "out_dir", "max_steps", "config-name"],
+)
+def test_empty_paths_huge_step_counts_and_overlong_names_are_one_line(capsys, args, message):
+    assert user_error(capsys, args).startswith(message)
+
+
+def test_an_overlong_out_dir_is_one_line_and_leaves_no_folder_behind(tmp_path, capsys):
+    out = tmp_path / "made" / ("a" * 300) / "run"
+    assert user_error(capsys, [*TINY, "--data", "x.txt", "--out_dir", str(out)]).endswith(
+        "as the run folder (File name too long): choose another --out_dir"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "change", [["--model.n_embd", "64"], ["--model.n_head", "4"], ["--model.bias", "false"], ["--tokenizer", "bpe:300"],
+               ["--optim.name", "muon"]],
+    ids=["n_embd", "n_head", "bias", "tokenizer", "optimizer"],
+)  # fmt: skip
+def test_resume_refuses_what_it_cannot_apply_and_leaves_the_run_as_it_was(tmp_path, capsys, change):
+    """It used to crash loading the weights (exit 1), or (n_head, tokenizer) silently keep the run's own."""
+    from tests.helpers import train_in_process as train
+
+    assert train(tmp_path, "run") == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.ckpt")}
+    capsys.readouterr()
+    message = user_error(capsys, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "8", *change])
+    assert message.startswith(f"error: {change[0]} cannot change when resuming (the run has ")
+    assert message.endswith("start a new run with --init RUN")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.ckpt")} == before
+    assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "8", "--samples", "0", "--model.n_layer", "2"]) == 0
+
+
+@pytest.mark.parametrize(
+    "option", ["limit_train_batches 0", "overfit_batches 1", "check_val_every_n_epoch 0", "max_epochs 3", "min_epochs 1"]
+)
+def test_trainer_options_counted_in_epochs_are_refused_before_training(capsys, option):
+    """They crashed mid-fit (a ZeroDivisionError, a missing README.md) or meant nothing: there are no epochs."""
+    name, value = option.split()
+    message = user_error(capsys, ["--data", "x.txt", f"--trainer.{name}", value])
+    assert message.startswith(f"error: --trainer.{name} does not apply here: training is one endless stream")

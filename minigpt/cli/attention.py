@@ -31,7 +31,7 @@ from minigpt.cli.common import (
     resolve_device,
     writing_stdout,
 )
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, check_lookup
 from minigpt.inspection import ablation
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
@@ -90,6 +90,7 @@ def add_attention_arguments(
 
 def check_out_dir(path: Path) -> None:
     """Raise `MiniGPTError` unless `path` is, or can be made as, a folder we may write into; creates nothing."""
+    check_lookup(path, "the attention folder", "choose another --out")
     # The nearest part of the path that exists decides: it must be a folder, and writable.
     existing = path
     while not os.path.exists(existing) and existing != existing.parent:

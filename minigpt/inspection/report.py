@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from minigpt.errors import NOT_FINITE, MiniGPTError
+from minigpt.folders import first_missing, remove_made
 from minigpt.inspection import ablation, circuit_figures, heatmaps
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import Importance, Windows
@@ -139,8 +140,9 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
     the files an earlier report left there that this one does not write (a deeper model's layer_5.png, an
     importance.png) are removed: the folder shows one analysis. Other files are left alone.
     """
-    created = not out_dir.exists()
+    made = None
     try:
+        made = first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".writing-", dir=out_dir, ignore_cleanup_errors=True) as staging:
             names = [path.name for path in _write_all(Path(staging), analysis, per_head, top)]
@@ -150,10 +152,17 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
             for stale in earlier:
                 stale.unlink(missing_ok=True)
     except OSError as err:
-        if created:  # nothing but this run's files are in it
+        if made is not None:  # nothing but this run's files are in it
             shutil.rmtree(out_dir, ignore_errors=True)
-        raise MiniGPTError(f"cannot write attention maps to {str(out_dir)!r}: {err}") from None
+            remove_made(out_dir, made)
+        raise MiniGPTError(f"cannot write attention maps to {_shown(out_dir)}: {err.strerror or err}") from None
     return [out_dir / name for name in names]
+
+
+def _shown(path: Path) -> str:
+    """`path` quoted (a newline in it must not break the one-line message), cut short if it is long."""
+    text = repr(str(path))
+    return text if len(text) <= 100 else f"{text[:97]}..."
 
 
 def _write_all(folder: Path, analysis: Analysis, per_head: bool, top: int) -> list[Path]:

@@ -32,6 +32,11 @@ GROUPS = ("model", "optim", "trainer")
 """The nested option groups; every other option is top-level."""
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
+EPOCH_OPTIONS = {"limit_train_batches": 1.0, "overfit_batches": 0.0, "check_val_every_n_epoch": 1, "max_epochs": None,
+                 "min_epochs": None, "reload_dataloaders_every_n_epochs": 0}  # fmt: skip
+"""Trainer options counted in epochs or batches of one, with Lightning's defaults: they mean nothing for an endless
+stream, and some crash Lightning mid-fit (check_val_every_n_epoch 0 divides by zero)."""
+MAX_STEPS = 10**12  # years of steps on any machine; more is a typo (and overflows the time arithmetic)
 
 
 OptimizerName = Literal["adamw", "muon"]
@@ -281,6 +286,7 @@ def _check_ranges(config: TrainConfig) -> None:
          f"--target_loss must be a positive number of nats/token, got {c.target_loss}"),
         (c.model.n_layer <= MAX_LAYERS, f"--model.n_layer must be at most {MAX_LAYERS}, got {c.model.n_layer}"),
         (type(steps) is int and steps > 0, "set --trainer.max_steps to a positive whole number"),
+        (type(steps) is not int or steps <= MAX_STEPS, f"--trainer.max_steps must be at most {MAX_STEPS:.0e}, got {steps}"),
         # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
         (accumulate is None or (type(accumulate) is int and accumulate >= 1),
          "--trainer.accumulate_grad_batches must be a whole number, at least 1"),
@@ -292,6 +298,16 @@ def _check_ranges(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise MiniGPTError(message)
+    for name, default in EPOCH_OPTIONS.items():
+        if trainer.get(name, default) not in (None, default):
+            raise MiniGPTError(
+                f"--trainer.{name} does not apply here: training is one endless stream of random windows, with no "
+                "epochs; count it in steps (--trainer.max_steps, --trainer.val_check_interval)"
+            )
+    for name in ("resume", "init", "out_dir", "val_data", "cache_dir"):
+        value = getattr(config, name)
+        if value is not None and not value.strip():
+            raise MiniGPTError(f"--{name} is empty: give a path, or leave the option out")
 
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
 from minigpt import checkpoint
-from minigpt.errors import MiniGPTError
+from minigpt.errors import MiniGPTError, check_lookup
 from minigpt.model import GPTConfig
 from minigpt.suggest import closest_option, did_you_mean, option_names
 from minigpt.training.config import GROUPS, OptimConfig, TrainConfig
@@ -110,8 +110,9 @@ def bundled_configs() -> list[str]:
 def config_path(value: str) -> str:
     """The YAML file that `--config value` names: a file, else the bundled config of that name (so also
     `configs/shakespeare_cpu.yaml` from any folder, as the README writes it)."""
+    check_lookup(value, "a config", "give a YAML file or a bundled config by name")
     if Path(value).is_file():
-        _check_utf8(Path(value))
+        _check_config_file(Path(value))
         return value
     name = Path(value).stem if value.endswith((".yaml", ".yml")) else value
     if name in bundled_configs() and Path(value).parent in (Path("."), Path("configs")):
@@ -121,14 +122,60 @@ def config_path(value: str) -> str:
     )
 
 
-def _check_utf8(path: Path) -> None:
-    """jsonargparse reads a config file as UTF-8 and lets a decoding error escape as a traceback."""
+MAX_CONFIG_BYTES = 1 << 20  # a real config is a few hundred bytes
+MAX_CONFIG_NODES = 100_000  # values with aliases expanded; a real config has dozens
+
+
+def _check_config_file(path: Path) -> None:
+    """A config file as jsonargparse can read it safely: UTF-8 (a decoding error would escape as a traceback),
+    not huge, and a mapping whose groups are mappings (see `check_config_text`)."""
     try:
-        path.read_bytes().decode("utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise MiniGPTError(f"cannot read config {path}: {err.strerror or err}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise MiniGPTError(f"config {path} is over {MAX_CONFIG_BYTES >> 20} MiB: a config is a few lines of YAML")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise MiniGPTError(f"config {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    check_config_text(text, f"config {path}")
+
+
+def check_config_text(text: str, where: str) -> None:
+    """Refuse YAML whose aliases expand to more than `MAX_CONFIG_NODES` values (a few hundred bytes of nested
+    anchors expand to gigabytes: "billion laughs"), that is not a mapping of options, or whose groups (model,
+    optim, trainer) are not mappings, before anything loads it. Composing builds the nodes without expanding."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise MiniGPTError(f"{where} is not valid YAML ({str(err).splitlines()[0]})") from None
+    sizes: dict[int, int | None] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] is None:
+                raise MiniGPTError(f"{where} has an alias inside its own anchor: a config holds plain values")
+            return sizes[id(node)]
+        sizes[id(node)] = None
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_CONFIG_NODES:
+            raise MiniGPTError(f"{where} expands to over {MAX_CONFIG_NODES:,} values (YAML aliases): a config holds dozens")
+        sizes[id(node)] = total
+        return total
+
+    if root is None:
+        raise MiniGPTError(f"{where} is empty: write option: value lines in it, or leave it out")
+    if not isinstance(root, yaml.MappingNode):
+        raise MiniGPTError(f"{where} is not a mapping of options (option: value lines)")
+    size(root)
+    for key, value in root.value:
+        if key.value in GROUPS and not isinstance(value, yaml.MappingNode):
+            raise MiniGPTError(f"{where}: {key.value} must be a mapping of its options ({key.value}: then indented lines)")
 
 
 def resume_path(path: str) -> Path:
@@ -151,7 +198,9 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
     cfg = _parse_args(parser, options)
     if cfg.resume:  # the same options again, over the resumed run's own config
         resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
-        cfg = _parse_args(parser, ["--config", _resumed_config(resume.parent / "config.yaml"), *options])
+        run_config = _resumed_config(resume.parent / "config.yaml")
+        cfg = _parse_args(parser, ["--config", run_config, *options])
+        _check_kept_on_resume(_parse_args(parser, ["--config", run_config]), cfg, given)
         cfg.resume = str(resume)
     files = [str(path) for path in cfg.get("config") or [] if path is not None]  # None: a YAML text
     config = TrainConfig.from_dict(_plain(parser, cfg), config=files[-1] if files else None, given=frozenset(given))
@@ -167,6 +216,17 @@ def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
         if message.startswith(UNRECOGNIZED):
             message += did_you_mean(message.removeprefix(UNRECOGNIZED).split(), option_names(parser))
         raise MiniGPTError(message) from None
+
+
+def _check_kept_on_resume(run: Namespace, asked: Namespace, given: set[str]) -> None:
+    """A resumed run continues its own weights, tokenizer and optimizer state: an option given on --resume that would
+    change the model's shape, the tokenizer or the optimizer is refused (it could not be applied), not dropped."""
+    for key in sorted(given):
+        if (key.startswith("model.") or key in ("tokenizer", "optim.name")) and run.get(key) != asked.get(key):
+            raise MiniGPTError(
+                f"--{key} cannot change when resuming (the run has {run.get(key)}, asked {asked.get(key)}): to train "
+                "its weights further with other settings, start a new run with --init RUN"
+            )
 
 
 def _check_keywords(keywords: typing.Mapping[str, Any], names: list[str]) -> None:
@@ -196,7 +256,9 @@ def _resumed_config(path: Path) -> str:
     """A run's config.yaml as YAML text, without the Trainer settings minigpt now sets itself (a run written
     by an older version may hold one, such as enable_autolog_hparams)."""
     try:
-        config = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        check_config_text(text, f"cannot resume: {path}")
+        config = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise MiniGPTError(f"cannot resume: {path} is unreadable ({type(err).__name__}); restore the run's config.yaml") from None
     if not isinstance(config, dict):

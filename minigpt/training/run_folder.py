@@ -19,6 +19,7 @@ from types import TracebackType
 
 from minigpt.checkpoint import TEMP_GLOB
 from minigpt.errors import MiniGPTError
+from minigpt.folders import first_missing, remove_made
 
 LOCK_NAME = ".lock"
 CHECKPOINTS = ("last.ckpt", "best.ckpt")
@@ -53,8 +54,8 @@ class RunFolder:
 
     def acquire(self) -> RunFolder:
         """Create and lock the folder; `InUse` if another process holds it, `MiniGPTError` if it is unusable."""
-        self._created = _first_missing(self.path)
         try:
+            self._created = first_missing(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
             killed_run_was_here = (self.path / LOCK_NAME).exists()  # a live run's lock makes _lock refuse
             self._lock()
@@ -129,27 +130,7 @@ class RunFolder:
 
     def _remove_created(self) -> None:
         """Remove the folders entering created, if they are empty (nothing of anyone else's is touched)."""
-        if self._created is None:
-            return
-        folder = self.path
-        while True:
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            if folder == self._created:
-                return
-            folder = folder.parent
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The topmost ancestor of `path` (or `path` itself) that does not exist yet."""
-    missing = None
-    for folder in [path, *path.parents]:
-        if folder.exists():
-            break
-        missing = folder
-    return missing
+        remove_made(self.path, self._created)
 
 
 def _read(fd: int) -> str:

@@ -1,0 +1,34 @@
+"""Folders a command makes for its output: made with their missing parents, and on failure removed again, only
+those it made and only while empty, so that a failed command leaves no trace and touches nothing of anyone else's."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost ancestor of `path` (or `path` itself) that does not exist yet: what making `path` creates."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def remove_made(path: Path, made: Path | None) -> None:
+    """Remove `path` and its parents up to `made` (as `first_missing` gave it before they were made) while they are
+    empty. A folder that was never made (its making failed part way) is passed over for its parent."""
+    if made is None:
+        return
+    folder = path
+    while True:
+        try:
+            folder.rmdir()
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # not empty: someone's files are in it
+                return
+        if folder == made:
+            return
+        folder = folder.parent
