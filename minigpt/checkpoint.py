@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,8 +200,10 @@ def read_plain(path: str | os.PathLike[str]) -> Any:
 
 def _load_weights_only(path: Path) -> Any:
     try:
-        # weights_only=True explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override an explicit True.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol draws torch's warning before the refusal below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # weights_only=True explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override an explicit True.
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if "weights only load failed" in str(exc).lower():
             raise MiniGPTError(

@@ -269,3 +269,15 @@ class _Evil:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_torchs_protocol_warning(tmp_path):
+    """A pickle of protocol 4 (pickle's default) drew torch's two-line UserWarning before the refusal."""
+    import pickle
+
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    done = subprocess.run(
+        [sys.executable, "-m", "minigpt", "generate", "--ckpt", str(tmp_path / "model.pkl"), "--prompt", "hi"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")

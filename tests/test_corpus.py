@@ -402,3 +402,25 @@ def test_an_empty_or_unlookable_corpus_spec_is_one_line(spec: str, message: str)
     """An empty spec was the current folder (a repository's every file, .venv included, scored for minutes)."""
     with pytest.raises(MiniGPTError, match=message):
         open_corpus(spec)
+
+
+def test_the_hubs_retry_messages_do_not_reach_the_user_before_the_one_line(tmp_path: Path, monkeypatch, capfd) -> None:
+    """Offline, huggingface_hub logs each of its retries (ten lines, each twice) before the error."""
+    import logging
+
+    import datasets
+
+    def retrying(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise ConnectionError("Couldn't reach 'someone/thing' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", retrying)
+    level = logging.getLogger("huggingface_hub").level
+    logging.getLogger("huggingface_hub").addHandler(handler := logging.StreamHandler())
+    try:
+        with pytest.raises(MiniGPTError, match="could not load dataset"):
+            open_corpus("hf:someone/thing", tmp_path)
+    finally:
+        logging.getLogger("huggingface_hub").removeHandler(handler)
+    assert "Retrying" not in capfd.readouterr().err
+    assert logging.getLogger("huggingface_hub").level == level  # put back as it was

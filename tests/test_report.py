@@ -357,3 +357,16 @@ def test_a_failed_ablation_overwrites_nothing(tiny_checkpoint: Path, out_dir: Pa
     assert attention_cli(*args, "--data", str(out_dir / "missing.txt")) == 2
     assert "--data" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+
+def test_control_characters_and_glyphs_the_font_lacks_draw_without_warnings(tmp_path):
+    """A bell or escape in the text drew as nothing with a 'Glyph 7 missing from font' warning per character on
+    stderr; an emoji still has no glyph, and draws as a box, quietly."""
+    import warnings
+
+    assert heatmaps.visible("a\x07b\x1b\x7f\n\t ") == "a␇b␛␡↵→·"
+    maps = torch.rand(1, 2, 3, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heatmaps.save(heatmaps.layer_figure(maps[0], ["a", "b"], ["x\x07", "😀", "\u0800"]), tmp_path / "layer.png")
+        list(heatmaps.layer_pixels(maps, [["a", "b"]], ["x\x07", "😀", "\u0800"]))

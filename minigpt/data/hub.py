@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +103,26 @@ def _load_dataset(spec: str, name: str, config: str | None, split: str, streamin
     import datasets  # slow to import; only HF corpora need it
 
     try:
-        return datasets.load_dataset(name, config, split=split, streaming=streaming, data_files=data_files)
+        with _hub_retries_unlogged():
+            return datasets.load_dataset(name, config, split=split, streaming=streaming, data_files=data_files)
     except Exception as exc:  # datasets raises connection, file, value and hub errors of many kinds
         raise MiniGPTError(
             f"could not load dataset '{spec}' ({_reason(exc)}): check the name, config and split "
             "and the network, or point at local files, e.g. hf:parquet?data_files=path/to/data.parquet"
         ) from None
+
+
+@contextmanager
+def _hub_retries_unlogged() -> Iterator[None]:
+    """huggingface_hub logs every retry of a request that fails (offline: ten lines, each twice) before the error
+    that the one line reports; only its errors are let through."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub.setLevel(level)
 
 
 def _is_saved_dataset(folder: Path) -> bool:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,11 @@ MAX_LABEL_CHARS = 12
 CMAP = "viridis"
 # A square-root colour scale: weights spread over many keys (0.01–0.1) stay visible next to a 1.0.
 GAMMA = 0.5
-VISIBLE_WHITESPACE = str.maketrans({" ": "·", "\n": "↵", "\t": "→"})
+# Whitespace made visible, and every other control character as its Unicode "control picture" (\x07 → ␇), which
+# the font has: a raw one draws as nothing, with a warning on stderr.
+VISIBLE_WHITESPACE = str.maketrans(
+    {" ": "·", "\n": "↵", "\t": "→", 0x7F: "␡", **{c: chr(0x2400 + c) for c in range(32) if chr(c) not in "\n\t"}}
+)
 IMPORTANCE_CELL_INCHES = 0.6
 IMPORTANCE_MARGINS = (0.7, 0.6, 0.2)  # left (layer labels), bottom (head labels), top (above the title)
 IMPORTANCE_MIN_WIDTH = 5.0  # room for the title
@@ -58,8 +64,17 @@ class Panels:
 
 
 def visible(token: str) -> str:
-    """`token` with whitespace made visible: space → ·, newline → ↵, tab → →."""
+    """`token` with whitespace made visible (space → ·, newline → ↵, tab → →) and control characters shown."""
     return token.translate(VISIBLE_WHITESPACE)
+
+
+@contextmanager
+def glyphs_unwarned() -> Iterator[None]:
+    """Draw without matplotlib's "Glyph N missing from font" warning for each character the font lacks (an emoji,
+    a script it does not cover, in a token label): the figure shows a box, and stderr stays the command's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        yield
 
 
 def label_step(n_tokens: int) -> int:
@@ -214,7 +229,8 @@ def score_grid_figure(
 def figure_pixels(fig: Figure) -> np.ndarray:
     """The rendered figure as an (H, W, 3) uint8 array (for TensorBoard's `add_image`)."""
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
+    with glyphs_unwarned():
+        canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
@@ -245,7 +261,8 @@ class LayerCanvas:
             artist.set_visible(False)
         for ax in self._panels:
             ax.title.set_text("")
-        self._canvas.draw()
+        with glyphs_unwarned():
+            self._canvas.draw()
         self._background = self._canvas.copy_from_bbox(fig.bbox)
         for artist in (a for group in self._redrawn for a in group):
             artist.set_visible(True)
@@ -260,9 +277,10 @@ class LayerCanvas:
         for ax, group, heatmap, name in zip(self._panels, self._redrawn, maps, titles):
             ax.images[0].set_data(heatmap.numpy())
             ax.title.set_text(name)
-            for artist in group:
-                ax.draw_artist(artist)
-            ax.draw_artist(ax.title)
+            with glyphs_unwarned():
+                for artist in group:
+                    ax.draw_artist(artist)
+                ax.draw_artist(ax.title)
         return np.asarray(self._canvas.buffer_rgba()).copy()
 
 
@@ -280,7 +298,8 @@ def _drawn_over(ax: Axes) -> list[Artist]:
 
 def save(fig: Figure, path: Path) -> Path:
     """Write `fig` as a PNG at `path`."""
-    FigureCanvasAgg(fig).print_png(path)
+    with glyphs_unwarned():
+        FigureCanvasAgg(fig).print_png(path)
     return path
 
 
