@@ -41,6 +41,9 @@ from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.model import GPT
 
 SPLITS = ("all", "train", "val")
+MAX_BATCH_LOGITS = 1 << 26
+"""The most logits (float32, 256 MiB) one batch of `score` computes: `--batch_size 100000` took 7 GB for a tiny
+model."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ def score(model: GPT, ids: Tensor, stride: int | None = None, batch_size: int = 
         raise MiniGPTError(f"a text of {ids.numel()} token(s) has nothing to predict: use at least 2 tokens")
     spans = windows(ids.numel(), block_size, stride)
     length = min(block_size, ids.numel() - 1)
+    # The loss does not depend on the batch: a batch far past what pays is cut to bound the logits' memory.
+    batch_size = min(batch_size, max(1, MAX_BATCH_LOGITS // (length * model.config.vocab_size)))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

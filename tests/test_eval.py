@@ -128,6 +128,21 @@ def test_batch_size_does_not_change_the_result(tiny_model: GPT) -> None:
     assert one.nats == pytest.approx(many.nats, rel=1e-6)
 
 
+def test_a_huge_batch_is_cut_to_bound_the_logits_memory_and_scores_the_same(tiny_model: GPT, monkeypatch) -> None:
+    """--batch_size 100000 took 7 GB for a tiny model; each forward pass now holds at most MAX_BATCH_LOGITS logits."""
+    from minigpt import evaluate
+
+    ids, sizes = random_ids(300), []
+    forward = tiny_model.forward
+    monkeypatch.setattr(tiny_model, "forward", lambda rows: sizes.append(rows.shape[0]) or forward(rows))
+    expected = score(tiny_model, ids, batch_size=1).nats
+    sizes.clear()
+    window = tiny_model.config.block_size * tiny_model.config.vocab_size
+    monkeypatch.setattr(evaluate, "MAX_BATCH_LOGITS", 3 * window)
+    assert score(tiny_model, ids, batch_size=100_000).nats == pytest.approx(expected, rel=1e-6)
+    assert max(sizes) == 3 and len(sizes) > 1
+
+
 def test_default_stride_is_half_the_context(tiny_model: GPT) -> None:
     ids = random_ids(100)
 
