@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,13 +84,14 @@ def _train_bpe(spec: str, vocab_size: int, training_text: Iterable[str] | None) 
 
     if training_text is None:
         raise ValueError("bpe tokenizers need training text")
+    logging.getLogger("rustbpe").setLevel(logging.WARNING)  # its INFO logs the training's every step
     bpe = rustbpe.Tokenizer()
     # One id is kept for <|endoftext|>, so the whole vocabulary is exactly vocab_size.
     bpe.train_from_iterator(iter(training_text), vocab_size=vocab_size - 1)
     ranks = dict(bpe.get_mergeable_ranks())
     if len(ranks) < vocab_size - 1:
         raise MiniGPTError(
-            f"the training text is too small for {spec}: it only supports {len(ranks) + 1} tokens; "
+            f"the training text is too small or too repetitive for {spec}: it only supports {len(ranks) + 1} tokens; "
             f"use a smaller vocabulary (e.g. bpe:{max(257, len(ranks) + 1)}) or the bytes tokenizer"
         )
     return tiktoken.Encoding(spec, pat_str=bpe.get_pattern(), mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})

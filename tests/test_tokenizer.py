@@ -71,6 +71,13 @@ def test_bpe_vocab_larger_than_the_text_supports_is_a_user_error():
         tok.build_tokenizer("bpe:5000", ["ab ab ab"])
 
 
+def test_training_a_bpe_vocabulary_logs_nothing_at_info(caplog):
+    """rustbpe logs its every merge at INFO, which the command shows: 'Finished training: 37 merges completed'."""
+    with caplog.at_level("INFO"):
+        tok.build_tokenizer("bpe:300", TRAINING_TEXT)
+    assert [r.message for r in caplog.records if r.name.startswith("rustbpe")] == []
+
+
 def test_pretrained_encoding_offline_is_a_user_error(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
