@@ -71,11 +71,11 @@ def windows_over(ids: Tensor, block_size: int, source: str, most: int | None = N
         )
     spans = evaluate.windows(ids.numel(), block_size, max(block_size // 2, 1))
     if most is not None and most < len(spans):
-        spans = [spans[i] for i in np.unique(np.linspace(0, len(spans) - 1, num=most).round().astype(int))]
+        spans = spans[np.unique(np.linspace(0, len(spans) - 1, num=most).round().astype(np.int64))]
         source = f"{len(spans)} windows of {source}"
     length = min(block_size, ids.numel() - 1)
-    rows = torch.stack([ids[start : start + length + 1] for start, _ in spans])  # (n, T+1)
-    counts = torch.tensor([count for _, count in spans])
+    starts, counts = spans.unbind(1)
+    rows = evaluate.window_rows(ids, starts, length)  # (n, T+1)
     scored = torch.arange(length) >= length - counts[:, None]  # (n, T): the last `count` targets of each
     return Windows(rows, scored, source)
 
