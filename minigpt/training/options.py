@@ -219,10 +219,11 @@ def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
 
 
 def _check_kept_on_resume(run: Namespace, asked: Namespace, given: set[str]) -> None:
-    """A resumed run continues its own weights, tokenizer and optimizer state: an option given on --resume that would
-    change the model's shape, the tokenizer or the optimizer is refused (it could not be applied), not dropped."""
+    """A resumed run continues its own weights and tokenizer: an option given on --resume that would change the
+    model's shape or the tokenizer is refused (it could not be applied), not dropped. (Another optimizer is refused
+    where the checkpoint's optimizer state is restored: `LitGPT.on_load_checkpoint`.)"""
     for key in sorted(given):
-        if (key.startswith("model.") or key in ("tokenizer", "optim.name")) and run.get(key) != asked.get(key):
+        if (key.startswith("model.") or key == "tokenizer") and run.get(key) != asked.get(key):
             raise MiniGPTError(
                 f"--{key} cannot change when resuming (the run has {run.get(key)}, asked {asked.get(key)}): to train "
                 "its weights further with other settings, start a new run with --init RUN"
