@@ -403,10 +403,13 @@ def test_an_overlong_out_dir_is_one_line_and_leaves_no_folder_behind(tmp_path, c
 
 
 @pytest.mark.parametrize(
-    "change", [["--model.n_embd", "64"], ["--model.n_head", "4"], ["--model.bias", "false"], ["--tokenizer", "bpe:300"]],
-    ids=["n_embd", "n_head", "bias", "tokenizer"],
+    ("change", "option"),
+    [(["--model.n_embd", "64"], "--model.n_embd"), (["--model.n_head", "4"], "--model.n_head"),
+     (["--model.bias", "false"], "--model.bias"), (["--tokenizer", "bpe:300"], "--tokenizer"),
+     (["--model", '{"n_embd": 64, "n_head": 2, "n_layer": 2, "block_size": 32}'], "--model.n_embd")],
+    ids=["n_embd", "n_head", "bias", "tokenizer", "model-group"],
 )  # fmt: skip
-def test_resume_refuses_what_it_cannot_apply_and_leaves_the_run_as_it_was(tmp_path, capsys, change):
+def test_resume_refuses_what_it_cannot_apply_and_leaves_the_run_as_it_was(tmp_path, capsys, change, option):
     """It used to crash loading the weights (exit 1), or (n_head, tokenizer) silently keep the run's own."""
     from tests.helpers import train_in_process as train
 
@@ -414,7 +417,7 @@ def test_resume_refuses_what_it_cannot_apply_and_leaves_the_run_as_it_was(tmp_pa
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.ckpt")}
     capsys.readouterr()
     message = user_error(capsys, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "8", *change])
-    assert message.startswith(f"error: {change[0]} cannot change when resuming (the run has ")
+    assert message.startswith(f"error: {option} cannot change when resuming (the run has ")
     assert message.endswith("start a new run with --init RUN")
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").glob("*.ckpt")} == before
     assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "8", "--samples", "0", "--model.n_layer", "2"]) == 0

@@ -200,7 +200,7 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
         resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
         run_config = _resumed_config(resume.parent / "config.yaml")
         cfg = _parse_args(parser, ["--config", run_config, *options])
-        _check_kept_on_resume(_parse_args(parser, ["--config", run_config]), cfg, given)
+        _check_kept_on_resume(_parse_args(parser, ["--config", run_config]), cfg)
         cfg.resume = str(resume)
     files = [str(path) for path in cfg.get("config") or [] if path is not None]  # None: a YAML text
     config = TrainConfig.from_dict(_plain(parser, cfg), config=files[-1] if files else None, given=frozenset(given))
@@ -218,12 +218,14 @@ def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
         raise MiniGPTError(message) from None
 
 
-def _check_kept_on_resume(run: Namespace, asked: Namespace, given: set[str]) -> None:
-    """A resumed run continues its own weights and tokenizer: an option given on --resume that would change the
-    model's shape or the tokenizer is refused (it could not be applied), not dropped. (Another optimizer is refused
-    where the checkpoint's optimizer state is restored: `LitGPT.on_load_checkpoint`.)"""
-    for key in sorted(given):
-        if (key.startswith("model.") or key == "tokenizer") and run.get(key) != asked.get(key):
+def _check_kept_on_resume(run: Namespace, asked: Namespace) -> None:
+    """A resumed run continues its own weights and tokenizer: options given on --resume (one by one, as a group, or
+    in a --config) that would change the model or the tokenizer are refused (they could not be applied), not
+    dropped. (Another optimizer is refused where the checkpoint's optimizer state is restored:
+    `LitGPT.on_load_checkpoint`.)"""
+    keys = ["tokenizer", *(f"model.{name}" for name in sorted(vars(run.model)))]
+    for key in keys:
+        if run.get(key) != asked.get(key):
             raise MiniGPTError(
                 f"--{key} cannot change when resuming (the run has {run.get(key)}, asked {asked.get(key)}): to train "
                 "its weights further with other settings, start a new run with --init RUN"
