@@ -41,9 +41,9 @@ from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.model import GPT
 
 SPLITS = ("all", "train", "val")
-MAX_BATCH_LOGITS = 1 << 26
-"""The most logits (float32, 256 MiB) one batch of `score` computes: `--batch_size 100000` took 7 GB for a tiny
-model."""
+MAX_BATCH_LOGITS = 1 << 28
+"""The most logits one batch of `score` computes (1 GiB as float32; GPT-2's 50k vocabulary: 5 windows of 1024):
+`--batch_size 100000` took 7 GB for a tiny model."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split's validation share (default: the one the checkpoint was trained with, else "
         f"{DEFAULT_VAL_FRACTION:g})",
     )  # fmt: skip
-    p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default 8; fewer where their logits would pass 1 GiB)")
     p.add_argument(
         "--stride", type=positive_int,
         help="how far each window moves on, 1 to block_size (default: block_size // 2); a token scored by a later "
