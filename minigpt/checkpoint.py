@@ -266,17 +266,21 @@ def check_shapes(
             raise ValueError(f"weight {prefix}{name} has shape {stored}, {described_by} implies {shape}")
 
 
+def check_finite(state: Mapping[str, torch.Tensor], message: str) -> None:
+    """Raise `MiniGPTError(message)` if a floating-point weight of `state` is NaN or infinite: such a model samples
+    nothing, scores NaN and exports garbage."""
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise MiniGPTError(message)
+
+
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Loaded:
     """Rebuild the model (in eval mode, on `device`), its tokenizer and payload from a checkpoint file or run
     folder (`file_to_use`)."""
     path = file_to_use(path)
     ckpt, payload = _read(path)
     state = {k.removeprefix(MODEL_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(MODEL_PREFIX)}
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
-        raise MiniGPTError(
-            f"{path} has NaN or infinite weights (its run diverged): use an earlier checkpoint, or retrain "
-            "with a lower --optim.lr"
-        )
+    check_finite(state, f"{path} has NaN or infinite weights (its run diverged): use an earlier checkpoint, or retrain "
+                 "with a lower --optim.lr")  # fmt: skip
     model = GPT(payload.model_config)
     model.load_state_dict(state)
     return Loaded(model.to(device).eval(), payload.tokenizer, payload)

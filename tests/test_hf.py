@@ -300,3 +300,12 @@ def test_export_into_a_non_empty_folder_is_refused(tmp_path: Path):
     with pytest.raises(MiniGPTError, match="not an empty folder"):
         hf_export.export(minigpt_model(), tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def test_a_hugging_face_model_with_nan_weights_is_refused_in_one_line(tmp_path: Path):
+    """It loaded, and `export` would have written it again; a minigpt checkpoint with NaN weights was refused."""
+    model = hf_gpt2()
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight[0, 0] = float("nan")
+    with pytest.raises(MiniGPTError, match="has NaN or infinite weights: use another copy of the model"):
+        hf.load_pretrained(str(save_hf(model, tmp_path)))

@@ -93,6 +93,7 @@ def read_pretrained(source: str, cache_dir: Path | None = None) -> Pretrained:
 def load_pretrained(source: str, device: str | torch.device = "cpu", cache_dir: Path | None = None) -> checkpoint.Loaded:
     """A GPT-2 model (in eval mode, on `device`) and its tokenizer, ready for generation or attention maps."""
     pretrained = read_pretrained(source, cache_dir)
+    checkpoint.check_finite(pretrained.state_dict, f"{source} has NaN or infinite weights: use another copy of the model")
     model = GPT(pretrained.config)
     model.load_state_dict(pretrained.state_dict)
     return checkpoint.Loaded(model.to(device).eval(), pretrained.tokenizer)
