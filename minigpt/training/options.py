@@ -172,7 +172,10 @@ def check_config_text(text: str, where: str) -> None:
         raise MiniGPTError(f"{where} is empty: write option: value lines in it, or leave it out")
     if not isinstance(root, yaml.MappingNode):
         raise MiniGPTError(f"{where} is not a mapping of options (option: value lines)")
-    size(root)
+    try:
+        size(root)
+    except RecursionError:
+        raise MiniGPTError(f"{where} is nested too deeply: a config is option: value lines, two levels at most") from None
     for key, value in root.value:
         if key.value in GROUPS and not isinstance(value, yaml.MappingNode):
             raise MiniGPTError(f"{where}: {key.value} must be a mapping of its options ({key.value}: then indented lines)")
