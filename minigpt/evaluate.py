@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 import torch
 import torch.nn.functional as F
@@ -124,16 +125,23 @@ def corpus_tokens(
 
 
 def _encode_documents(enc: tiktoken.Encoding, sources: Iterable[Source]) -> tuple[array, int]:
-    """Every document's ids after one ``<|endoftext|>``, and the UTF-8 size of their text."""
+    """Every document's ids after one ``<|endoftext|>``, and the UTF-8 size of their text. Byte tokens are the text's
+    own bytes, read as they come (any cut is safe), so a document with no newline is never held whole."""
     eot = tok.eot_id(enc)
+    byte_level = tok.is_byte_tokenizer(enc)
     ids = array("q")  # (N,) int64, grown in place: the tensor is made over it without a copy
     n_bytes = 0
     for source in sources:
-        for index, piece in enumerate(cut_at_lines(source(), CHUNK_CHARS)):
+        pieces = (piece for piece in source() if piece) if byte_level else cut_at_lines(source(), CHUNK_CHARS)
+        for index, piece in enumerate(pieces):
             if index == 0:
                 ids.append(eot)
-            ids.extend(tok.encode(enc, piece))
-            n_bytes += len(piece.encode())
+            data = piece.encode()
+            if byte_level:
+                ids.frombytes(np.frombuffer(data, dtype=np.uint8).astype(np.int64).tobytes())
+            else:
+                ids.extend(tok.encode(enc, piece))
+            n_bytes += len(data)
     return ids, n_bytes
 
 

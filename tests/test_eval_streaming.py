@@ -51,6 +51,14 @@ def test_a_long_document_gets_the_ids_of_encoding_it_whole(bpe, corpus):
     assert tokens.n_bytes == sum(len(text.encode()) for text in texts)
 
 
+def test_byte_tokens_are_read_as_they_come_and_equal_encoding_each_document_whole(corpus):
+    (corpus / "99.txt").write_text("no newline at all, " * 20_000)
+    texts = [path.read_text() for path in sorted(corpus.iterdir())]
+    enc = tokenizer.byte_tokenizer()
+    tokens = corpus_tokens(str(corpus), enc, "all")
+    assert tokens.ids.tolist() == whole(enc, texts) and tokens.n_bytes == sum(len(text.encode()) for text in texts)
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_a_split_gets_the_ids_of_encoding_its_documents_whole(bpe, corpus, split):
     texts = [path.read_text() for path in sorted(corpus.iterdir())]
@@ -79,11 +87,14 @@ print(json.dumps({"kib": after - before, "bytes": tokens.n_bytes}))
 """
 
 
-def test_encoding_a_text_for_evaluation_takes_little_more_memory_than_its_ids(tmp_path):
+@pytest.mark.parametrize("lines", [True, False], ids=["lines", "one-line"])
+def test_encoding_a_text_for_evaluation_takes_little_more_memory_than_its_ids(tmp_path, lines):
     """The bytes tokenizer gives a token per byte, 8 bytes each as int64: the peak stays near that (measured: 9.1
-    bytes per byte of a 20 MB text, from 27 when every document and a list of ids were held)."""
+    bytes per byte of a 20 MB text, from 27 when every document and a list of ids were held), also for a text with
+    no newline, which was held whole with a Python list of its ids (36 bytes per byte)."""
     text = tmp_path / "text.txt"
-    text.write_text("".join(LINE.format(i=i) for i in range(8_000_000 // len(LINE))))
+    lined = "".join(LINE.format(i=i) for i in range(8_000_000 // len(LINE)))
+    text.write_text(lined if lines else "to be or not " * 1_540_000)  # 20 MB: measured 10 bytes per byte, 19 before
     (tmp_path / "peak.py").write_text(PEAK)
     done = subprocess.run(
         [sys.executable, str(tmp_path / "peak.py"), str(text)], cwd=REPO, check=True, capture_output=True, text=True
