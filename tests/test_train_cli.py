@@ -424,10 +424,17 @@ def test_resume_refuses_what_it_cannot_apply_and_leaves_the_run_as_it_was(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "option", ["limit_train_batches 0", "overfit_batches 1", "check_val_every_n_epoch 0", "max_epochs 3", "min_epochs 1"]
-)
+    "option", ["limit_train_batches 0", "limit_train_batches 1", "overfit_batches 1", "check_val_every_n_epoch 0",
+               "max_epochs 3", "min_epochs 1"]
+)  # fmt: skip
 def test_trainer_options_counted_in_epochs_are_refused_before_training(capsys, option):
     """They crashed mid-fit (a ZeroDivisionError, a missing README.md) or meant nothing: there are no epochs."""
     name, value = option.split()
     message = user_error(capsys, ["--data", "x.txt", f"--trainer.{name}", value])
     assert message.startswith(f"error: --trainer.{name} does not apply here: training is one endless stream")
+
+
+def test_epoch_options_at_values_that_change_nothing_are_accepted():
+    for option in ("limit_train_batches 1.0", "overfit_batches 0", "check_val_every_n_epoch 1", "max_epochs -1"):
+        name, value = option.split()
+        assert parse(["--data", "x.txt", f"--trainer.{name}", value]).trainer[name] == yaml.safe_load(value)

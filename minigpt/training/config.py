@@ -32,11 +32,11 @@ GROUPS = ("model", "optim", "trainer")
 """The nested option groups; every other option is top-level."""
 MAX_SAMPLES = 100  # printed for a person at the end of training; more is a typo, not a wish
 MAX_LAYERS = 1024  # deeper than any GPT trained so far; more is a typo that would take hours to build
-EPOCH_OPTIONS = {"limit_train_batches": (1.0,), "overfit_batches": (0.0,), "check_val_every_n_epoch": (1,),
+EPOCH_OPTIONS = {"limit_train_batches": (1.0,), "overfit_batches": (0, 0.0), "check_val_every_n_epoch": (1,),
                  "max_epochs": (-1,), "min_epochs": (0,), "reload_dataloaders_every_n_epochs": (0,)}  # fmt: skip
 """Trainer options counted in epochs or batches of one, with the values (besides unset) that change nothing: any
 other means nothing for an endless stream, and some crash Lightning mid-fit (check_val_every_n_epoch 0 divides
-by zero)."""
+by zero). Types count: limit_train_batches 1 is one batch, 1.0 all of them."""
 MAX_STEPS = 10**12  # years of steps on any machine; more is a typo (and overflows the time arithmetic)
 
 
@@ -300,7 +300,8 @@ def _check_ranges(config: TrainConfig) -> None:
         if not ok:
             raise MiniGPTError(message)
     for name, harmless in EPOCH_OPTIONS.items():
-        if trainer.get(name) not in (None, *harmless):
+        value = trainer.get(name)
+        if value is not None and not any(type(value) is type(h) and value == h for h in harmless):
             raise MiniGPTError(
                 f"--trainer.{name} does not apply here: training is one endless stream of random windows, with no "
                 "epochs; count it in steps (--trainer.max_steps, --trainer.val_check_interval)"
