@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 
 from minigpt.errors import MiniGPTError
 
@@ -29,8 +29,18 @@ def text(value: object, what: str) -> str:
     return value
 
 
+def scalar(value: object) -> object:
+    """A one-element numpy or torch value (`np.float32(0.1)`, `torch.tensor(3)`) as the Python number it holds,
+    anything else as it is. A numpy float32 0.1 is 0.1, not 0.10000000149: the number the user wrote."""
+    if getattr(value, "ndim", None) != 0 or not hasattr(value, "item"):
+        return value
+    number = value.item()
+    return float(str(value)) if isinstance(number, float) and type(value).__module__ == "numpy" else number
+
+
 def whole_number(value: object, what: str, minimum: int = 1) -> int:
-    """`value` as an int, at least `minimum`; numpy's integers count, a bool does not."""
+    """`value` as an int, at least `minimum`; numpy's and torch's integers count, a bool does not."""
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise MiniGPTError(f"{what} must be a whole number, got {_shown(value)}")
     if value < minimum:
@@ -39,10 +49,19 @@ def whole_number(value: object, what: str, minimum: int = 1) -> int:
 
 
 def real_number(value: object, what: str) -> float:
-    """`value` as a float; numpy's numbers count, a bool does not (the range is the caller's to check)."""
+    """`value` as a float; numpy's and torch's numbers count, a bool does not (the range is the caller's to check)."""
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise MiniGPTError(f"{what} must be a number, got {_shown(value)}")
     return float(value)
+
+
+def true_or_false(value: object, what: str) -> bool:
+    """`value` as a bool: True, False, numpy's bools, or 1 and 0."""
+    plain = scalar(value)
+    if not isinstance(plain, numbers.Integral) or plain not in (0, 1):
+        raise MiniGPTError(f"{what} must be True or False, got {_shown(value)}")
+    return bool(plain)
 
 
 def path(value: object, what: str) -> str:
@@ -56,10 +75,13 @@ def path(value: object, what: str) -> str:
 
 
 def indices(value: object, what: str, count: int) -> list[int] | None:
-    """`value`, a sequence of `what`s (layers, heads) numbered 0 to count - 1, as a list; None stays None (all)."""
+    """`value`, whole numbers naming `what`s (layers, heads) from 0 to count - 1, in a list, tuple, range, set or 1-D
+    numpy or torch array, as a list; None stays None (all)."""
     if value is None:
         return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
+        value = value.tolist()
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise MiniGPTError(f"{what}s must be a list of whole numbers (or None for all), got {_shown(value)}")
     chosen = [whole_number(i, f"each of {what}s", minimum=0) for i in value]
     if not chosen:

@@ -19,8 +19,9 @@ def resolve(name: object, what: str = "device") -> torch.device:
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if spelled == "auto":
         spelled = "cuda" if cuda else "mps" if mps else "cpu"
-    kind, _, index = spelled.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+    kind, colon, index = spelled.partition(":")
+    whole = index.isascii() and index.isdigit() and (index == "0" or not index.startswith("0"))
+    if kind not in ("cpu", "cuda", "mps") or (colon and not (whole and (kind == "cuda" or index == "0"))):
         raise MiniGPTError(f"{what} must be auto, cpu, cuda, cuda:N or mps, got {spelled[:40]!r}")
     if (kind == "cuda" and not cuda) or (kind == "mps" and not mps):
         raise MiniGPTError(f"{what} {spelled} was asked for but is not available here; use cpu or auto")

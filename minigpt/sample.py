@@ -155,7 +155,7 @@ class SamplingSettings:
         numpy's numbers are, and are stored as Python's)."""
         kinds = {"max_new_tokens": int, "num_samples": int, "top_k": int, "seed": int}
         for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "num_samples", "seed"):
-            value, kind = getattr(self, name), kinds.get(name, float)
+            value, kind = checks.scalar(getattr(self, name)), kinds.get(name, float)
             optional = name in ("top_k", "top_p", "seed")
             if value is None and optional:
                 continue

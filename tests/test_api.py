@@ -112,6 +112,19 @@ def test_a_device_that_is_not_one_is_a_user_error(tiny_checkpoint, device, needl
     assert needle in str(err.value)
 
 
+def test_device_names_torch_would_misread_are_user_errors_and_indexed_ones_work(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    from minigpt.device import resolve
+
+    for name in ("cuda:\u00b2", "cuda:\u0660", "cuda:", "cuda:01", "cpu:1"):
+        with pytest.raises(MiniGPTError, match="must be auto, cpu, cuda, cuda:N or mps"):
+            resolve(name)
+    assert resolve("cuda:1") == torch.device("cuda", 1) and resolve(torch.device("cpu", 0)) == torch.device("cpu", 0)
+    with pytest.raises(MiniGPTError, match="device cuda:2 does not exist: this machine has 2 GPU"):
+        resolve("cuda:2")
+
+
 def test_a_gpu_that_is_not_here_is_a_user_error(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(MiniGPTError, match="device cuda was asked for but is not available here; use cpu or auto"):
@@ -128,6 +141,12 @@ def test_numpy_numbers_and_paths_are_what_they_hold(lm, tmp_path):
     att = lm.attention(PROMPT, layers=[np.int64(0)], heads=(0,))
     assert att.top_heads("entropy", np.int64(1)) == att.top_heads("entropy", 1)
     assert [p.name for p in att.save(tmp_path / "maps") if p.name.startswith("layer_")] == ["layer_0.png"]
+    for layers, heads in ((np.array([0]), torch.tensor([1, 0])), ([torch.tensor(0)], range(2)), ({0}, np.arange(2))):
+        assert torch.equal(lm.attention(PROMPT, layers=layers, heads=heads).weights, lm.attention(PROMPT).weights)
+    assert any(p.name == "layer_0_head_0.png" for p in att.save(tmp_path / "heads", per_head=np.bool_(True)))
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(PROMPT * 40)
+    assert lm.eval(corpus, split="val", val_fraction=np.float32(0.1)) == lm.eval(corpus, split="val", val_fraction=0.1)
 
 
 def test_a_model_with_nan_weights_gives_no_nan_numbers(lm, tmp_path):
@@ -297,12 +316,23 @@ def test_a_source_name_the_file_system_refuses_is_one_line() -> None:
 
 
 def test_saving_over_an_earlier_analysis_leaves_only_the_new_ones_files(lm, tmp_path):
-    """A folder holds one analysis: the importance.png and per-head PNGs of an earlier save do not linger
-    beside a later one's heads.json; files that no report writes stay."""
+    """A folder holds one analysis: the importance.png and per-head PNGs that an earlier save's heads.json lists do
+    not linger beside a later one's page; a file that no report wrote stays, whatever its name."""
     folder = tmp_path / "maps"
-    lm.attention(PROMPT).ablate().save(folder, per_head=True)
-    (folder / "notes.txt").write_text("mine")
-    (folder / "layer_0_notes.png").write_text("mine too")
+    folder.mkdir()
+    (folder / "layer_11.png").write_text("mine")  # named like a report's, but no report wrote it
+    (folder / "notes.txt").write_text("mine too")
+    first = lm.attention(PROMPT).ablate().save(folder, per_head=True)
+    assert "importance.png" in json.loads((folder / "heads.json").read_text())["files"]
     written = lm.attention("a cat", layers=[1]).save(folder)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in written] + ["notes.txt", "layer_0_notes.png"])
-    assert "importance.png" not in {p.name for p in written} and (folder / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in written] + ["layer_11.png", "notes.txt"])
+    assert len(first) > len(written) and (folder / "layer_11.png").read_text() == "mine"
+
+
+def test_a_heads_json_without_a_file_list_removes_nothing(lm, tmp_path):
+    folder = tmp_path / "maps"
+    lm.attention(PROMPT).ablate().save(folder)
+    heads = json.loads((folder / "heads.json").read_text())
+    (folder / "heads.json").write_text(json.dumps({k: v for k, v in heads.items() if k != "files"}))  # an older report's
+    lm.attention(PROMPT).save(folder)
+    assert (folder / "importance.png").exists()

@@ -317,7 +317,9 @@ def test_an_out_dir_with_files_a_run_would_write_is_refused_and_they_are_kept(tm
     from tests.helpers import train_in_process as train
 
     mine = {"README.md": "my notes", "config.yaml": "mine: 1", "notes.txt": "keep"}
-    for out in ("given", "fails"):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / ".lock").write_text("")  # another tool's lock, not a killed run's ("pid N on HOST")
+    for out in ("given", "fails", "locked"):
         for name, text in mine.items():
             (tmp_path / out).mkdir(exist_ok=True)
             (tmp_path / out / name).write_text(text)
@@ -326,7 +328,10 @@ def test_an_out_dir_with_files_a_run_would_write_is_refused_and_they_are_kept(tm
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'given'} already has README.md, config.yaml, tb, which a run would overwrite" in err
     assert user_error(capsys, ["--data", str(tmp_path / "missing.txt"), "--out_dir", str(tmp_path / "fails")])
-    for out in ("given", "fails"):
+    assert "already has README.md, config.yaml, which a run would overwrite" in user_error(
+        capsys, ["--data", str(tmp_path / "missing.txt"), "--out_dir", str(tmp_path / "locked")]
+    )
+    for out in ("given", "fails", "locked"):
         assert {name: (tmp_path / out / name).read_text() for name in mine} == mine
     assert sorted(p.name for p in (tmp_path / "given").iterdir()) == ["README.md", "config.yaml", "notes.txt", "tb"]
     (tmp_path / "other").mkdir()
@@ -341,7 +346,8 @@ def test_a_killed_runs_leftovers_are_cleared_when_its_folder_is_claimed_again(tm
 
     folder = tmp_path / "run"
     (folder / "tb").mkdir(parents=True)
-    for name in (LOCK_NAME, "config.yaml", "metrics.csv"):
+    (folder / LOCK_NAME).write_text("pid 4242 on somehost\n")
+    for name in ("config.yaml", "metrics.csv"):
         (folder / name).write_text("x")
     cfg = parse(["--config", str(REPO / "configs" / "shakespeare_cpu.yaml"), "--out_dir", str(folder)])
     with claim_run_folder(cfg) as claimed:

@@ -118,10 +118,9 @@ class Attention:
     def save(self, folder: str | os.PathLike[str], *, per_head: bool = False, top: int = 3) -> list[Path]:
         """Write the files ``minigpt attention --out folder`` writes (PNGs, attention.html, attention.npz,
         heads.json, importance.png after `ablate`, the lens and patching figures after `showing`); return their paths."""
-        if not isinstance(per_head, bool):
-            raise MiniGPTError(f"per_head must be True or False, got {per_head!r}")
         folder = Path(checks.path(folder, "folder"))
-        return write_report(folder, self.analysis, per_head=per_head, top=checks.whole_number(top, "top"))
+        per_head, top = checks.true_or_false(per_head, "per_head"), checks.whole_number(top, "top")
+        return write_report(folder, self.analysis, per_head=per_head, top=top)
 
     def __repr__(self) -> str:
         n_layer, n_head = self.weights.shape[:2]

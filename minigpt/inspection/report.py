@@ -10,6 +10,7 @@ draw attention maps call ``write_report(out_dir, analyse(model, enc, ids, ...))`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -126,9 +127,9 @@ def analyse(
 
 REPORT_FILE = re.compile(
     r"overview\.png|layer_\d+(_head_\d+)?\.png|importance\.png|logit_lens\.png|patching_(heads|residual)\.png"
-    r"|attention\.(html|npz)|heads\.json"
+    r"|attention\.(html|npz)"
 )
-"""The names of the files `write_report` writes (any report's): what an earlier report in the folder left."""
+"""The names of the files a report writes besides heads.json, which lists those it wrote (``files``)."""
 
 
 def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, top: int = 3) -> list[Path]:
@@ -137,8 +138,8 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
     `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind.
     The files are written into a temporary folder inside `out_dir` and then moved over its own, so a run that
     fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was. Once they are in,
-    the files an earlier report left there that this one does not write (a deeper model's layer_5.png, an
-    importance.png) are removed: the folder shows one analysis. Other files are left alone.
+    the files that an earlier report's heads.json lists and this one does not write (a deeper model's layer_5.png,
+    an importance.png) are removed: the folder shows one analysis. No other file is touched.
     """
     made = None
     try:
@@ -146,17 +147,28 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".writing-", dir=out_dir, ignore_cleanup_errors=True) as staging:
             names = [path.name for path in _write_all(Path(staging), analysis, per_head, top)]
-            earlier = [p for p in out_dir.iterdir() if REPORT_FILE.fullmatch(p.name) and p.name not in names]
+            earlier = _listed_files(out_dir / "heads.json")
             for name in names:
                 os.replace(Path(staging) / name, out_dir / name)
-            for stale in earlier:
-                stale.unlink(missing_ok=True)
     except OSError as err:
         if made is not None:  # nothing but this run's files are in it
             shutil.rmtree(out_dir, ignore_errors=True)
             remove_made(out_dir, made)
         raise MiniGPTError(f"cannot write attention maps to {_shown(out_dir)}: {err.strerror or err}") from None
+    for name in set(earlier) - set(names):
+        with contextlib.suppress(OSError):  # the new report is in: a file left over is no failure
+            (out_dir / name).unlink()
     return [out_dir / name for name in names]
+
+
+def _listed_files(heads_json: Path) -> list[str]:
+    """The report files an earlier report's heads.json lists as written (names only; none if it lists none or
+    is not a report's)."""
+    try:
+        listed = json.loads(heads_json.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str) and REPORT_FILE.fullmatch(name)] if isinstance(listed, list) else []
 
 
 def _shown(path: Path) -> str:
@@ -171,7 +183,6 @@ def _write_all(folder: Path, analysis: Analysis, per_head: bool, top: int) -> li
         *heatmaps.write_pngs(folder, a.png, a.tokens, per_head=per_head),
         write_html(folder / "attention.html", a.page, a.tokens, a.stats, a.importance, lens=a.lens, patching=a.patching),
         write_npz(folder / "attention.npz", a.maps.weights, a.tokens, a.maps.ids, a.aggregates),
-        write_heads_json(folder / "heads.json", a.stats, top, a.importance, a.patching),
     ]
     if a.lens is not None:
         written.append(circuit_figures.write_lens_png(folder, a.lens))
@@ -183,7 +194,8 @@ def _write_all(folder: Path, analysis: Analysis, per_head: bool, top: int) -> li
             f"({a.importance.tokens:,} tokens; loss {a.importance.base_loss:.3f} nats/token with every head)"
         )
         written.append(heatmaps.save(heatmaps.importance_figure(a.importance.loss_change, title), folder / "importance.png"))
-    return written
+    files = [path.name for path in written]
+    return [*written, write_heads_json(folder / "heads.json", a.stats, top, a.importance, a.patching, files=files)]
 
 
 def write_npz(
@@ -245,10 +257,13 @@ def ablation_record(importance: Importance) -> dict:
 
 
 def write_heads_json(
-    path: Path, stats: HeadStats, top: int, importance: Importance | None = None, patching: Patching | None = None
-) -> Path:
-    """heads.json: see `heads_record`."""
-    path.write_text(json.dumps(heads_record(stats, top, importance, patching), indent=2) + "\n", encoding="utf-8")
+    path: Path, stats: HeadStats, top: int, importance: Importance | None = None, patching: Patching | None = None,
+    files: Sequence[str] = (),
+) -> Path:  # fmt: skip
+    """heads.json: see `heads_record`; with ``files``, the other files the report wrote (what a later report into
+    the same folder replaces or removes)."""
+    record = {**heads_record(stats, top, importance, patching), "files": list(files)}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -57,7 +58,7 @@ class RunFolder:
         try:
             self._created = first_missing(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
-            killed_run_was_here = (self.path / LOCK_NAME).exists()  # a live run's lock makes _lock refuse
+            killed_run_was_here = _is_run_lock(self.path / LOCK_NAME)  # a live run's lock makes _lock refuse
             self._lock()
         except InUse:
             self._remove_created()
@@ -131,6 +132,16 @@ class RunFolder:
     def _remove_created(self) -> None:
         """Remove the folders entering created, if they are empty (nothing of anyone else's is touched)."""
         remove_made(self.path, self._created)
+
+
+def _is_run_lock(path: Path) -> bool:
+    """Whether `path` is the lock file of a minigpt run ("pid N on HOST"); a `.lock` of another tool's, or an
+    empty one, says nothing of the files beside it."""
+    try:
+        with path.open("rb") as file:
+            return re.fullmatch(rb"pid \d+ on \S+\n", file.read(300)) is not None
+    except OSError:
+        return False
 
 
 def _read(fd: int) -> str:
