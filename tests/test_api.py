@@ -336,3 +336,15 @@ def test_a_heads_json_without_a_file_list_removes_nothing(lm, tmp_path):
     (folder / "heads.json").write_text(json.dumps({k: v for k, v in heads.items() if k != "files"}))  # an older report's
     lm.attention(PROMPT).save(folder)
     assert (folder / "importance.png").exists()
+
+
+def test_a_heads_json_that_is_no_reports_does_not_stop_a_save(lm, tmp_path):
+    """A deeply nested one raised a RecursionError; a FIFO blocked the save."""
+    import os
+
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "heads.json").write_text("[" * 200_000)
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "heads.json")
+    for folder in ("deep", "fifo"):
+        assert lm.attention(PROMPT).save(tmp_path / folder) and (tmp_path / folder / "heads.json").is_file()

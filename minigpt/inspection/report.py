@@ -36,6 +36,7 @@ from minigpt.inspection.heatmaps import Panels
 from minigpt.inspection.lens import LogitLens
 from minigpt.inspection.maps import AttentionMaps, HeadStats, top_heads
 from minigpt.inspection.patching import Patching
+from minigpt.jsonfile import read_object
 from minigpt.model import GPT
 
 PAGE_TEMPLATE = "page.html"
@@ -130,6 +131,7 @@ REPORT_FILE = re.compile(
     r"|attention\.(html|npz)"
 )
 """The names of the files a report writes besides heads.json, which lists those it wrote (``files``)."""
+MAX_HEADS_JSON = 64 << 20  # a report's heads.json is kilobytes; a larger one is not a report's
 
 
 def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, top: int = 3) -> list[Path]:
@@ -164,9 +166,11 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
 def _listed_files(heads_json: Path) -> list[str]:
     """The report files an earlier report's heads.json lists as written (names only; none if it lists none or
     is not a report's)."""
+    if not heads_json.is_file():  # a FIFO would block the read
+        return []
     try:
-        listed = json.loads(heads_json.read_text(encoding="utf-8")).get("files", [])
-    except (OSError, ValueError, AttributeError):
+        listed = read_object(heads_json, "heads.json", max_bytes=MAX_HEADS_JSON).get("files", [])
+    except MiniGPTError:
         return []
     return [name for name in listed if isinstance(name, str) and REPORT_FILE.fullmatch(name)] if isinstance(listed, list) else []
 

@@ -178,8 +178,9 @@ class TrainConfig:
         """The settings `to_dict` wrote (a run's config.yaml); an option it leaves out takes its default.
         `extra` sets the fields that are not options (`config`, `given`). Not checked: see `validate`."""
         try:
-            model, optim = ModelConfig(**data.get("model", {})), OptimConfig(**data.get("optim", {}))
-            return cls(**{**data, "model": model, "optim": optim, "trainer": dict(data.get("trainer", {})), **extra})
+            # A group with every line commented out (`model:`) is empty, not null.
+            model, optim = ModelConfig(**data.get("model") or {}), OptimConfig(**data.get("optim") or {})
+            return cls(**{**data, "model": model, "optim": optim, "trainer": dict(data.get("trainer") or {}), **extra})
         except ValueError as err:  # OptimConfig checks its ranges as it is made
             raise MiniGPTError(f"--optim.{err}") from None
         except TypeError as err:  # an unknown option, or a required one missing
@@ -308,7 +309,7 @@ def _check_ranges(config: TrainConfig) -> None:
             )
     for name in ("resume", "init", "out_dir", "val_data", "cache_dir"):
         value = getattr(config, name)
-        if value is not None and not value.strip():
+        if value == "":
             raise MiniGPTError(f"--{name} is empty: give a path, or leave the option out")
 
 

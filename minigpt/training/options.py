@@ -122,6 +122,7 @@ def config_path(value: str) -> str:
     )
 
 
+GROUP_OPTIONS = {f"--{group}" for group in GROUPS}  # a whole group from a file or YAML text
 MAX_CONFIG_BYTES = 1 << 20  # a real config is a few hundred bytes
 MAX_CONFIG_NODES = 100_000  # values with aliases expanded; a real config has dozens
 
@@ -177,8 +178,12 @@ def check_config_text(text: str, where: str) -> None:
     except RecursionError:
         raise MiniGPTError(f"{where} is nested too deeply: a config is option: value lines, two levels at most") from None
     for key, value in root.value:
-        if key.value in GROUPS and not isinstance(value, yaml.MappingNode):
+        if key.value in GROUPS and not isinstance(value, yaml.MappingNode) and value.tag != "tag:yaml.org,2002:null":
             raise MiniGPTError(f"{where}: {key.value} must be a mapping of its options ({key.value}: then indented lines)")
+    try:  # its size is bounded now: build the values too, as the parser will (a 5,000-digit number fails there)
+        yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        raise MiniGPTError(f"{where} holds a value that cannot be read ({str(err).splitlines()[0][:120]})") from None
 
 
 def resume_path(path: str) -> Path:
@@ -198,13 +203,18 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
     parser = build_parser()
     if keywords:
         _check_keywords(keywords, option_names(parser))
+    # --print_config prints as it is parsed: only once the options are resolved as training would resolve them
+    printing, options = _without_print_config(options)
     cfg = _parse_args(parser, options)
+    run_config: list[str] = []
     if cfg.resume:  # the same options again, over the resumed run's own config
         resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
-        run_config = _resumed_config(resume.parent / "config.yaml")
-        cfg = _parse_args(parser, ["--config", run_config, *options])
-        _check_kept_on_resume(_parse_args(parser, ["--config", run_config]), cfg)
+        run_config = ["--config", _resumed_config(resume.parent / "config.yaml")]
+        cfg = _parse_args(parser, [*run_config, *options])
+        _check_kept_on_resume(_parse_args(parser, run_config), cfg)
         cfg.resume = str(resume)
+    if printing:
+        _parse_args(parser, [*run_config, *options, *printing])  # prints and exits
     files = [str(path) for path in cfg.get("config") or [] if path is not None]  # None: a YAML text
     config = TrainConfig.from_dict(_plain(parser, cfg), config=files[-1] if files else None, given=frozenset(given))
     config.validate()
@@ -221,12 +231,23 @@ def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
         raise MiniGPTError(message) from None
 
 
+def _without_print_config(options: list[str]) -> tuple[list[str], list[str]]:
+    """(--print_config with its value if any, the other options)."""
+    printing, rest = [], list(options)
+    for i, arg in enumerate(options):
+        if arg == "--print_config" or arg.startswith("--print_config="):
+            has_value = arg == "--print_config" and i + 1 < len(options) and not options[i + 1].startswith("-")
+            printing = options[i : i + 1 + has_value]
+            rest = options[:i] + options[i + 1 + has_value :]
+    return printing, rest
+
+
 def _check_kept_on_resume(run: Namespace, asked: Namespace) -> None:
     """A resumed run continues its own weights and tokenizer: options given on --resume (one by one, as a group, or
-    in a --config) that would change the model or the tokenizer are refused (they could not be applied), not
-    dropped. (Another optimizer is refused where the checkpoint's optimizer state is restored:
+    in a --config) that would change the model's weights or the tokenizer are refused (they could not be applied),
+    not dropped; dropout may change. (Another optimizer is refused where the checkpoint's optimizer state is restored:
     `LitGPT.on_load_checkpoint`.)"""
-    keys = ["tokenizer", *(f"model.{name}" for name in sorted(vars(run.model)))]
+    keys = ["tokenizer", *(f"model.{name}" for name in sorted(vars(run.model)) if name != "dropout")]  # no weight
     for key in keys:
         if run.get(key) != asked.get(key):
             raise MiniGPTError(
@@ -265,7 +286,7 @@ def _resumed_config(path: Path) -> str:
         text = path.read_text()
         check_config_text(text, f"cannot resume: {path}")
         config = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
         raise MiniGPTError(f"cannot resume: {path} is unreadable ({type(err).__name__}); restore the run's config.yaml") from None
     if not isinstance(config, dict):
         raise MiniGPTError(f"cannot resume: {path} is not a training config; restore the run's config.yaml")
@@ -275,10 +296,32 @@ def _resumed_config(path: Path) -> str:
 
 
 def with_config_paths(options: list[str]) -> list[str]:
+    """`options` with each --config value resolved to its file (`config_path`) and checked; so is every file or
+    YAML text given to a whole group (`--model FILE`, `--trainer '{...}'`), which the parser reads as a config too.
+    An abbreviation the parser would take for --config (`--conf`) counts as --config."""
     out = list(options)
     for i, arg in enumerate(out):
-        if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = config_path(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + config_path(arg.split("=", 1)[1])
+        name, equals, value = arg.partition("=")
+        if not equals:
+            if i + 1 >= len(out) or not name.startswith("--"):
+                continue
+            value = out[i + 1]
+        if len(name) > 4 and "--config".startswith(name):
+            resolved = config_path(value)
+        elif name in GROUP_OPTIONS:
+            resolved = value
+            try:
+                is_file = Path(value).is_file()
+            except OSError:  # a YAML text too long to be a file name
+                is_file = False
+            if is_file:
+                _check_config_file(Path(value))
+            else:
+                check_config_text(value, f"{name} {value[:40]!r}")
+        else:
+            continue
+        if equals:
+            out[i] = f"{name}={resolved}"
+        else:
+            out[i + 1] = resolved
     return out
