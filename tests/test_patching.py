@@ -118,7 +118,9 @@ def test_the_attention_command_adds_patching_to_heads_json_and_draws_it(tiny_che
     out = tmp_path / "maps"
     assert command(tiny_checkpoint, out, "--corrupt", "the dog sat", "--answer", ".", "--wrong", "!") == 0
     plain, heads = (json.loads((folder / "heads.json").read_text()) for folder in (tmp_path / "plain", out))
-    assert {k: v for k, v in heads.items() if k != "patching"} == plain  # the existing keys as they were
+    same = {k: v for k, v in heads.items() if k not in ("patching", "files")}
+    assert same == {k: v for k, v in plain.items() if k != "files"}  # the existing keys as they were
+    assert heads["files"] == [*plain["files"], "patching_heads.png", "patching_residual.png"]
     patching = heads["patching"]
     assert patching["metric"] == "logit('.') - logit('!') at the last position"
     assert len(patching["heads"]) == 2 and len(patching["residual"]) == 3 and len(patching["residual"][0]) == 11
