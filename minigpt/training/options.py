@@ -129,7 +129,7 @@ MAX_CONFIG_NODES = 100_000  # values with aliases expanded; a real config has do
 
 def _check_config_file(path: Path) -> None:
     """A config file as jsonargparse can read it safely: UTF-8 (a decoding error would escape as a traceback),
-    not huge, and a mapping whose groups are mappings (see `check_config_text`)."""
+    not huge, and a mapping whose groups are mappings (see `read_config_text`)."""
     try:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
@@ -141,15 +141,18 @@ def _check_config_file(path: Path) -> None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise MiniGPTError(f"config {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
-    check_config_text(text, f"config {path}")
+    read_config_text(text, f"config {path}")
 
 
-def check_config_text(text: str, where: str) -> None:
-    """Refuse YAML whose aliases expand to more than `MAX_CONFIG_NODES` values (a few hundred bytes of nested
-    anchors expand to gigabytes: "billion laughs"), that is not a mapping of options, or whose groups (model,
-    optim, trainer) are not mappings, before anything loads it. Composing builds the nodes without expanding."""
+def read_config_text(text: str, where: str) -> dict[str, Any]:
+    """The options in a YAML config `text`, read once it is known to be safe to read: YAML whose aliases expand to
+    more than `MAX_CONFIG_NODES` values (a few hundred bytes of nested anchors expand to gigabytes: "billion
+    laughs"), that is not a mapping of options, whose groups (model, optim, trainer) are not mappings, or that holds
+    a value YAML cannot build (a 5,000-digit number) is a `MiniGPTError` starting with `where`. The text is parsed
+    once: composed into nodes (aliases not expanded), sized, then built from those nodes."""
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
     except (yaml.YAMLError, RecursionError) as err:
         raise MiniGPTError(f"{where} is not valid YAML ({str(err).splitlines()[0]})") from None
     sizes: dict[int, int | None] = {}
@@ -180,10 +183,12 @@ def check_config_text(text: str, where: str) -> None:
     for key, value in root.value:
         if key.value in GROUPS and not isinstance(value, yaml.MappingNode) and value.tag != "tag:yaml.org,2002:null":
             raise MiniGPTError(f"{where}: {key.value} must be a mapping of its options ({key.value}: then indented lines)")
-    try:  # its size is bounded now: build the values too, as the parser will (a 5,000-digit number fails there)
-        yaml.safe_load(text)
+    try:  # its size is bounded now: build the values, as the parser will (a 5,000-digit number fails there)
+        return loader.construct_document(root)
     except (yaml.YAMLError, ValueError, RecursionError) as err:
         raise MiniGPTError(f"{where} holds a value that cannot be read ({str(err).splitlines()[0][:120]})") from None
+    finally:
+        loader.dispose()
 
 
 def resume_path(path: str) -> Path:
@@ -284,12 +289,9 @@ def _resumed_config(path: Path) -> str:
     by an older version may hold one, such as enable_autolog_hparams)."""
     try:
         text = path.read_text()
-        check_config_text(text, f"cannot resume: {path}")
-        config = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise MiniGPTError(f"cannot resume: {path} is unreadable ({type(err).__name__}); restore the run's config.yaml") from None
-    if not isinstance(config, dict):
-        raise MiniGPTError(f"cannot resume: {path} is not a training config; restore the run's config.yaml")
+    config = read_config_text(text, f"cannot resume: {path}")
     if isinstance(config.get("trainer"), dict):
         config["trainer"] = {k: v for k, v in config["trainer"].items() if k not in TRAINER_SKIP}
     return yaml.safe_dump(config, sort_keys=False)
@@ -317,7 +319,7 @@ def with_config_paths(options: list[str]) -> list[str]:
             if is_file:
                 _check_config_file(Path(value))
             else:
-                check_config_text(value, f"{name} {value[:40]!r}")
+                read_config_text(value, f"{name} {value[:40]!r}")
         else:
             continue
         if equals:
