@@ -339,6 +339,16 @@ def test_an_out_dir_with_files_a_run_would_write_is_refused_and_they_are_kept(tm
     assert train(tmp_path, "other") == 0 and (tmp_path / "other" / "notes.txt").read_text() == "keep"
 
 
+def test_a_fifo_named_like_the_lock_is_one_line_not_a_hang(tmp_path, capsys):
+    import os
+
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / ".lock")  # reading it to see whose lock it is would block forever
+    assert user_error(capsys, ["--data", "x.txt", "--out_dir", str(tmp_path / "run")]).startswith(
+        f"error: cannot use {tmp_path / 'run'} as the run folder"
+    )
+
+
 def test_a_killed_runs_leftovers_are_cleared_when_its_folder_is_claimed_again(tmp_path, monkeypatch):
     """kill -9 before the first checkpoint leaves the lock file, config.yaml and tb/: the run's own files."""
     from minigpt.training.run import claim_run_folder

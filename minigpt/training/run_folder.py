@@ -137,6 +137,8 @@ class RunFolder:
 def _is_run_lock(path: Path) -> bool:
     """Whether `path` is the lock file of a minigpt run ("pid N on HOST"); a `.lock` of another tool's, or an
     empty one, says nothing of the files beside it."""
+    if not path.is_file():  # reading a FIFO would block
+        return False
     try:
         with path.open("rb") as file:
             return re.fullmatch(rb"pid \d+ on \S+\n", file.read(300)) is not None
