@@ -38,10 +38,20 @@ def scalar(value: object) -> object:
     return float(str(value)) if isinstance(number, float) and type(value).__module__ == "numpy" else number
 
 
+def is_whole(value: object) -> bool:
+    """Whether `value` is a whole number: an int or numpy's, never a bool (see `scalar` for torch's)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def is_real(value: object) -> bool:
+    """Whether `value` is a real number: an int, a float or numpy's, never a bool (see `scalar` for torch's)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def whole_number(value: object, what: str, minimum: int = 1) -> int:
     """`value` as an int, at least `minimum`; numpy's and torch's integers count, a bool does not."""
     value = scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_whole(value):
         raise MiniGPTError(f"{what} must be a whole number, got {_shown(value)}")
     if value < minimum:
         raise MiniGPTError(f"{what} must be at least {minimum}, got {value}")
@@ -51,7 +61,7 @@ def whole_number(value: object, what: str, minimum: int = 1) -> int:
 def real_number(value: object, what: str) -> float:
     """`value` as a float; numpy's and torch's numbers count, a bool does not (the range is the caller's to check)."""
     value = scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise MiniGPTError(f"{what} must be a number, got {_shown(value)}")
     return float(value)
 

@@ -19,7 +19,6 @@ import codecs
 import hashlib
 import logging
 import math
-import numbers
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -159,7 +158,7 @@ class SamplingSettings:
             optional = name in ("top_k", "top_p", "seed")
             if value is None and optional:
                 continue
-            if not isinstance(value, bool) and isinstance(value, numbers.Integral if kind is int else numbers.Real):
+            if (checks.is_whole if kind is int else checks.is_real)(value):
                 object.__setattr__(self, name, kind(value))
                 continue
             what = "a whole number" if kind is int else "a number"

@@ -9,7 +9,6 @@ same activations between two runs.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import tiktoken
 import torch
 from torch import Tensor, nn
 
+from minigpt import checks
 from minigpt.errors import MiniGPTError
 from minigpt.inspection.maps import hooked, inference
 from minigpt.model import GPT
@@ -99,7 +99,7 @@ def logit_lens(model: GPT, enc: tiktoken.Encoding, ids: Sequence[int], k: int = 
 
     if not 1 <= len(ids) <= model.config.block_size:
         raise MiniGPTError(f"the logit lens reads 1 to {model.config.block_size} tokens, got {len(ids)}")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= model.config.vocab_size:
+    if not checks.is_whole(k) or not 1 <= k <= model.config.vocab_size:
         raise MiniGPTError(f"k must be a whole number from 1 to the vocabulary size {model.config.vocab_size}, got {k!r}")
     k = int(k)
     device = next(model.parameters()).device
