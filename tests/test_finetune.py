@@ -121,6 +121,23 @@ def test_init_and_resume_do_not_combine(tmp_path, gpt2_folder, corpus, capsys):
     assert "--init starts a new run and --resume continues one" in capsys.readouterr().err
 
 
+def test_a_pretrained_run_resumes_with_the_config_that_started_it(tmp_path, gpt2_folder, corpus, capsys):
+    # The config names a tokenizer, a shape and a context that --init overrides (the source has 2 layers and 64
+    # positions): resuming with it continues the run as it was, and only options given one by one are checked.
+    config = tmp_path / "fine.yaml"
+    config.write_text(f"init: {gpt2_folder}\ntokenizer: bytes\nmodel:\n  n_layer: 4\n  block_size: 128\n")
+    out = tmp_path / "run"
+    assert run(train, ["--config", str(config), *common(tmp_path, corpus), "--out_dir", str(out)]) == 0
+    assert run(train, ["--config", str(config), "--resume", str(out), "--trainer.max_steps", "6"]) == 0
+    assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] == 6
+    resumed = yaml.safe_load((out / "config.yaml").read_text())
+    assert resumed["tokenizer"].startswith("from:") and resumed["model"]["n_layer"] == 2
+    assert resumed["model"]["block_size"] == 64
+    capsys.readouterr()
+    assert run(train, ["--config", str(config), "--resume", str(out), "--model.n_layer", "4"]) == 2
+    assert "--model.n_layer cannot change when resuming (the run has 2, asked 4)" in capsys.readouterr().err
+
+
 def test_an_exported_run_loads_in_transformers_with_equal_logits_and_the_readme_snippet_runs(tmp_path, corpus):
     out = tmp_path / "run"
     # The README's snippet asks for 40 new tokens after a 6-byte prompt: the context must hold them.

@@ -22,6 +22,7 @@ from minigpt.errors import MiniGPTError, check_lookup
 from minigpt.model import GPTConfig
 from minigpt.suggest import closest_option, did_you_mean, option_names
 from minigpt.training.config import GROUPS, OptimConfig, TrainConfig
+from minigpt.training.finetune import SHAPE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 """The bundled configs (package data); `default.yaml` holds the recipe a plain run uses."""
@@ -216,7 +217,10 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
         resume = resume_path(cfg.resume)  # resolved once: the checkpoint file every later step uses
         run_config = ["--config", _resumed_config(resume.parent / "config.yaml")]
         cfg = _parse_args(parser, [*run_config, *options])
-        _check_kept_on_resume(_parse_args(parser, run_config), cfg)
+        run = _parse_args(parser, run_config)
+        if run.get("init"):
+            _keep_pretrained(run, cfg, given)
+        _check_kept_on_resume(run, cfg)
         cfg.resume = str(resume)
     if printing:
         _parse_args(parser, [*run_config, *options, *printing])  # prints and exits
@@ -245,6 +249,17 @@ def _without_print_config(options: list[str]) -> tuple[list[str], list[str]]:
             printing = options[i : i + 1 + has_value]
             rest = options[:i] + options[i + 1 + has_value :]
     return printing, rest
+
+
+def _keep_pretrained(run: Namespace, asked: Namespace, given: set[str]) -> None:
+    """A run started with --init took its tokenizer and shape from the source model, whatever a config said, and
+    a context no longer than the source's: resumed with that same config, it keeps them again. Options given one
+    by one are left as asked, to be checked."""
+    for key in ("tokenizer", *(f"model.{field}" for field in SHAPE)):
+        if key not in given:
+            asked[key] = run[key]
+    if "model.block_size" not in given and asked["model.block_size"] > run["model.block_size"]:
+        asked["model.block_size"] = run["model.block_size"]  # cropped to the source's positions, as at the start
 
 
 def _check_kept_on_resume(run: Namespace, asked: Namespace) -> None:
