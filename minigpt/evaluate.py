@@ -126,13 +126,17 @@ def corpus_tokens(
 
 def _encode_documents(enc: tiktoken.Encoding, sources: Iterable[Source]) -> tuple[array, int]:
     """Every document's ids after one ``<|endoftext|>``, and the UTF-8 size of their text. Byte tokens are the text's
-    own bytes, read as they come (any cut is safe), so a document with no newline is never held whole."""
+    own bytes, read as they come (any cut is safe); other documents are encoded in pieces cut where their tokens
+    cannot change (`cut_at_lines`), as preparation cuts them."""
     eot = tok.eot_id(enc)
     byte_level = tok.is_byte_tokenizer(enc)
     ids = array("q")  # (N,) int64, grown in place: the tensor is made over it without a copy
     n_bytes = 0
     for source in sources:
-        pieces = (piece for piece in source() if piece) if byte_level else cut_at_lines(source(), CHUNK_CHARS)
+        if byte_level:
+            pieces: Iterable[str] = (piece for piece in source() if piece)
+        else:
+            pieces = cut_at_lines(source(), CHUNK_CHARS, tok.safe_cut(enc))
         for index, piece in enumerate(pieces):
             if index == 0:
                 ids.append(eot)

@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,11 @@ def byte_tokenizer() -> tiktoken.Encoding:
     """256 byte tokens and ``<|endoftext|>`` as token 256."""
     ranks = {bytes([i]): i for i in range(256)}
     return tiktoken.Encoding("bytes", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
+
+
+def safe_cut(enc: tiktoken.Encoding) -> re.Pattern[str] | None:
+    """Where text may be cut without changing `enc`'s tokens (`split_patterns.safe_cut`); None: nowhere."""
+    return split_patterns.safe_cut(enc._pat_str)
 
 
 def is_byte_tokenizer(enc: tiktoken.Encoding) -> bool:

@@ -59,6 +59,16 @@ def test_byte_tokens_are_read_as_they_come_and_equal_encoding_each_document_whol
     assert tokens.ids.tolist() == whole(enc, texts) and tokens.n_bytes == sum(len(text.encode()) for text in texts)
 
 
+def test_a_document_without_a_safe_newline_is_encoded_in_pieces_with_the_ids_of_encoding_it_whole(bpe, corpus, monkeypatch):
+    (corpus / "99.txt").write_text("paragraph after paragraph, no line between.\n\n" * 20_000)  # 900,000 characters
+    expected = whole(bpe, [path.read_text() for path in sorted(corpus.iterdir())])
+    pieces: list[int] = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda enc, text: pieces.append(len(text)) or encode(enc, text))
+    assert corpus_tokens(str(corpus), bpe, "all").ids.tolist() == expected
+    assert max(pieces) < CHUNK_CHARS + 100
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_a_split_gets_the_ids_of_encoding_its_documents_whole(bpe, corpus, split):
     texts = [path.read_text() for path in sorted(corpus.iterdir())]

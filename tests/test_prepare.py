@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from minigpt import split_patterns
 from minigpt import tokenizer as tok
 from minigpt.data import cache as shardcache
 from minigpt.data import pieces as text_pieces
@@ -188,24 +190,49 @@ def test_long_documents_are_tokenized_in_chunks_without_changing_tokens(
     assert shard(prepared, "val") == expected_ids(prepared, [text[cut:]])
 
 
+def test_a_document_without_a_safe_newline_is_tokenized_in_pieces_cut_before_spaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Paragraphs apart by blank lines: no newline between two non-space characters, so it was encoded whole.
+    text = "".join(f"{sentence(i)} Then {i}, and more.\n\n" for i in range(300))
+    (tmp_path / "paragraphs.txt").write_text(text, encoding="utf-8")
+    monkeypatch.setattr(text_pieces, "CHUNK_CHARS", 100)
+    monkeypatch.setattr(prep, "BATCH_CHARS", 400)
+    encoded: list[str] = []
+    array_encoder = prep._array_encoder
+    monkeypatch.setattr(prep, "_array_encoder", lambda *a: lambda texts: array_encoder(*a)(encoded.extend(texts) or texts))
+
+    prepared = prepare(str(tmp_path / "paragraphs.txt"), "bpe:320", tmp_path / "cache")
+
+    cut = int(len(text) * 0.9)
+    assert shard(prepared, "train") == expected_ids(prepared, [text[:cut]])
+    assert shard(prepared, "val") == expected_ids(prepared, [text[cut:]])
+    assert "".join(encoded) == text and max(map(len, encoded)) < 130
+
+
 @pytest.mark.parametrize("size", [7, 20, 50, 100])
 def test_cutting_at_lines_gives_the_same_tokens_as_the_whole_text(size: int) -> None:
     text = tricky_lines()
     enc = tok.build_tokenizer("bpe:320", [text])
 
-    pieces = list(text_pieces.cut_at_lines([text], size))
+    pieces = list(text_pieces.cut_at_lines([text], size, tok.safe_cut(enc)))
 
     assert len(pieces) > 1
     assert [token for piece in pieces for token in tok.encode(enc, piece)] == tok.encode(enc, text)
 
 
 def test_lines_are_cut_only_between_non_space_characters() -> None:
-    text = "one\ntwo \n three\n\nfour\nfive"
+    text = "one\ntwo \n three\n\nfour\n/five\nsix"
 
-    pieces = list(text_pieces.cut_at_lines([text], 2))
+    pieces = list(text_pieces.cut_at_lines([text], 2, re.compile(split_patterns.NEWLINE_CUT)))
 
     assert "".join(pieces) == text
-    assert pieces == ["one\n", "two \n three\n\nfour\n", "five"]
+    assert pieces == ["one\n", "two \n three\n\nfour\n/five\n", "six"]
+
+
+def test_without_a_safe_place_to_cut_a_text_stays_whole() -> None:
+    assert list(text_pieces.cut_at_lines(["one\ntwo", " three"], 1, None)) == ["one\ntwo three"]
+    assert list(text_pieces.cut_at_lines(["", ""], 1, None)) == []
 
 
 def test_an_interrupted_build_leaves_no_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

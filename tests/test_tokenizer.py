@@ -1,10 +1,15 @@
 import base64
 import json
+import random
+from unittest import mock
 
 import pytest
+import regex
 import tiktoken
 
+from minigpt import split_patterns
 from minigpt import tokenizer as tok
+from minigpt.data.pieces import cut_at_lines
 from minigpt.errors import MiniGPTError
 
 SAMPLES = [
@@ -114,3 +119,66 @@ def test_a_byte_vocabulary_with_another_split_pattern_is_not_taken_for_the_bytes
     lossy = tiktoken.Encoding("bytes", pat_str="a", mergeable_ranks={t: i for i, t in enumerate(record["ranks"])},
                               special_tokens=record["special_tokens"])  # fmt: skip
     assert tok.is_byte_tokenizer(tok.byte_tokenizer()) and not tok.is_byte_tokenizer(lossy)
+
+
+def _pattern_of(name: str) -> str:
+    """The split pattern of tiktoken's encoding `name`, read from its definition without downloading its ranks."""
+    import tiktoken_ext.openai_public as openai
+
+    with mock.patch.object(openai, "load_tiktoken_bpe", return_value={}), \
+            mock.patch.object(openai, "data_gym_to_mergeable_bpe_ranks", return_value={}):  # fmt: skip
+        return openai.ENCODING_CONSTRUCTORS[name]()["pat_str"]
+
+
+KNOWN_PATTERNS = {
+    "gpt2": _pattern_of("gpt2"), "cl100k_base": _pattern_of("cl100k_base"), "o200k_base": _pattern_of("o200k_base"),
+    "bpe": tok.build_tokenizer("bpe:300", TRAINING_TEXT)._pat_str, "bytes": tok.GPT2_PATTERN,
+}  # fmt: skip
+BOTH = f"{split_patterns.NEWLINE_CUT}|{split_patterns.SPACE_CUT}"
+
+
+@pytest.mark.parametrize("name", KNOWN_PATTERNS)
+def test_the_split_patterns_of_tiktokens_encodings_and_of_bpe_vocabularies_are_cut_at_newlines_and_spaces(name):
+    assert split_patterns.safe_cut(KNOWN_PATTERNS[name]).pattern == BOTH
+
+
+@pytest.mark.parametrize(
+    "pattern, cut",
+    [
+        (r"\p{L}+ ?|\s|\S", split_patterns.NEWLINE_CUT),  # a word takes the space after it
+        (r"\n\S+|\S+|\s", split_patterns.SPACE_CUT),  # a newline goes with the word after it
+        (r"\p{L}+ ?|\n\S+|\s|\S", None),
+        (r"(\p{L}+)|\s|\S", BOTH),  # a group: the pieces are whole matches all the same
+        (r"\p{L}+|\s|[^\s\p{L}]", BOTH),
+    ],
+)
+def test_a_split_pattern_is_cut_only_where_its_pieces_stay_the_same(pattern, cut):
+    found = split_patterns.safe_cut(pattern)
+    assert (found.pattern if found else None) == cut
+
+
+@pytest.mark.parametrize("error", [split_patterns.regex.error("unsupported"), TimeoutError("regex timed out")])
+def test_a_pattern_the_probe_cannot_read_or_that_it_times_out_on_is_never_cut(error):
+    # tiktoken's engine (fancy-regex) may read a pattern that the regex module cannot, or match it faster.
+    with mock.patch.object(split_patterns.regex, "compile", side_effect=error):
+        assert split_patterns.safe_cut.__wrapped__(r"\p{L}+|\s|\S") is None
+
+
+_FUZZ_CHARS = list(" \n\r\t\u00a0\u3000'/.,!_-") + list("aAzsStTdlLvVreéЖж漢字\u0301") + list("0123٣½") + ["🙂"]
+
+
+@pytest.mark.parametrize("name", KNOWN_PATTERNS)
+def test_text_cut_where_it_is_safe_splits_into_the_pieces_of_the_whole_text(name):
+    """tiktoken encodes each piece of the split pattern on its own: equal pieces give equal tokens. Other texts
+    than the probe's, cut in pieces of random sizes from two parts. (The probe found that a cut after a newline
+    followed by a slash changed o200k's pieces.)"""
+    pattern = KNOWN_PATTERNS[name]
+    safe_cut = split_patterns.safe_cut(pattern)
+    rng = random.Random(1)
+    weights = [8 if char in " \n" else 1 for char in _FUZZ_CHARS]
+    for _ in range(300):
+        text = "".join(rng.choices(_FUZZ_CHARS, weights, k=rng.randint(1, 200)))
+        at = rng.randint(0, len(text))
+        pieces = list(cut_at_lines([text[:at], text[at:]], rng.randint(1, 10), safe_cut))
+        assert "".join(pieces) == text
+        assert [part for piece in pieces for part in regex.findall(pattern, piece)] == regex.findall(pattern, text)

@@ -24,6 +24,7 @@ import errno
 import itertools
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -164,8 +165,9 @@ def _write_shards(
         ShardFiles(out) as shard_files,
         tqdm(desc="tokenizing", total=total_bytes, unit="B", unit_scale=True, disable=None if progress else True) as bar,
     ):
-        # Byte tokens cannot change where text is cut, so those pieces need no safe newline.
-        batches = _batches(_chunks(labelled, cut=not byte_level), BATCH_CHARS)
+        # Byte tokens cannot change where text is cut, so those pieces need no safe place to cut.
+        safe_cut = None if byte_level else tok.safe_cut(enc)
+        batches = _batches(_chunks(labelled, cut=not byte_level, safe_cut=safe_cut), BATCH_CHARS)
         # Each batch is handed to the tokenizer threads as soon as it is read, and its tokens taken once the next
         # one is: reading overlaps tokenizing, and two batches at most are in memory.
         for batch, token_arrays in _one_behind((batch, encode([text for _, text, _ in batch])) for batch in batches):
@@ -217,10 +219,12 @@ def _one_behind(items: Iterable[T]) -> Iterator[T]:
     yield from previous
 
 
-def _chunks(labelled: Iterable[tuple[str, Source]], cut: bool) -> Iterator[tuple[str, str, bool]]:
+def _chunks(
+    labelled: Iterable[tuple[str, Source]], cut: bool, safe_cut: re.Pattern[str] | None
+) -> Iterator[tuple[str, str, bool]]:
     """(split, text chunk, whether it starts a document): with `cut`, pieces end only where tokens cannot change."""
     for split, source in labelled:
-        texts = cut_at_lines(source(), pieces.CHUNK_CHARS) if cut else source()
+        texts = cut_at_lines(source(), pieces.CHUNK_CHARS, safe_cut) if cut else source()
         for index, chunk in enumerate(texts):
             yield split, chunk, index == 0
 
