@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import time
 
 import regex  # tiktoken's own dependency: the dialect its split patterns are written in
 import tiktoken
@@ -88,6 +89,7 @@ SPACE_CUT = r"\S(?= )"
 """Before a space that follows a non-space character."""
 
 _CUT_PROBE_TEXTS = 1000
+_CUT_PROBE_SECONDS = 10.0  # a real pattern takes 0.2 s; one slow in this engine must not hold preparation up
 _CUT_PROBE_CHARS = list(" \n\r\t\u00a0\u3000'/.,!_-") + list("aAzsStTdlLvVreéЖж漢字\u0301") + list("0123٣½🙂")
 
 
@@ -98,25 +100,29 @@ def safe_cut(pattern: str) -> re.Pattern[str] | None:
     kept when cutting 1,000 random short texts of spaces, newlines, letters, marks, digits and punctuation at
     every place it names gives the pieces of each text whole. GPT-2's, cl100k's, o200k's and rustbpe's patterns
     keep both."""
+    deadline = time.monotonic() + _CUT_PROBE_SECONDS
     try:
         split = regex.compile(pattern)
-        rules = [rule for rule in (NEWLINE_CUT, SPACE_CUT) if _keeps_pieces(split, re.compile(rule))]
-    except (regex.error, TimeoutError):  # tiktoken's engine took it, but this one cannot tell: never cut
+        rules = [rule for rule in (NEWLINE_CUT, SPACE_CUT) if _keeps_pieces(split, re.compile(rule), deadline)]
+    except (regex.error, TimeoutError):  # tiktoken's engine took it, but this one cannot tell (in time): never cut
         return None
     return re.compile("|".join(rules)) if rules else None
 
 
-def _keeps_pieces(split: regex.Pattern, cut: re.Pattern[str]) -> bool:
+def _keeps_pieces(split: regex.Pattern, cut: re.Pattern[str], deadline: float) -> bool:
     rng = random.Random(0)
     weights = [8 if char in " \n" else 1 for char in _CUT_PROBE_CHARS]
     for _ in range(_CUT_PROBE_TEXTS):
         text = "".join(rng.choices(_CUT_PROBE_CHARS, weights, k=rng.randint(2, 80)))
         at = [0, *(match.end() for match in cut.finditer(text)), len(text)]
-        cut_pieces = [piece for start, end in zip(at, at[1:]) for piece in _pieces(split, text[start:end])]
-        if cut_pieces != _pieces(split, text):
+        cut_pieces = [piece for start, end in zip(at, at[1:]) for piece in _pieces(split, text[start:end], deadline)]
+        if cut_pieces != _pieces(split, text, deadline):
             return False
     return True
 
 
-def _pieces(split: regex.Pattern, text: str) -> list[str]:
-    return [match.group() for match in split.finditer(text, timeout=1.0)]
+def _pieces(split: regex.Pattern, text: str, deadline: float) -> list[str]:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return [match.group() for match in split.finditer(text, timeout=left)]

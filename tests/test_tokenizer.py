@@ -157,11 +157,15 @@ def test_a_split_pattern_is_cut_only_where_its_pieces_stay_the_same(pattern, cut
     assert (found.pattern if found else None) == cut
 
 
-@pytest.mark.parametrize("error", [split_patterns.regex.error("unsupported"), TimeoutError("regex timed out")])
-def test_a_pattern_the_probe_cannot_read_or_that_it_times_out_on_is_never_cut(error):
-    # tiktoken's engine (fancy-regex) may read a pattern that the regex module cannot, or match it faster.
-    with mock.patch.object(split_patterns.regex, "compile", side_effect=error):
+def test_a_pattern_the_probe_cannot_read_is_never_cut():
+    # tiktoken's engine (fancy-regex) may read a pattern that the regex module cannot.
+    with mock.patch.object(split_patterns.regex, "compile", side_effect=split_patterns.regex.error("unsupported")):
         assert split_patterns.safe_cut.__wrapped__(r"\p{L}+|\s|\S") is None
+
+
+def test_a_pattern_the_probe_cannot_check_in_time_is_never_cut(monkeypatch):
+    monkeypatch.setattr(split_patterns, "_CUT_PROBE_SECONDS", 0.0)
+    assert split_patterns.safe_cut.__wrapped__(r"\p{L}+|\s|\S") is None
 
 
 _FUZZ_CHARS = list(" \n\r\t\u00a0\u3000'/.,!_-") + list("aAzsStTdlLvVreéЖж漢字\u0301") + list("0123٣½") + ["🙂"]
