@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -117,6 +118,39 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(tmp_path, tiny_checkp
     assert os.listdir(tmp_path) == [tiny_checkpoint.name]  # neither the folder nor its temporary twin
 
 
+def test_a_full_disk_under_new_folders_removes_the_folders_it_made(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hf_export, "_write_folder", full)
+    (tmp_path / "mine").mkdir()
+    code, err = export_cli(tiny_checkpoint, tmp_path / "mine" / "a" / "b" / "hf", capsys)
+    assert code == 2 and "No space left on device" in err
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
+def test_an_empty_folder_of_yours_is_filled_and_keeps_its_mode_and_identity(tmp_path, tiny_checkpoint, capsys):
+    # It was replaced by a new folder: a private (0700) folder became world-readable, and a mount point failed.
+    out = tmp_path / "private"
+    out.mkdir(mode=0o700)
+    before = out.stat()
+    code, err = export_cli(tiny_checkpoint, out, capsys)
+    assert code == 0, err
+    after = out.stat()
+    assert (after.st_ino, after.st_dev, stat.S_IMODE(after.st_mode)) == (before.st_ino, before.st_dev, 0o700)
+    assert {p.name for p in out.iterdir()} == EXPORTED
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_config_json_is_the_last_file_to_arrive_in_an_existing_folder(tmp_path, tiny_checkpoint, monkeypatch):
+    arrived = []
+    replace = os.replace
+    monkeypatch.setattr(hf_export.os, "replace", lambda src, dst: arrived.append(Path(dst).name) or replace(src, dst))
+    (tmp_path / "out").mkdir()
+    hf_export.export(tiny_checkpoint, tmp_path / "out")
+    assert sorted(arrived) == sorted(EXPORTED) and arrived[-1] == "config.json"
+
+
 def test_dot_is_refused_in_one_line_and_the_current_folder_stays(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     here = tmp_path / "here"
     here.mkdir()
@@ -153,8 +187,11 @@ def test_every_exported_file_gets_the_umask_mode(tmp_path, tiny_checkpoint):
     assert modes == dict.fromkeys(EXPORTED, 0o640)
 
 
-def test_exports_racing_into_one_new_folder_leave_one_complete_folder_and_one_line_each(tmp_path, tiny_checkpoint, monkeypatch):
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+def test_exports_racing_into_one_folder_leave_one_complete_folder_and_one_line_each(tmp_path, tiny_checkpoint, monkeypatch, existing):
     """All three pass the emptiness check and write before any renames: one wins, the others say so."""
+    if existing:
+        (tmp_path / "new" / "out").mkdir(parents=True)
     together = threading.Barrier(3, timeout=60)
     write = hf_export._write_folder
 

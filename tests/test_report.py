@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -296,6 +297,47 @@ def test_a_run_that_fails_to_write_leaves_the_folder_as_it_was(tiny_checkpoint: 
         assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # no staging folder left either
+
+
+def test_a_name_taken_by_a_folder_is_refused_before_any_file_is_replaced(tiny_checkpoint: Path, out_dir: Path, capsys) -> None:
+    # The files were moved in one by one: the report's PNGs and page were replaced, then heads.json failed.
+    (out_dir / "heads.json").unlink()
+    (out_dir / "heads.json").mkdir()
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()}
+    assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 2
+    assert "its heads.json is a folder; move it away" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["heads.json"]
+
+
+def test_a_move_that_fails_part_way_puts_the_earlier_report_back(tiny_checkpoint: Path, out_dir: Path, capsys) -> None:
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    replace, calls = os.replace, []
+
+    def fails_on_the_fifth(src, dst):
+        calls.append(dst)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        replace(src, dst)
+
+    with mock.patch.object(report.os, "replace", fails_on_the_fifth):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+
+def test_a_killed_runs_temporary_folder_is_swept_and_a_live_ones_is_kept(tiny_checkpoint: Path, out_dir: Path) -> None:
+    dead, live = out_dir / ".report.0123456789abcdef.attention.tmp", out_dir / ".report.fedcba9876543210.attention.tmp"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "overview.png").write_bytes(b"half")
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running save holds
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 0
+        assert not dead.exists() and live.exists()
+    finally:
+        os.close(fd)
 
 
 def test_a_new_folder_that_fails_to_be_written_is_not_left_behind(tiny_checkpoint: Path, tmp_path: Path) -> None:

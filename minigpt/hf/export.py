@@ -6,11 +6,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
-import secrets
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -20,44 +17,62 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
-from minigpt import checkpoint
+from minigpt import checkpoint, staging
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
+from minigpt.folders import first_missing, remove_made
 from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.hf.pretrained import CONV1D, LAYER_NORM_EPS
 from minigpt.model import GPTConfig
-
-logger = logging.getLogger(__name__)
 
 
 def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> None:
     """Write a Hugging Face GPT-2 folder (config, safetensors, tokenizer, generation config, model card) for a
     loaded model or a checkpoint file / run folder, that ``transformers.AutoModelForCausalLM`` loads.
 
-    The folder appears complete or not at all: it is written under a temporary sibling, locked while this
-    process runs, and renamed into place; an existing non-empty `out` is refused and a link to a folder is
-    followed. Temporary folders that killed exports left beside `out` are removed first.
+    The folder appears complete or not at all. A new folder is written under a temporary sibling, locked while
+    this process runs, and renamed into place. An existing empty folder stays the one you made (its mode, owner
+    and mount): the files are written under a temporary folder inside it and moved in, config.json (what a loader
+    opens first) last. A non-empty `out` is refused and a link to a folder is followed. Temporary folders that
+    killed exports left are removed first; folders made for `out` are removed again if the export fails.
     """
     loaded = source if isinstance(source, checkpoint.Loaded) else checkpoint.load(source)
     config = loaded.model.config
     if not config.bias:
         raise MiniGPTError("GPT-2's format has biases in every Linear and LayerNorm: train with --model.bias true to export")
-    shown = Path(out)
+    shown, made = Path(out), None
     try:
         out = destination(shown)
+        made = first_missing(out.parent)
         out.parent.mkdir(parents=True, exist_ok=True)
-        sweep_dead_exports(out.parent)
-        tmp, lock = _new_temporary(out)
-    except OSError as err:
-        raise _write_error(shown, err) from None
-    try:
-        _write_folder(loaded, tmp, shown.name or out.name)
-        os.replace(tmp, out)  # replaces an empty `out` too
+        existing = out.is_dir()
+        with staging.staging_folder(out if existing else out.parent, out.name, "export") as staged:
+            _write_folder(loaded, staged, shown.name or out.name)
+            if existing:
+                _fill(staged, out)
+            else:
+                os.replace(staged, out)
     except OSError as err:  # a full disk, or another export that published `out` meanwhile
+        if made is not None:
+            remove_made(out.parent, made)
         raise _write_error(shown, err) from None
+
+
+def _fill(staged: Path, out: Path) -> None:
+    """Move the files in `staged` into the empty folder `out`, config.json last, holding `out`'s lock: two exports
+    into one folder cannot mix their files, and the second finds the first's there."""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(errno.ENOTEMPTY, "another export is writing it", str(out)) from None
+        if _holds_anything(out):  # another export filled it meanwhile
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(out))
+        for name in sorted(os.listdir(staged), key=lambda name: name == "config.json"):
+            os.replace(staged / name, out / name)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.close(lock)
+        os.close(fd)
 
 
 def destination(out: Path) -> Path:
@@ -84,58 +99,11 @@ def destination(out: Path) -> Path:
 
 
 def _holds_anything(folder: Path) -> bool:
+    """Whether `folder` holds anything but exports' temporary folders (one being written into it)."""
     try:
-        return any(folder.iterdir())
+        return any(not staging.is_temporary(name, "export") for name in os.listdir(folder))
     except OSError:  # unreadable: not known to be empty
         return True
-
-
-# ``.<name, at most NAME_KEPT characters>.<random>.export.tmp``: a name of 255 characters still has a legal twin.
-NAME_KEPT = 64
-_TEMP_NAME = re.compile(rf"\..{{1,{NAME_KEPT}}}\.[0-9a-f]{{16}}\.export\.tmp", re.DOTALL)
-
-
-def _new_temporary(out: Path) -> tuple[Path, int]:
-    """A new temporary sibling of `out` and a descriptor holding its lock, which the kernel drops when this
-    process ends however it ends: a folder whose lock anyone can take belongs to a dead export."""
-    while True:
-        tmp = out.with_name(f".{out.name[:NAME_KEPT]}.{secrets.token_hex(8)}.export.tmp")
-        tmp.mkdir()
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:  # a sweep removed it before this process could lock it
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
-                return tmp, fd
-        except (BlockingIOError, FileNotFoundError):  # a sweep took it between mkdir and flock
-            pass
-        os.close(fd)
-
-
-def sweep_dead_exports(folder: Path) -> None:
-    """Remove the temporary folders in `folder` of exports that were killed (``kill -9``, power loss); a running
-    export holds its folder's lock, so its folder is never touched."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        if _TEMP_NAME.fullmatch(name) is None:
-            continue
-        try:
-            fd = os.open(folder / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:  # gone already, or not a folder of ours
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(folder / name)
-            logger.info("removed %s, left behind by an export that was killed", folder / name)
-        except OSError:  # BlockingIOError: a live export; or another sweep removed it first
-            pass
-        finally:
-            os.close(fd)
 
 
 def _write_error(out: Path, err: OSError) -> MiniGPTError:

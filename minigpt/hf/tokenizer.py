@@ -62,7 +62,8 @@ def load(folder: Path) -> tiktoken.Encoding:
 
 
 def save(enc: tiktoken.Encoding, folder: Path) -> None:
-    """Write tokenizer files into `folder` that transformers' AutoTokenizer loads with the same ids as `enc`."""
+    """Write tokenizer files into `folder` that transformers' AutoTokenizer loads with the same ids as `enc`; a
+    write the file system refuses raises its OSError (`minigpt.hf.export` says which folder failed)."""
     if EOT not in enc.special_tokens_set:
         raise MiniGPTError(f"tokenizer {enc.name} has no {EOT} token, which Hugging Face needs as bos and eos")
     config = {
@@ -72,12 +73,9 @@ def save(enc: tiktoken.Encoding, folder: Path) -> None:
         "unk_token": EOT,
         "clean_up_tokenization_spaces": False,  # else transformers 4 drops the space in " ." on decode
     }
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / "tokenizer.json", _tokenizer_json(enc))
-        _write_json(folder / "tokenizer_config.json", config)
-    except OSError as err:
-        raise MiniGPTError(f"cannot write the tokenizer into {folder}: {err.strerror or err}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "tokenizer.json", _tokenizer_json(enc))
+    _write_json(folder / "tokenizer_config.json", config)
 
 
 def _tokenizer_json(enc: tiktoken.Encoding) -> dict[str, Any]:

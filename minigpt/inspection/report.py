@@ -16,7 +16,7 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +27,7 @@ import tiktoken
 import torch
 from torch import Tensor
 
+from minigpt import staging
 from minigpt.errors import NOT_FINITE, MiniGPTError
 from minigpt.folders import first_missing, remove_made
 from minigpt.inspection import ablation, circuit_figures, heatmaps
@@ -138,20 +139,20 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
     """Write the files of `analysis` into `out_dir` (created if needed); return their paths.
 
     `per_head` draws one PNG per head instead of one per layer; heads.json ranks the `top` heads of each kind.
-    The files are written into a temporary folder inside `out_dir` and then moved over its own, so a run that
-    fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was. Once they are in,
-    the files that an earlier report's heads.json lists and this one does not write (a deeper model's layer_5.png,
-    an importance.png) are removed: the folder shows one analysis. No other file is touched.
+    The files are written into a temporary folder inside `out_dir` and then moved over its own, all or none, so
+    a run that fails (`MiniGPTError` for a folder that cannot be written) leaves what was there as it was. Once
+    they are in, the files that an earlier report's heads.json lists and this one does not write (a deeper
+    model's layer_5.png, an importance.png) are removed: the folder shows one analysis. No other file is touched.
+    Temporary folders that killed runs left in `out_dir` are removed first.
     """
     made = None
     try:
         made = first_missing(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".writing-", dir=out_dir, ignore_cleanup_errors=True) as staging:
-            names = [path.name for path in _write_all(Path(staging), analysis, per_head, top)]
+        with staging.staging_folder(out_dir, "report", "attention") as staged:
+            names = [path.name for path in _write_all(staged, analysis, per_head, top)]
             earlier = _listed_files(out_dir / "heads.json")
-            for name in names:
-                os.replace(Path(staging) / name, out_dir / name)
+            _move_in(staged, out_dir, names)
     except OSError as err:
         if made is not None:  # nothing but this run's files are in it
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -161,6 +162,35 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
         with contextlib.suppress(OSError):  # the new report is in: a file left over is no failure
             (out_dir / name).unlink()
     return [out_dir / name for name in names]
+
+
+def _move_in(staged: Path, out_dir: Path, names: list[str]) -> None:
+    """Move the files `names` from `staged` over those of `out_dir`, all or none: each file they replace is set
+    aside in `staged` until all are in, and if one cannot be moved, the moved ones go back and the set-aside
+    ones return. A name taken by a folder, which no file can replace, is refused first."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(out_dir / name).st_mode):
+                raise MiniGPTError(f"cannot write attention maps to {_shown(out_dir)}: its {name} is a folder; move it away")
+    aside = staged / "replaced"
+    aside.mkdir()
+    moved: list[str] = []
+    set_aside: list[str] = []
+    try:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(out_dir / name, aside / name)
+                set_aside.append(name)
+            os.replace(staged / name, out_dir / name)
+            moved.append(name)
+    except OSError:
+        for name in moved:
+            with contextlib.suppress(OSError):
+                (out_dir / name).unlink()
+        for name in set_aside:
+            with contextlib.suppress(OSError):
+                os.replace(aside / name, out_dir / name)
+        raise
 
 
 def _listed_files(heads_json: Path) -> list[str]:
