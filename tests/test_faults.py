@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from minigpt import checkpoint
-from minigpt.cli import run
+from minigpt.cli import loading, run
 from minigpt.cli.train import main
 from minigpt.training.run_folder import LOCK_NAME, RunFolder, holds_run
 from tests.helpers import REPO, RUN_FILES
@@ -212,6 +212,35 @@ def test_a_signal_during_generation_exits_128_plus_signal_with_one_line(tiny_che
         _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum
     assert err.strip().startswith("stopped by ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_command_loads_waits_for_the_imports_then_stops_it(signum, capsys):
+    """Raised inside the imports, it was swallowed by one (the command ran on and exited 0) or crossed torch's C++
+    (exit 134): now the imports finish and the command stops before it starts."""
+    done = []
+
+    def command(argv):
+        with loading():
+            os.kill(os.getpid(), signum)
+            done.append("imports")
+        done.append("command")
+
+    assert run(command, []) == 128 + signum
+    assert done == ["imports"]
+    assert capsys.readouterr().err == f"stopped by {'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}\n"
+
+
+def test_a_signal_that_a_library_swallows_still_sets_the_exit_code(capsys):
+    def command(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:  # what an import inside torch did with it
+            pass
+
+    assert run(command, []) == 143
+    assert capsys.readouterr().err == "stopped by SIGTERM\n"
 
 
 def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(tmp_path, corpus):

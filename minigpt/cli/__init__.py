@@ -29,15 +29,22 @@ def loading() -> Iterator[None]:
     sight for good (`gc.freeze`). Importing torch and Lightning makes ~500,000 objects that live until exit,
     and every full collection scans them all: during the imports (a third of Lightning's import time), during
     training, and once more as the interpreter exits (a second here). The little cyclic garbage importing leaves
-    is kept (`train --print_config` peaks 9.5 MB higher, 2%)."""
+    is kept (`train --print_config` peaks 9.5 MB higher, 2%).
+
+    A Ctrl-C or SIGTERM meanwhile waits for the imports to end (a second one does not): raised inside them, it
+    was swallowed by one (the command then ran to its end and exited 0) or crossed torch's C++ and aborted the
+    process (exit 134 and a C++ trace)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        with signals.deferred():
+            yield
     finally:
         gc.freeze()
         if enabled:
             gc.enable()
+    if signals.received() is not None:
+        raise KeyboardInterrupt
 
 
 def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None) -> int:
@@ -68,6 +75,8 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
             if signum is None:
                 raise
             return _interrupted(signum, "", label)
+        if signals.received() is not None:  # a library swallowed the KeyboardInterrupt: the signal still counts
+            return _interrupted(signals.received(), "", label)
     return 0
 
 
