@@ -234,6 +234,23 @@ def test_interactive_with_a_closed_or_undecodable_stdin_is_a_one_line_error(tiny
 
 
 @pytest.mark.parametrize(
+    "argv, stdin",
+    [
+        (["--prompt", "a\udcff"], None),  # what Python makes of the byte 0xff on a command line
+        (["--prompt", "hi", "--stop", "\udcffx"], None),
+        (["--prompt", "-"], "a\udcffb"),  # a standard input read with surrogateescape (the C locale)
+        (["--interactive"], "fine\n\udcff\udcff\n"),
+    ],
+    ids=["prompt", "stop", "stdin", "interactive"],
+)
+def test_bytes_that_are_not_utf8_are_refused_not_turned_into_replacement_characters(tiny_checkpoint, argv, stdin):
+    code, out, err = cli(["--ckpt", str(tiny_checkpoint), "--max_new_tokens", "2", *argv], stdin=stdin)
+    assert code == 2 and "not valid UTF-8: byte 0xff at character" in err and err.count("\n") == 1, err
+    assert out == "" if "--interactive" not in argv else out.count(" prompt ") == 1  # only the first was answered
+
+
+
+@pytest.mark.parametrize(
     "bad",
     [
         ["--temperature", "-1"], ["--temperature", "nan"], ["--top_k", "0"], ["--top_k", "-3"],

@@ -29,6 +29,7 @@ from minigpt.cli.common import (
     check_stdout_open,
     positive_int,
     resolve_device,
+    utf8_text,
     writing_stdout,
 )
 from minigpt.errors import MiniGPTError, check_lookup
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw the attention maps of every layer and head of a checkpoint on a prompt.",
     )
     parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
-    parser.add_argument("--prompt", required=True, help="text whose attention maps to draw")
+    parser.add_argument("--prompt", required=True, type=utf8_text, help="text whose attention maps to draw")
     add_device_argument(parser)
     add_attention_arguments(parser, out_flag="--out", required=True)
     group = parser.add_argument_group("logit lens and activation patching")
@@ -216,15 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         "block, at every position (logit_lens.png, the page)",
     )  # fmt: skip
     group.add_argument(
-        "--corrupt", metavar="TEXT",
+        "--corrupt", metavar="TEXT", type=utf8_text,
         help="also patch activations from --prompt (the clean text) into this text of as many tokens, one at a time, "
         "and measure how much of the difference each restores (heads.json, patching_*.png, the page); needs --answer",
     )  # fmt: skip
     group.add_argument(
-        "--answer", metavar="TOKEN", help="with --corrupt: the one token whose logit at the last position is measured"
+        "--answer", metavar="TOKEN", type=utf8_text, help="with --corrupt: the one token whose logit at the last position is measured"
     )
     group.add_argument(
-        "--wrong", metavar="TOKEN",
+        "--wrong", metavar="TOKEN", type=utf8_text,
         help="with --corrupt: measure the answer's logit minus this token's (default: minus the mean logit)",
     )  # fmt: skip
     return parser

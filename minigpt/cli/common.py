@@ -52,6 +52,26 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def not_utf8(text: str) -> str | None:
+    """What is wrong with `text` as UTF-8 (a phrase after "... is"), or None. Bytes that are not UTF-8 on the
+    command line or a standard input read with surrogateescape arrive as lone surrogates, which the tokenizer
+    would silently turn into U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = text[err.start]
+        what = f"byte {ord(char) - 0xDC00:#x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"a lone surrogate {char!r}"
+        return f"not valid UTF-8: {what} at character {err.start}"
+    return None
+
+
+def utf8_text(text: str) -> str:
+    """argparse type for text the model reads (a prompt, a stop string): UTF-8, else a one-line usage error."""
+    if problem := not_utf8(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def positive_int(text: str) -> int:
     """argparse type for a count of at least 1: anything else is a one-line usage error."""
     value = int(text)  # a ValueError becomes argparse's "invalid positive_int value"

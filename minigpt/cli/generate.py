@@ -31,7 +31,9 @@ from minigpt.cli.common import (
     add_device_argument,
     canonical_options,
     check_stdout_open,
+    not_utf8,
     resolve_device,
+    utf8_text,
     writing_stdout,
 )
 from minigpt.device import autocast
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     source = p.add_mutually_exclusive_group()
     source.add_argument(
-        "--prompt", help="prompt text ('-' reads standard input); without --prompt or --prompt_file, a piped "
+        "--prompt", type=utf8_text,
+        help="prompt text ('-' reads standard input); without --prompt or --prompt_file, a piped "
         "standard input is the prompt; an empty prompt starts from <|endoftext|>",
     )  # fmt: skip
     source.add_argument("--prompt_file", help="read the prompt from this UTF-8 text file")
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="make tokens already in the prompt or completion less likely (>= 1; default %(default)s = off)",
     )  # fmt: skip
     p.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT",
+        "--stop", action="append", default=[], metavar="TEXT", type=utf8_text,
         help="stop a sample when its text contains TEXT (not printed); repeatable. <|endoftext|> always stops",
     )  # fmt: skip
     p.add_argument(
@@ -196,6 +199,8 @@ def read_prompts(stdin: TextIO) -> Iterator[str]:
             line = stdin.readline(MAX_PROMPT_CHARS + 1)
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read a prompt from standard input: {err}") from None
+        if problem := not_utf8(line):
+            raise MiniGPTError(f"a prompt from standard input is {problem}")
         if len(prompt) + len(line) > MAX_PROMPT_CHARS:
             raise MiniGPTError(too_long("a prompt from standard input"))
         if not line:  # the end of the input, or Ctrl-D on a terminal
@@ -241,9 +246,12 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
         if sys.stdin is None:
             raise MiniGPTError("--prompt - reads standard input, but it is closed: pass --prompt TEXT or --prompt_file")
         try:
-            return bounded(sys.stdin.read(MAX_PROMPT_CHARS + 1), "the prompt on standard input")
+            text = bounded(sys.stdin.read(MAX_PROMPT_CHARS + 1), "the prompt on standard input")
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read the prompt from standard input: {err}") from None
+        if problem := not_utf8(text):
+            raise MiniGPTError(f"the prompt on standard input is {problem}")
+        return text
     return prompt or ""
 
 
