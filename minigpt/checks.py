@@ -63,7 +63,10 @@ def real_number(value: object, what: str) -> float:
     value = scalar(value)
     if not is_real(value):
         raise MiniGPTError(f"{what} must be a number, got {_shown(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past 1.8e308
+        raise MiniGPTError(f"{what} must be a number a float can hold, got a {int(value).bit_length()}-bit integer") from None
 
 
 def true_or_false(value: object, what: str) -> bool:

@@ -158,8 +158,11 @@ class SamplingSettings:
             optional = name in ("top_k", "top_p", "seed")
             if value is None and optional:
                 continue
-            if (checks.is_whole if kind is int else checks.is_real)(value):
-                object.__setattr__(self, name, kind(value))
+            if kind is int and checks.is_whole(value):
+                object.__setattr__(self, name, int(value))
+                continue
+            if kind is float and checks.is_real(value):
+                object.__setattr__(self, name, checks.real_number(value, name))  # an int too large for a float: one line
                 continue
             what = "a whole number" if kind is int else "a number"
             raise MiniGPTError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")

@@ -271,7 +271,7 @@ def test_a_row_that_emits_eot_is_finished_and_generation_ends_when_all_are(windo
     [
         dict(temperature=-0.1), dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_k=0),
         dict(top_p=0.0), dict(top_p=1.01), dict(repetition_penalty=0.99), dict(max_new_tokens=0),
-        dict(num_samples=0), dict(stop=[""]),
+        dict(num_samples=0), dict(stop=[""]), dict(temperature=10**400), dict(top_p=10**400),
     ],
 )  # fmt: skip
 def test_out_of_range_settings_are_user_errors(bad: dict) -> None:

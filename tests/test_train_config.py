@@ -50,6 +50,7 @@ def test_load_without_arguments_is_a_plain_run():
         ({"optim": {"beta1": 1.0}}, ["--optim.beta1", "1.0"]),
         ({"trainer": {"max_steps": -1}}, ["--trainer.max_steps", "-1"]),
         ({"seed": "x"}, ["--seed", "x"]),
+        ({"batch_size": 2**40}, ["--batch_size", str(2**40)]),  # a division past a float in the memory check
     ],
 )
 def test_a_bad_value_from_python_is_the_commands_one_line_error(overrides, options):
@@ -68,12 +69,19 @@ def test_a_bad_value_from_python_is_the_commands_one_line_error(overrides, optio
         ({"lr": 1e-3}, """unknown option 'lr'; did you mean optim={"lr": ...}?"""),
         ({"batchsize": 4}, "unknown option 'batchsize'; did you mean batch_size=...?"),
         ({"data": object()}, "data takes text, a number or true/false, got object"),
+        ({"batch_size": 10**5000}, "batch_size is too large: got a 16610-bit number"),  # str() refuses it
+        ({"optim": {"lr": 10**400}}, "optim.lr is too large: got a 1329-bit number"),
     ],
 )
 def test_an_unknown_keyword_names_the_option_as_python_spells_it(overrides, message):
     with pytest.raises(MiniGPTError) as err:
         TrainConfig.load(**overrides)
     assert str(err.value) == message
+
+
+def test_a_number_past_a_float_on_the_command_line_is_one_line():
+    with pytest.raises(MiniGPTError, match="a number is too large: a float option holds at most 1.8e308"):
+        parse(["--optim.lr", str(10**400)])  # an OverflowError inside jsonargparse
 
 
 def test_paths_and_numpy_numbers_are_the_values_they_hold(tmp_path):

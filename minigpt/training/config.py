@@ -24,7 +24,7 @@ import yaml
 
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction
 from minigpt.errors import MiniGPTError
-from minigpt.model import GPTConfig
+from minigpt.model import MAX_SIZE, GPTConfig
 from minigpt.training import launch
 from minigpt.training.machine import MAX_THREADS, MAX_WORKERS, check_devices, check_fits_in_memory
 
@@ -230,6 +230,8 @@ def _as_yaml(value: Any, name: str = "") -> Any:
         return os.fspath(value)
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.float64(0.1), torch.tensor(3)
         return value.item()
+    if isinstance(value, int) and abs(value) >= 10**300:  # no option takes it; past 4,300 digits str() fails
+        raise MiniGPTError(f"{name or 'an option'} is too large: got {_number(value)}")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise MiniGPTError(f"{name or 'an option'} takes text, a number or true/false, got {type(value).__name__}")
@@ -272,17 +274,22 @@ def _check_type(option: str, value: Any, hint: Any) -> None:
     raise MiniGPTError(f"{option} must be {wanted}, got {value!r}"[:300])
 
 
+def _number(n: int) -> str:
+    """A whole number for a message: a huge one by its size (10**5000 has more digits than str() will write)."""
+    return f"{n}" if abs(n) < 10**15 else f"a {n.bit_length()}-bit number"
+
+
 def _check_ranges(config: TrainConfig) -> None:
     c, trainer = config, config.trainer
     steps, accumulate = trainer.get("max_steps"), trainer.get("accumulate_grad_batches")
     interval, clip = trainer.get("val_check_interval"), trainer.get("gradient_clip_val")
     checks = [
-        (c.batch_size >= 1, f"--batch_size must be at least 1, got {c.batch_size}"),
-        (c.val_windows >= 1, f"--val_windows must be at least 1, got {c.val_windows}"),
+        (1 <= c.batch_size <= MAX_SIZE, f"--batch_size must be from 1 to {MAX_SIZE:,}, got {_number(c.batch_size)}"),
+        (1 <= c.val_windows <= MAX_SIZE, f"--val_windows must be from 1 to {MAX_SIZE:,}, got {_number(c.val_windows)}"),
         (0 <= c.num_workers <= MAX_WORKERS, f"--num_workers must be from 0 to {MAX_WORKERS}, got {c.num_workers}"),
         (0 <= c.seed < 2**32, f"--seed must be in [0, 2**32), got {c.seed}"),
         (0 <= c.samples <= MAX_SAMPLES, f"--samples must be from 0 to {MAX_SAMPLES}, got {c.samples}"),
-        (c.sample_tokens >= 1, f"--sample_tokens must be at least 1, got {c.sample_tokens}"),
+        (1 <= c.sample_tokens <= MAX_SIZE, f"--sample_tokens must be from 1 to {MAX_SIZE:,}, got {_number(c.sample_tokens)}"),
         (c.threads is None or 1 <= c.threads <= MAX_THREADS, f"--threads must be from 1 to {MAX_THREADS}, got {c.threads}"),
         (c.target_loss is None or (math.isfinite(c.target_loss) and c.target_loss > 0),
          f"--target_loss must be a positive number of nats/token, got {c.target_loss}"),

@@ -233,6 +233,8 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
 def _parse_args(parser: ArgumentParser, options: list[str]) -> Namespace:
     try:
         return parser.parse_args(options)
+    except OverflowError:  # jsonargparse turning a whole number past 1.8e308 into a float option
+        raise MiniGPTError("a number is too large: a float option holds at most 1.8e308") from None
     except argparse.ArgumentError as exc:  # jsonargparse reports bad options and values this way
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         if message.startswith(UNRECOGNIZED):
