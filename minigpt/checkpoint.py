@@ -178,7 +178,8 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Payload]:
 
 def _read(path: Path) -> tuple[dict[str, Any], Payload]:
     if not path.is_file():
-        raise MiniGPTError(f"checkpoint {path} not found: pass --ckpt RUN_DIR/last.ckpt (or best.ckpt) of a training run")
+        found = "is not a regular file" if path.exists() else "not found"  # /dev/null, a FIFO
+        raise MiniGPTError(f"checkpoint {path} {found}: pass --ckpt RUN_DIR/last.ckpt (or best.ckpt) of a training run")
     ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict) or PAYLOAD_KEY not in ckpt or "state_dict" not in ckpt:
         raise MiniGPTError(f"{path} is not a minigpt checkpoint (no model or tokenizer inside); train one with train.py")

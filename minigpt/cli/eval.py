@@ -109,6 +109,8 @@ def check_options(args: argparse.Namespace) -> None:
         given = [name for name in TASK_OPTIONS if getattr(args, name) is not None]
         if given:
             raise MiniGPTError(f"--{given[0]} is for benchmark tasks: add --tasks, or drop it")
+        if args.val_fraction is not None and args.split in (None, "all"):
+            raise MiniGPTError("--val_fraction says how a run split its corpus: give it with --split val or --split train")
     if args.output is not None:  # checked before the run too, so that a long run is not lost at its end
         if args.output.exists():
             raise MiniGPTError(f"{args.output} already exists: give --output a new file name, or remove it first")
