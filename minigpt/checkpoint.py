@@ -270,7 +270,8 @@ def check_shapes(
 def check_finite(state: Mapping[str, torch.Tensor], message: str) -> None:
     """Raise `MiniGPTError(message)` if a floating-point weight of `state` is NaN or infinite: such a model samples
     nothing, scores NaN and exports garbage."""
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+    checked = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # torch has no isfinite for float8
+    if not all(torch.isfinite(v if v.dtype in checked else v.float()).all() for v in state.values() if v.is_floating_point()):
         raise MiniGPTError(message)
 
 

@@ -309,3 +309,16 @@ def test_a_hugging_face_model_with_nan_weights_is_refused_in_one_line(tmp_path: 
         model.transformer.h[0].attn.c_attn.weight[0, 0] = float("nan")
     with pytest.raises(MiniGPTError, match="has NaN or infinite weights: use another copy of the model"):
         hf.load_pretrained(str(save_hf(model, tmp_path)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8])
+def test_weights_stored_in_another_number_format_are_refused_in_one_line(tmp_path: Path, dtype):
+    """float8 crashed the NaN check with a traceback (torch has no isfinite for it)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_hf(hf_gpt2(), tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    weights["transformer.ln_f.weight"] = weights["transformer.ln_f.weight"].to(dtype)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MiniGPTError, match=f"ln_f.weight is stored as {str(dtype).removeprefix('torch.')}; GPT-2's"):
+        hf.load_pretrained(str(folder))

@@ -215,6 +215,10 @@ def read_weights(folder: Path, source: str) -> dict[str, Tensor]:
     return weights
 
 
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+"""What a GPT-2's weights may be stored as (float64 too: it converts exactly)."""
+
+
 def state_from_hf(weights: dict[str, Tensor], config: GPTConfig, source: str) -> dict[str, Tensor]:
     """minigpt's state dict from GPT-2 safetensors keys (``transformer.``-prefixed or not), checked against
     `config` before anything is converted or built: every weight present, no stranger, every shape right, the head
@@ -231,6 +235,12 @@ def state_from_hf(weights: dict[str, Tensor], config: GPTConfig, source: str) ->
         checkpoint.check_shapes(config, shapes, described_by="config.json")
     except ValueError as err:
         raise MiniGPTError(f"{source}: {err}") from None
+    for name, key in names.items():
+        if weights[key].dtype not in WEIGHT_DTYPES:  # float8 or ints: no GPT-2 is stored so, and torch cannot check them
+            raise MiniGPTError(
+                f"{source}: {key} is stored as {str(weights[key].dtype).removeprefix('torch.')}; GPT-2's weights are "
+                "float32, float16 or bfloat16"
+            )
     state = {name: _as_linear(name, weights[key]).contiguous() for name, key in names.items()}
     wte = state["transformer.wte.weight"]
     head = weights.get("lm_head.weight")
