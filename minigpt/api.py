@@ -242,6 +242,6 @@ class MiniGPT:
         """Write the model as a Hugging Face GPT-2 folder that ``transformers`` loads without custom code."""
         from minigpt.hf import export
 
-        out = Path(out_dir)
+        out = Path(checks.path(out_dir, "out_dir"))
         export.export(Loaded(self.model, self.tokenizer, self.payload), out)
         return out

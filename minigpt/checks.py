@@ -84,6 +84,12 @@ def path(value: object, what: str) -> str:
     spelled = os.fspath(value)
     if not isinstance(spelled, str):
         raise MiniGPTError(f"the {what} must be a path as text, not bytes: got {_shown(value)}")
+    if "\0" in spelled:
+        raise MiniGPTError(f"the {what} {_shown(spelled)} holds a NUL character, which no file name can")
+    try:
+        os.fsencode(spelled)  # a byte that is not UTF-8 (surrogate-escaped) is a real name; a lone "\ud800" is not
+    except UnicodeEncodeError as err:
+        raise MiniGPTError(f"the {what} is not valid Unicode: a lone surrogate {spelled[err.start]!r} at character {err.start}") from None
     return spelled
 
 

@@ -274,6 +274,13 @@ def test_the_package_offers_its_api_by_name():
         (lambda lm: lm.attention(b"bytes"), "the text must be a str, got bytes"),
         (lambda lm: lm.attention("hello", aggregate="bogus"), "unknown aggregate 'bogus'"),
         (lambda lm: lm.export("/dev/null/inside"), "cannot export to /dev/null/inside"),
+        # A NUL raised ValueError and a lone surrogate UnicodeEncodeError, from deep inside each call
+        (lambda lm: minigpt.load("a\x00b"), "the model source 'a\\x00b' holds a NUL character"),
+        (lambda lm: minigpt.load("a\ud800b"), "the model source is not valid Unicode: a lone surrogate"),
+        (lambda lm: lm.eval("a\x00b"), "the data 'a\\x00b' holds a NUL character"),
+        (lambda lm: lm.export("a\x00b"), "the out_dir 'a\\x00b' holds a NUL character"),
+        (lambda lm: lm.attention("hello").ablate("a\x00b"), "the data 'a\\x00b' holds a NUL character"),
+        (lambda lm: lm.attention("hello").save("a\x00b"), "the folder 'a\\x00b' holds a NUL character"),
     ],
 )
 def test_values_of_the_wrong_kind_from_python_are_one_line_user_errors(lm, call, needle):
