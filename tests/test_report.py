@@ -108,11 +108,14 @@ def test_html_makes_no_network_request(out_dir: Path) -> None:
     assert "fetch(" not in html and "XMLHttpRequest" not in html and "import(" not in html
 
 
-def test_html_survives_a_token_that_closes_a_script(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    prompt = "a</script><b>"
+@pytest.mark.parametrize("prompt", ["a</script><b>", "a<!--<script>b"])  # the second swallowed the page's script
+def test_html_survives_a_token_that_closes_or_hides_a_script(tiny_checkpoint: Path, tmp_path: Path, prompt: str) -> None:
     assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", prompt, "--out", str(tmp_path)) == 0
     html = (tmp_path / "attention.html").read_text(encoding="utf-8")
     assert "".join(embedded_data(html)["tokens"]) == prompt
+    template = report.page_template()
+    for markup in ("<script", "</script", "<!--"):
+        assert html.count(markup) == template.count(markup)
 
 
 def test_layers_heads_and_per_head_select_the_pngs(tiny_checkpoint: Path, tmp_path: Path) -> None:

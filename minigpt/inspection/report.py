@@ -338,8 +338,9 @@ def page_html(
     logit lens and the patching results beside the maps when given."""
     data = html_data(panels, tokens, stats, importance, lens=lens, patching=patching)
     data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    # A token such as "</script>" must not close the data block early.
-    data = data.replace("</", "<\\/")
+    # Text in the data (a token, a corpus name) must not end the script block early ("</script>") or open the
+    # "<!--" that makes HTML look for a second </script>: every "<" is written as its JSON escape.
+    data = data.replace("<", "\\u003c")
     return page_template().replace(DATA_PLACEHOLDER, data)
 
 
