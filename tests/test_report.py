@@ -255,19 +255,25 @@ ROOT_WRITES_ANYWHERE = pytest.mark.skipif(os.geteuid() == 0, reason="root may wr
 
 
 @pytest.mark.parametrize(
-    "where", ["a file", "under a file", pytest.param("in a read-only folder", marks=ROOT_WRITES_ANYWHERE)]
-)
+    "where",
+    ["a file", "under a file", "a dangling link", "under a dangling link",
+     pytest.param("in a read-only folder", marks=ROOT_WRITES_ANYWHERE)],
+)  # fmt: skip
 def test_out_that_cannot_be_a_folder_exits_2_before_loading(
     tiny_checkpoint: Path, tmp_path: Path, capsys, where: str
 ) -> None:
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "locked").mkdir(mode=0o555)
-    out = {"a file": "file", "under a file": "file/maps", "in a read-only folder": "locked/maps"}[where]
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    out = {"a file": "file", "under a file": "file/maps", "in a read-only folder": "locked/maps", "a dangling link": "link",
+           "under a dangling link": "link/maps"}[where]  # fmt: skip
     with mock.patch.object(checkpoint, "load", side_effect=AssertionError("loaded before checking --out")):
         assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / out)) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert ("not writable" if where == "in a read-only folder" else "is a file, not a folder") in err
+    expected = {"in a read-only folder": "not writable", "a dangling link": "which does not exist; pass a folder",
+                "under a dangling link": "which does not exist; pass a folder"}  # fmt: skip
+    assert expected.get(where, "is a file, not a folder") in err
 
 
 def test_full_stdout_exits_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:

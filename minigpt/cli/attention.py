@@ -95,6 +95,11 @@ def check_out_dir(path: Path) -> None:
     # The nearest part of the path that exists decides: it must be a folder, and writable.
     existing = path
     while not os.path.exists(existing) and existing != existing.parent:
+        if os.path.islink(existing):  # a link to nothing: no folder can be made there
+            raise MiniGPTError(
+                f"cannot write attention maps to {str(path)!r}: {str(existing)!r} is a link to "
+                f"{os.readlink(existing)!r}, which does not exist; pass a folder"
+            )
         existing = existing.parent
     # Paths are quoted with repr: a newline in one must not break the one-line message.
     if not os.path.isdir(existing):
