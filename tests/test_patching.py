@@ -137,6 +137,8 @@ def test_the_attention_command_adds_patching_to_heads_json_and_draws_it(tiny_che
         (["--answer", "."], "--answer is the token measured when patching: add --corrupt"),
         (["--corrupt", "the dog sat", "--answer", ".", "--wrong", "no"], "the wrong 'no' is 2 tokens"),
         (["--corrupt", "the dogs sat", "--answer", "."], "the clean text has 11 tokens and the corrupted one 12"),
+        # A prompt past the context: the maps' "keeping the last N" warning came first, then the error
+        (["--prompt", "x" * 300, "--corrupt", "y" * 300, "--answer", "."], "--prompt has 300 tokens; patching reads at most"),
     ],
 )
 def test_patching_options_that_do_not_fit_are_one_line_errors_and_write_nothing(

@@ -263,6 +263,15 @@ def validation_windows(args: argparse.Namespace, loaded: MiniGPT) -> Windows:
         raise MiniGPTError(f"--data {args.data!r}: {err}") from None
 
 
+def check_patching_length(prompt: str, loaded: MiniGPT) -> None:
+    """Patching reads the whole --prompt: it must fit the model's context."""
+    tokens, block_size = len(tok.encode(loaded.tokenizer, prompt)), loaded.model.config.block_size
+    if tokens > block_size:
+        raise MiniGPTError(
+            f"--prompt has {tokens} tokens; patching reads at most {block_size} (the context): shorten it and --corrupt"
+        )
+
+
 def load_for_report(args: argparse.Namespace, device: torch.device) -> tuple[MiniGPT, Windows | None]:
     """--ckpt's model and, with --data, the validation windows to measure head importance on; bad --layers or
     --heads fail as soon as the model is known, before the corpus is read or anything is sampled."""
@@ -279,6 +288,8 @@ def main(argv: Sequence[str]) -> None:
     check_patching_options(args)
     check_out_dir(args.attention_dir)
     loaded, ablate_on = load_for_report(args, resolve_device(args.device))
+    if args.corrupt is not None:  # before the maps, which would keep the prompt's last tokens and say so
+        check_patching_length(args.prompt, loaded)
     att = analysed(args, loaded, args.prompt, ablate_on)
     lens = att.logit_lens(args.logit_lens) if args.logit_lens else None
     patching = att.patch(args.corrupt, args.answer, wrong=args.wrong) if args.corrupt is not None else None
