@@ -52,17 +52,18 @@ def problem(pattern: str) -> str | None:
         probe = tiktoken.Encoding("probe", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
     except ValueError as err:
         return f"is not a valid regular expression ({_first_line(err)})"
-    try:
-        ids = _split(probe, PROBE)
-    except ValueError:  # tiktoken's encode (unlike encode_ordinary) reports the regex engine's errors
-        return (
-            "backtracks too much on a long run of one character (the regex engine gives up): it has a nested "
-            "repetition like (a+)+"
-        )
-    if _EMPTY in ids:
-        return "matches empty text, which tiktoken cannot encode"
-    if probe.decode_bytes(ids) != PROBE.encode():
-        return f"drops text: it leaves {_dropped(probe)} out of every piece, so they are lost"
+    for text in (PROBE, PROBE + "\n"):  # with a final newline too: `\Z` matches empty text only before one
+        try:
+            ids = _split(probe, text)
+        except ValueError:  # tiktoken's encode (unlike encode_ordinary) reports the regex engine's errors
+            return (
+                "backtracks too much on a long run of one character (the regex engine gives up): it has a nested "
+                "repetition like (a+)+"
+            )
+        if _EMPTY in ids:
+            return "matches empty text, which tiktoken cannot encode"
+        if probe.decode_bytes(ids) != text.encode():
+            return f"drops text: it leaves {_dropped(probe)} out of every piece, so they are lost"
     return None
 
 

@@ -200,6 +200,10 @@ REFUSALS = {
     "backtracking_pattern": (lambda data: split_pattern(data, r"((a+)+)+(?=b)|\S|\s"), "backtracks too much"),
     "empty_pattern": (lambda data: split_pattern(data, ""), "split pattern is empty"),
     "pattern_dropping_text": (lambda data: split_pattern(data, "a"), "split pattern drops text"),
+    # Hugging Face's engine (Oniguruma, Ruby syntax) reads these otherwise than tiktoken's: other ids, silently
+    "ruby_dotall_option": (lambda data: split_pattern(data, r"(?m)\S+.?|\s"), "the inline option \\(\\?m\\)"),
+    "posix_class": (lambda data: split_pattern(data, r"[[:alpha:]]+|[^[:alpha:]]+"), "the POSIX class \\[:alpha:\\]"),
+    "empty_before_a_final_newline": (lambda data: split_pattern(data, r"\Z|\S|\s"), "matches empty text"),
     "gap_before_specials": (gap_before_specials, "a gap of unused ids"),
     "merges_out_of_order": (swapped_merges, "ids that grow with merges"),
     "merge_unlike_tiktoken": (merge_unlike_tiktoken, "tiktoken would build 'abc'"),

@@ -24,6 +24,7 @@ BAD_PATTERNS = {
     "backtracking": (r"((a+)+)+(?=b)|\S|\s", "backtracks too much"),
     "empty": ("", "is empty"),
     "empty_matches": (r"a*|\S|\s", "matches empty text"),
+    "empty_before_a_final_newline": (r"\Z|\S|\s", "matches empty text"),  # passed, then panicked on "hello\n"
     "drops_text": ("a", "drops text"),
     "uncompilable": ("(", "not a valid regular expression"),
     "huge": ("a|" * 20_000 + r"\S|\s", "more than any real one"),

@@ -2,7 +2,10 @@
 (Hugging Face tokenizers'), which read the same text differently.
 
 fancy-regex reads `$`/`^` as ends of the text and `X{n,m}+` as possessive; Oniguruma reads them as ends of a line
-and as `(X{n,m})+`. Each direction rewrites those, so a pattern keeps its meaning in the other engine.
+and as `(X{n,m})+`. Each direction rewrites those, so a pattern keeps its meaning in the other engine. Two more
+differences are not rewritten but named (`oniguruma_only`): Ruby's inline option `(?m)` makes `.` match newlines
+(fancy-regex's `(?m)` is about `^`/`$`), and POSIX classes such as `[[:alpha:]]` take every script in Oniguruma but
+only ASCII in fancy-regex.
 """
 
 from __future__ import annotations
@@ -22,6 +25,31 @@ def to_oniguruma(pattern: str) -> str:
 def from_oniguruma(pattern: str) -> str:
     """What Oniguruma `pattern` means, written for fancy-regex."""
     return _rewrite(pattern, *_FROM_ONIG)
+
+
+_INLINE_OPTIONS = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?[:)]")
+_POSIX_CLASS = re.compile(r"\[:\^?[a-z]+:\]")
+
+
+def oniguruma_only(pattern: str) -> str | None:
+    """The first part of Oniguruma `pattern` that fancy-regex would read differently and that no rewrite fixes
+    (an inline option other than `i`, a POSIX class), or None."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        if pattern[i] == "[":
+            end = _class_end(pattern, i)
+            if posix := _POSIX_CLASS.search(pattern, i + 1, end):
+                return f"the POSIX class {posix.group()} (every script in Hugging Face's engine, only ASCII in tiktoken's)"
+            i = end
+            continue
+        option = _INLINE_OPTIONS.match(pattern, i)
+        if option and set(option.group(1) + (option.group(2) or "")) - {"i"}:
+            return f"the inline option {option.group()} (Ruby's (?m) makes . match newlines; tiktoken's engine reads it otherwise)"
+        i += 1
+    return None
 
 
 def _rewrite(pattern: str, anchors: dict[str, str], interval_plus: str) -> str:

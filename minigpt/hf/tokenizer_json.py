@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from minigpt.errors import MiniGPTError
-from minigpt.hf.regex_dialects import from_oniguruma
+from minigpt.hf.regex_dialects import from_oniguruma, oniguruma_only
 from minigpt.jsonfile import field, read_object
 from minigpt.tokenizer import EOT, GPT2_PATTERN
 
@@ -147,4 +147,7 @@ def _pattern(path: Path, pre: dict[str, Any] | None) -> str:
         or use_regex
     ):
         raise MiniGPTError(f"{path} splits text in a way tiktoken cannot: only an Isolated regex Split, then ByteLevel")
-    return from_oniguruma(field(pattern, "Regex", str, f"{path} (pre_tokenizer pattern)"))
+    regex = field(pattern, "Regex", str, f"{path} (pre_tokenizer pattern)")
+    if different := oniguruma_only(regex):
+        raise MiniGPTError(f"{path}: its split pattern uses {different}, so minigpt cannot give Hugging Face's ids")
+    return from_oniguruma(regex)
