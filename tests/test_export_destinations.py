@@ -142,6 +142,20 @@ def test_an_empty_folder_of_yours_is_filled_and_keeps_its_mode_and_identity(tmp_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_empty_mount_point_is_exported_into(tmp_path, tiny_checkpoint, capsys):
+    """A container volume: it cannot be renamed over ("Device or resource busy"), so it is filled."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(volume)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        code, err = export_cli(tiny_checkpoint, volume, capsys)
+        assert code == 0, err
+        assert {p.name for p in volume.iterdir()} == EXPORTED
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)
+
+
 def test_config_json_is_the_last_file_to_arrive_in_an_existing_folder(tmp_path, tiny_checkpoint, monkeypatch):
     arrived = []
     replace = os.replace
