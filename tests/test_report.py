@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -421,3 +422,38 @@ def test_control_characters_and_glyphs_the_font_lacks_draw_without_warnings(tmp_
         warnings.simplefilter("error")
         heatmaps.save(heatmaps.layer_figure(maps[0], ["a", "b"], ["x\x07", "😀", "\u0800"]), tmp_path / "layer.png")
         list(heatmaps.layer_pixels(maps, [["a", "b"]], ["x\x07", "😀", "\u0800"]))
+
+
+def test_two_saves_into_one_folder_at_once_move_their_reports_in_one_after_the_other(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Each moves its files in under the folder's lock: without it, their files could interleave into a mix."""
+    import threading
+
+    import minigpt
+
+    lm = minigpt.load(tiny_checkpoint)
+    reports = [lm.attention("ab"), lm.attention(PROMPT)]
+    expected = [{path.name: path.read_bytes() for path in att.save(tmp_path / f"alone{i}")} for i, att in enumerate(reports)]
+    together, write_all, move_in, moving = threading.Barrier(2, timeout=60), report._write_all, report._move_in, []
+
+    def write_all_together(*args):
+        written = write_all(*args)
+        together.wait()  # both reports are written: now they race to move in
+        return written
+
+    def slow_move_in(*args):
+        moving.append("in")
+        time.sleep(0.3)
+        move_in(*args)
+        moving.append("out")
+
+    monkeypatch.setattr(report, "_write_all", write_all_together)
+    monkeypatch.setattr(report, "_move_in", slow_move_in)
+    threads = [threading.Thread(target=att.save, args=(tmp_path / "both",)) for att in reports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert moving == ["in", "out", "in", "out"]
+    assert {path.name: path.read_bytes() for path in (tmp_path / "both").iterdir()} in expected

@@ -11,13 +11,14 @@ draw attention maps call ``write_report(out_dir, analyse(model, enc, ids, ...))`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -151,17 +152,29 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
         out_dir.mkdir(parents=True, exist_ok=True)
         with staging.staging_folder(out_dir, "report", "attention") as staged:
             names = [path.name for path in _write_all(staged, analysis, per_head, top)]
-            earlier = _listed_files(out_dir / "heads.json")
-            _move_in(staged, out_dir, names)
+            with _locked(out_dir):  # another save into the folder moves its report in before or after, never between
+                earlier = _listed_files(out_dir / "heads.json")
+                _move_in(staged, out_dir, names)
+                for name in set(earlier) - set(names):
+                    with contextlib.suppress(OSError):  # the new report is in: a file left over is no failure
+                        (out_dir / name).unlink()
     except OSError as err:
         if made is not None:  # nothing but this run's files are in it
             shutil.rmtree(out_dir, ignore_errors=True)
             remove_made(out_dir, made)
         raise MiniGPTError(f"cannot write attention maps to {_shown(out_dir)}: {err.strerror or err}") from None
-    for name in set(earlier) - set(names):
-        with contextlib.suppress(OSError):  # the new report is in: a file left over is no failure
-            (out_dir / name).unlink()
     return [out_dir / name for name in names]
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s exclusive lock (waiting for it) while the block runs; the kernel drops it if this process dies."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _move_in(staged: Path, out_dir: Path, names: list[str]) -> None:
