@@ -8,11 +8,15 @@ torchrun forwards the signals (it sends its own copy of a Ctrl-C, and escalates 
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -55,15 +59,30 @@ def installed() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in HANDLED}
+    previous_hook = sys.unraisablehook
     for s in HANDLED:
         signal.signal(s, _handle)
+    sys.unraisablehook = functools.partial(_unraisable, previous_hook)
     _installed = True
     try:
         yield
     finally:
         _installed = False
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _unraisable(previous_hook: Callable[[Any], None], unraisable: Any) -> None:
+    """A signal's KeyboardInterrupt raised where Python cannot raise (a weakref callback, a __del__) is only
+    printed, as "Exception ignored", and the command runs on: send the signal again instead, a moment later (sent
+    now, its handler would raise inside this hook), to be raised where it can stop the command."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt) and _received is not None:
+        again = threading.Timer(0.01, os.kill, (os.getpid(), _received))
+        again.daemon = True
+        again.start()
+        return
+    previous_hook(unraisable)
 
 
 def reclaim() -> None:

@@ -1,6 +1,7 @@
 """Temporary folders that a command writes its output into before moving it into place, each locked by its writer
 for as long as the writer lives: the kernel drops the lock however the process ends, so a folder whose lock anyone
-can take was left by a writer that was killed (``kill -9``, power loss), and is removed by the next one."""
+can take was left by a writer that was killed (``kill -9``, power loss), and the next writer removes it, after
+undoing whatever half-done move into place it records (`recover`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,23 +20,25 @@ log = logging.getLogger(__name__)
 NAME_KEPT = 64
 """Characters of the output's name kept in a temporary folder's name: a name of 255 characters has a legal twin."""
 
-
-def _pattern(kind: str) -> re.Pattern[str]:
-    """``.<name, at most NAME_KEPT characters>.<16 hex digits>.<kind>.tmp``."""
-    return re.compile(rf"\..{{1,{NAME_KEPT}}}\.[0-9a-f]{{16}}\.{re.escape(kind)}\.tmp", re.DOTALL)
+MOVING = "moving"
+"""The file in a temporary folder that lists, one per line, the files its writer is moving into place."""
 
 
-def is_temporary(name: str, kind: str) -> bool:
-    """Whether `name` is that of a temporary folder of `kind` (this process's own, or anyone's)."""
-    return _pattern(kind).fullmatch(name) is not None
+def _pattern(kind: str, name: str | None) -> re.Pattern[str]:
+    """``.<name, at most NAME_KEPT characters>.<16 hex digits>.<kind>.tmp``; any name when `name` is None."""
+    stem = re.escape(name[:NAME_KEPT]) if name is not None else f".{{1,{NAME_KEPT}}}"
+    return re.compile(rf"\.{stem}\.[0-9a-f]{{16}}\.{re.escape(kind)}\.tmp", re.DOTALL)
+
+
+def is_temporary(entry: str, kind: str, name: str) -> bool:
+    """Whether `entry` is the name of a temporary folder that a writer of `kind` for `name` makes."""
+    return _pattern(kind, name).fullmatch(entry) is not None
 
 
 @contextmanager
 def staging_folder(parent: Path, name: str, kind: str) -> Iterator[Path]:
     """A new folder in `parent` named after `name` and `kind`, locked while the block runs and removed after it
-    with whatever is still in it. Folders of the same `kind` that killed writers left in `parent` are removed
-    first (a live writer's are never touched)."""
-    sweep(parent, kind)
+    with whatever is still in it."""
     while True:
         folder = parent / f".{name[:NAME_KEPT]}.{secrets.token_hex(8)}.{kind}.tmp"
         folder.mkdir()
@@ -57,25 +60,55 @@ def staging_folder(parent: Path, name: str, kind: str) -> Iterator[Path]:
         os.close(fd)
 
 
-def sweep(parent: Path, kind: str) -> None:
-    """Remove the temporary folders of `kind` in `parent` that killed writers left: a live writer holds its
-    folder's lock, so its folder is never touched."""
+def sweep(parent: Path, kind: str, name: str | None = None, recover: Callable[[Path], None] | None = None) -> None:
+    """Remove the temporary folders of `kind` (for `name`, or any) in `parent` that killed writers left, each after
+    `recover(folder)` has undone what it records; a live writer holds its folder's lock, so its folder is never
+    touched."""
     try:
-        names = os.listdir(parent)
+        entries = os.listdir(parent)
     except OSError:
         return
-    for name in names:
-        if not is_temporary(name, kind):
+    pattern = _pattern(kind, name)
+    for entry in entries:
+        if pattern.fullmatch(entry) is None:
             continue
         try:
-            fd = os.open(parent / name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:  # gone already, or not a folder of ours
+            fd = os.open(parent / entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # gone already, or not a folder
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(parent / name)
-            log.info("removed %s, left behind by a killed %s run", parent / name, kind)
+            if recover is not None:
+                recover(parent / entry)
+            shutil.rmtree(parent / entry)
+            log.info("removed %s, left behind by a killed %s run", parent / entry, kind)
         except OSError:  # BlockingIOError: a live writer; or another sweep removed it first
             pass
         finally:
             os.close(fd)
+
+
+def record_moving(folder: Path, names: list[str]) -> None:
+    """Write down, in `folder`, the files about to be moved from it into place, for `moving` to read back."""
+    (folder / MOVING).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+
+
+def moving(folder: Path) -> list[str]:
+    """The files a (killed) writer recorded it was moving from `folder` into place; none if it had not begun."""
+    try:
+        text = (folder / MOVING).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [name for name in text.splitlines() if name and "/" not in name and name not in (".", "..")]
+
+
+@contextmanager
+def locked(folder: Path, wait: bool = True) -> Iterator[None]:
+    """Hold `folder`'s exclusive lock while the block runs (waiting for it, or with `wait` False raising
+    `BlockingIOError` when another process holds it); the kernel drops it if this process dies."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)

@@ -200,3 +200,16 @@ def edited(data: dict, path: str, value) -> dict:
         node = node[int(key)] if isinstance(node, list) else node[key]
     node[last] = value
     return data
+
+
+def replace_stopping_at(n: int, stop: BaseException) -> Callable[[str | os.PathLike, str | os.PathLike], None]:
+    """An `os.replace` that raises `stop` (a full disk, a Ctrl-C) at its `n`-th call instead of renaming."""
+    replace, calls = os.replace, []
+
+    def replace_or_stop(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        calls.append(dst)
+        if len(calls) == n:
+            raise stop
+        replace(src, dst)
+
+    return replace_or_stop

@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from minigpt.cli import export, run
 from minigpt.hf import export as hf_export
-from tests.helpers import REPO, environment
+from tests.helpers import REPO, environment, replace_stopping_at
 
 EXPORTED = {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 AS_ROOT = os.geteuid() == 0
@@ -154,6 +155,57 @@ def test_an_empty_mount_point_is_exported_into(tmp_path, tiny_checkpoint, capsys
         assert {p.name for p in volume.iterdir()} == EXPORTED
     finally:
         subprocess.run(["umount", str(volume)], check=True)
+
+
+def test_ctrl_c_during_the_fill_of_an_empty_folder_leaves_it_empty(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """It left some of the files, and every later export into the folder was refused as not empty."""
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(hf_export.os, "replace", replace_stopping_at(3, KeyboardInterrupt()))
+    code, err = export_cli(tiny_checkpoint, tmp_path / "out", capsys)
+    assert code == 130 and err == "stopped by Ctrl-C\n"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_export_killed_while_filling_an_empty_folder_is_undone_by_the_next(tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / ".out.0123456789abcdef.export.tmp"  # what a killed export leaves: two files in, the rest not
+    dead.mkdir()
+    names = ["README.md", "tokenizer.json", "model.safetensors", "config.json"]
+    (dead / "moving").write_text("".join(f"{name}\n" for name in names))
+    for name in names[:2]:
+        (out / name).write_text("half")
+    for name in names[2:]:
+        (dead / name).write_text("never moved")
+    hf_export.export(tiny_checkpoint, out)
+    assert {p.name for p in out.iterdir()} == EXPORTED and (out / "README.md").read_text() != "half"
+
+
+def test_a_folder_holding_a_users_folder_named_like_a_temporary_one_is_not_empty(tmp_path, tiny_checkpoint, capsys):
+    mine = tmp_path / "out" / ".backup.0123456789abcdef.export.tmp"
+    mine.mkdir(parents=True)
+    code, err = export_cli(tiny_checkpoint, tmp_path / "out", capsys)
+    assert code == 2 and "not an empty folder" in err
+    assert mine.is_dir()
+
+
+def test_ctrl_c_removes_the_folders_it_made(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(hf_export, "_write_folder", mock.Mock(side_effect=KeyboardInterrupt))
+    (tmp_path / "mine").mkdir()
+    code, _ = export_cli(tiny_checkpoint, tmp_path / "mine" / "a" / "b" / "hf", capsys)
+    assert code == 130 and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_an_empty_folder_that_cannot_be_written_is_named_itself(tmp_path, tiny_checkpoint, capsys):
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(volume)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        code, err = export_cli(tiny_checkpoint, volume, capsys)
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)
+    assert code == 2 and f"cannot export to {volume}: {volume} cannot be written (Read-only file system)" in err
 
 
 def test_config_json_is_the_last_file_to_arrive_in_an_existing_folder(tmp_path, tiny_checkpoint, monkeypatch):

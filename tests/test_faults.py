@@ -243,6 +243,25 @@ def test_a_signal_that_a_library_swallows_still_sets_the_exit_code(capsys):
     assert capsys.readouterr().err == "stopped by SIGTERM\n"
 
 
+def test_a_signal_inside_a_finalizer_stops_the_command_with_one_line(capsys):
+    """Raised inside a weakref callback or __del__, Python only printed "Exception ignored ... KeyboardInterrupt"
+    with a traceback, and the command ran to its end."""
+    done = []
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, inside __del__
+
+    def command(argv):
+        Finalized()
+        time.sleep(5)
+        done.append("ran on")
+
+    assert run(command, []) == 143
+    assert done == [] and capsys.readouterr().err == "stopped by SIGTERM\n"
+
+
 def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(tmp_path, corpus):
     """A real full disk (a 3 MB tmpfs: room for two checkpoints, not three): one line, exit 2, last.ckpt intact."""
     disk = tmp_path / "disk"

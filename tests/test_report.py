@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import checkpoint
+from minigpt import checkpoint, staging
 from minigpt.cli import run
 from minigpt.cli.attention import IMPORTANCE_TITLE, STAT_TITLES, main
 from minigpt.inspection import heatmaps, report
+from tests.helpers import REPO, environment, replace_stopping_at
 
 PROMPT = "To be, or not to be:\n\tthat is"  # 29 byte tokens, within block_size 32
 
@@ -320,19 +322,43 @@ def test_a_name_taken_by_a_folder_is_refused_before_any_file_is_replaced(tiny_ch
     assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["heads.json"]
 
 
-def test_a_move_that_fails_part_way_puts_the_earlier_report_back(tiny_checkpoint: Path, out_dir: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [(OSError(28, "No space left on device"), 2, "No space left on device"), (KeyboardInterrupt(), 130, "stopped by Ctrl-C")],
+    ids=["full-disk", "ctrl-c"],
+)  # fmt: skip
+def test_a_move_that_stops_part_way_puts_the_earlier_report_back(tiny_checkpoint, out_dir, capsys, stop, code, said) -> None:
+    """A signal skipped the undo, and the files set aside were deleted with the temporary folder: a mix."""
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
-    replace, calls = os.replace, []
+    with mock.patch.object(report.os, "replace", replace_stopping_at(5, stop)):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == code
+    assert said in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
 
-    def fails_on_the_fifth(src, dst):
-        calls.append(dst)
-        if len(calls) == 5:
-            raise OSError(28, "No space left on device")
-        replace(src, dst)
 
-    with mock.patch.object(report.os, "replace", fails_on_the_fifth):
-        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 2
-    assert "No space left on device" in capsys.readouterr().err
+KILLED_MID_MOVE = """
+import os, sys
+import minigpt
+from minigpt.inspection import report
+
+replace, calls = os.replace, []
+def killed_on_the_fifth(src, dst):
+    calls.append(dst)
+    if len(calls) == 5:
+        os._exit(9)  # as kill -9: no cleanup of any kind
+    replace(src, dst)
+report.os.replace = killed_on_the_fifth
+minigpt.load(sys.argv[1]).attention("other text").save(sys.argv[2])
+"""
+
+
+def test_a_save_killed_mid_move_is_undone_by_the_next_one(tiny_checkpoint: Path, out_dir: Path) -> None:
+    """It left some new files in and the replaced ones in its temporary folder, which the next save deleted."""
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_MOVE, str(tiny_checkpoint), str(out_dir)], cwd=REPO, env=environment())
+    assert killed.returncode == 9
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()} != before  # a mix
+    staging.sweep(out_dir, "attention", report.STAGING_NAME, lambda dead: report._recover(dead, out_dir))  # as a save
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
 
 
@@ -348,6 +374,33 @@ def test_a_killed_runs_temporary_folder_is_swept_and_a_live_ones_is_kept(tiny_ch
         assert not dead.exists() and live.exists()
     finally:
         os.close(fd)
+
+
+def test_a_failed_save_into_a_folder_it_made_keeps_what_others_put_there(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """It removed the whole folder it had made, with another run's report or a user's notes in it."""
+    out = tmp_path / "new"
+
+    def someone_writes_then_disk_fills(*args):
+        (out / "notes.txt").write_text("mine")
+        raise OSError(28, "No space left on device")
+
+    with mock.patch.object(report, "write_npz", someone_writes_then_disk_fills):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(out)) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_users_folder_named_like_a_temporary_one_is_left_alone(tiny_checkpoint: Path, out_dir: Path) -> None:
+    mine = out_dir / ".my.fedcba9876543210.attention.tmp"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", "other text", "--out", str(out_dir)) == 0
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_ctrl_c_removes_the_folders_it_made(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with mock.patch.object(report, "write_npz", side_effect=KeyboardInterrupt):
+        assert attention_cli("--ckpt", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(tmp_path / "a" / "b")) == 130
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_new_folder_that_fails_to_be_written_is_not_left_behind(tiny_checkpoint: Path, tmp_path: Path) -> None:

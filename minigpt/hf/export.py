@@ -3,8 +3,8 @@ code (the mapping is `minigpt.hf.pretrained`'s, run backwards)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -45,6 +45,7 @@ def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> Non
         out = destination(shown)
         made = first_missing(out.parent)
         out.parent.mkdir(parents=True, exist_ok=True)
+        staging.sweep(out.parent, "export")
         existing = out.is_dir()
         with staging.staging_folder(out if existing else out.parent, out.name, "export") as staged:
             _write_folder(loaded, staged, shown.name or out.name)
@@ -52,27 +53,54 @@ def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> Non
                 _fill(staged, out)
             else:
                 os.replace(staged, out)
-    except OSError as err:  # a full disk, or another export that published `out` meanwhile
+    except BaseException as err:  # a full disk, Ctrl-C, or another export that published `out` meanwhile
         if made is not None:
             remove_made(out.parent, made)
-        raise _write_error(shown, err) from None
+        if isinstance(err, OSError):
+            raise _write_error(shown, err) from None
+        raise
 
 
 def _fill(staged: Path, out: Path) -> None:
     """Move the files in `staged` into the empty folder `out`, config.json last, holding `out`'s lock: two exports
-    into one folder cannot mix their files, and the second finds the first's there."""
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    into one folder cannot mix their files, and the second finds the first's there. If the move stops (an error,
+    a signal), the files moved are taken out again; they are recorded first, so that the next export into `out`
+    takes out those of an export killed halfway (`_recover`)."""
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(errno.ENOTEMPTY, "another export is writing it", str(out)) from None
-        if _holds_anything(out):  # another export filled it meanwhile
-            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(out))
-        for name in sorted(os.listdir(staged), key=lambda name: name == "config.json"):
-            os.replace(staged / name, out / name)
-    finally:
-        os.close(fd)
+        with staging.locked(out, wait=False):
+            if _holds_anything(out):  # another export filled it meanwhile
+                raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(out))
+            names = sorted(os.listdir(staged), key=lambda name: name == "config.json")
+            staging.record_moving(staged, names)
+            try:
+                for name in names:
+                    os.replace(staged / name, out / name)
+            except BaseException:
+                _take_out(staged, out, names)
+                raise
+    except BlockingIOError:
+        raise OSError(errno.ENOTEMPTY, "another export is writing it", str(out)) from None
+
+
+def _take_out(staged: Path, out: Path, names: list[str]) -> None:
+    """Remove from `out` the files of `names` that were moved in from `staged` (those no longer in it)."""
+    for name in names:
+        if not os.path.lexists(staged / name):
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
+
+
+def _recover(out: Path) -> None:
+    """Empty `out` again of what exports killed while filling it left: their temporary folders, and the files
+    they had moved in, unless config.json (moved last) was in too, which makes the export whole."""
+
+    def undo(dead: Path) -> None:
+        if os.path.lexists(dead / "config.json"):
+            _take_out(dead, out, staging.moving(dead))
+
+    with contextlib.suppress(OSError):  # BlockingIOError: a live export is filling it
+        with staging.locked(out, wait=False):
+            staging.sweep(out, "export", out.name, undo)
 
 
 def destination(out: Path) -> Path:
@@ -88,6 +116,8 @@ def destination(out: Path) -> Path:
         raise MiniGPTError(f"cannot export to {out}: it is a link to {os.readlink(out)}, which {what}; pass a folder")
     if resolved == Path.cwd().resolve():  # renaming over it would leave the shell in a deleted folder
         raise MiniGPTError(f"cannot export to {out}: it is the current folder; name a new folder, such as {out / 'hf'}")
+    if os.path.isdir(resolved) and resolved.name:
+        _recover(resolved)
     if os.path.lexists(resolved) and (not resolved.is_dir() or not resolved.name or _holds_anything(resolved)):
         raise MiniGPTError(f"{out} already exists and is not an empty folder: pass a new folder to export into")
     for above in resolved.parents:
@@ -99,16 +129,17 @@ def destination(out: Path) -> Path:
 
 
 def _holds_anything(folder: Path) -> bool:
-    """Whether `folder` holds anything but exports' temporary folders (one being written into it)."""
+    """Whether `folder` holds anything but the temporary folders exports into it write in."""
     try:
-        return any(not staging.is_temporary(name, "export") for name in os.listdir(folder))
+        return any(not staging.is_temporary(entry, "export", folder.name) for entry in os.listdir(folder))
     except OSError:  # unreadable: not known to be empty
         return True
 
 
 def _write_error(out: Path, err: OSError) -> MiniGPTError:
     """The one line for an export to `out` that the file system refused."""
-    parent = Path(os.path.abspath(out)).parent
+    target = Path(os.path.abspath(out))
+    parent = target if os.path.isdir(target) else target.parent  # an empty folder of yours is written in itself
     if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.lexists(out):
         return MiniGPTError(f"cannot export to {out}: another export wrote it meanwhile, and it is kept; pass a new folder")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
