@@ -10,7 +10,10 @@ from collections.abc import Iterable, Mapping
 from minigpt.errors import MiniGPTError
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """`value` for a one-line message: its repr cut short, a huge integer by its size."""
+    if isinstance(value, int) and abs(value) >= 10**60:  # past 4,300 digits repr() refuses
+        return f"a {value.bit_length()}-bit integer"
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
 
@@ -52,9 +55,11 @@ def whole_number(value: object, what: str, minimum: int = 1) -> int:
     """`value` as an int, at least `minimum`; numpy's and torch's integers count, a bool does not."""
     value = scalar(value)
     if not is_whole(value):
-        raise MiniGPTError(f"{what} must be a whole number, got {_shown(value)}")
+        raise MiniGPTError(f"{what} must be a whole number, got {shown(value)}")
     if value < minimum:
-        raise MiniGPTError(f"{what} must be at least {minimum}, got {value}")
+        raise MiniGPTError(f"{what} must be at least {minimum}, got {shown(value)}")
+    if value >= 2**63:
+        raise MiniGPTError(f"{what} must be below 2**63, got {shown(value)}")
     return int(value)
 
 
@@ -62,7 +67,7 @@ def real_number(value: object, what: str) -> float:
     """`value` as a float; numpy's and torch's numbers count, a bool does not (the range is the caller's to check)."""
     value = scalar(value)
     if not is_real(value):
-        raise MiniGPTError(f"{what} must be a number, got {_shown(value)}")
+        raise MiniGPTError(f"{what} must be a number, got {shown(value)}")
     try:
         return float(value)
     except OverflowError:  # an int past 1.8e308
@@ -73,19 +78,19 @@ def true_or_false(value: object, what: str) -> bool:
     """`value` as a bool: True, False, numpy's bools, or 1 and 0."""
     plain = scalar(value)
     if not isinstance(plain, numbers.Integral) or plain not in (0, 1):
-        raise MiniGPTError(f"{what} must be True or False, got {_shown(value)}")
+        raise MiniGPTError(f"{what} must be True or False, got {shown(value)}")
     return bool(plain)
 
 
 def path(value: object, what: str) -> str:
     """`value` as a path string: a str or an `os.PathLike` (a `pathlib.Path`)."""
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        raise MiniGPTError(f"the {what} must be a path (a str or pathlib.Path), got {_shown(value)}")
+        raise MiniGPTError(f"the {what} must be a path (a str or pathlib.Path), got {shown(value)}")
     spelled = os.fspath(value)
     if not isinstance(spelled, str):
-        raise MiniGPTError(f"the {what} must be a path as text, not bytes: got {_shown(value)}")
+        raise MiniGPTError(f"the {what} must be a path as text, not bytes: got {shown(value)}")
     if "\0" in spelled:
-        raise MiniGPTError(f"the {what} {_shown(spelled)} holds a NUL character, which no file name can")
+        raise MiniGPTError(f"the {what} {shown(spelled)} holds a NUL character, which no file name can")
     try:
         os.fsencode(spelled)  # a byte that is not UTF-8 (surrogate-escaped) is a real name; a lone "\ud800" is not
     except UnicodeEncodeError as err:
@@ -101,7 +106,7 @@ def indices(value: object, what: str, count: int) -> list[int] | None:
     if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
         value = value.tolist()
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise MiniGPTError(f"{what}s must be a list of whole numbers (or None for all), got {_shown(value)}")
+        raise MiniGPTError(f"{what}s must be a list of whole numbers (or None for all), got {shown(value)}")
     chosen = [whole_number(i, f"each of {what}s", minimum=0) for i in value]
     if not chosen:
         raise MiniGPTError(f"{what}s is empty: choose at least one {what}, or None for all")

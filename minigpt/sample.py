@@ -131,7 +131,8 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.stop, (tuple, list)) or not all(isinstance(s, str) for s in self.stop):
-            raise MiniGPTError(f"stop must be a sequence of strings, got {self.stop!r}")
+            bad = next((s for s in self.stop if not isinstance(s, str)), self.stop) if isinstance(self.stop, (tuple, list)) else self.stop
+            raise MiniGPTError(f"stop must be a sequence of strings, got {checks.shown(bad)}")
         object.__setattr__(self, "stop", tuple(checks.text(s, "stop string") for s in self.stop))  # immutable, as the rest
         self._check_types()
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -159,6 +160,8 @@ class SamplingSettings:
             if value is None and optional:
                 continue
             if kind is int and checks.is_whole(value):
+                if not -(2**63) <= value < 2**64:  # past any count or seed (and 4,300 digits break messages)
+                    raise MiniGPTError(f"{name} must be a whole number below 2**64, got a {int(value).bit_length()}-bit one")
                 object.__setattr__(self, name, int(value))
                 continue
             if kind is float and checks.is_real(value):

@@ -91,7 +91,8 @@ SPACE_CUT = r"\S(?= )"
 
 _CUT_PROBE_TEXTS = 1000
 _CUT_PROBE_SECONDS = 10.0  # a real pattern takes 0.2 s; one slow in this engine must not hold preparation up
-_CUT_PROBE_CHARS = list(" \n\r\t\u00a0\u3000'/.,!_-") + list("aAzsStTdlLvVreéЖж漢字\u0301") + list("0123٣½🙂")
+# Every printable ASCII character (a pattern may single out any of them, "\\p{L}+: " a colon) and some beyond.
+_CUT_PROBE_CHARS = [chr(c) for c in range(0x20, 0x7F)] + list("\n\r\t\u00a0\u3000éЖж漢字\u0301٣½²🙂")
 
 
 @functools.lru_cache(maxsize=16)

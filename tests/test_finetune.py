@@ -136,6 +136,9 @@ def test_a_pretrained_run_resumes_with_the_config_that_started_it(tmp_path, gpt2
     capsys.readouterr()
     assert run(train, ["--config", str(config), "--resume", str(out), "--model.n_layer", "4"]) == 2
     assert "--model.n_layer cannot change when resuming (the run has 2, asked 4)" in capsys.readouterr().err
+    # A whole group was silently dropped; now all of its values are checked, the config's too (block_size 128)
+    assert run(train, ["--config", str(config), "--resume", str(out), "--model", '{"n_layer": 4}']) == 2
+    assert "cannot change when resuming" in capsys.readouterr().err
 
 
 def test_an_exported_run_loads_in_transformers_with_equal_logits_and_the_readme_snippet_runs(tmp_path, corpus):

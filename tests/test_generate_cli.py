@@ -233,6 +233,13 @@ def test_interactive_with_a_closed_or_undecodable_stdin_is_a_one_line_error(tiny
 # ---- user errors ---------------------------------------------------------------------------------
 
 
+def test_utf8_that_a_c_locale_read_as_escaped_bytes_is_the_text_it_holds(tiny_checkpoint):
+    """With LC_ALL=C and PYTHONUTF8=0, "héllo" arrives as "h\\udcc3\\udca9llo": it was refused as not UTF-8."""
+    argv = ["--ckpt", str(tiny_checkpoint), "--max_new_tokens", "3", "--temperature", "0"]
+    assert cli([*argv, "--prompt", "h\udcc3\udca9llo"]) == cli([*argv, "--prompt", "héllo"])
+    assert cli([*argv, "--prompt", "-"], stdin="h\udcc3\udca9llo") == cli([*argv, "--prompt", "héllo"])
+
+
 @pytest.mark.parametrize(
     "argv, stdin",
     [

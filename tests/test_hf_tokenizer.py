@@ -203,7 +203,8 @@ REFUSALS = {
     # Hugging Face's engine (Oniguruma, Ruby syntax) reads these otherwise than tiktoken's: other ids, silently
     "ruby_dotall_option": (lambda data: split_pattern(data, r"(?m)\S+.?|\s"), "the inline option \\(\\?m\\)"),
     "posix_class": (lambda data: split_pattern(data, r"[[:alpha:]]+|[^[:alpha:]]+"), "the POSIX class \\[:alpha:\\]"),
-    "empty_before_a_final_newline": (lambda data: split_pattern(data, r"\Z|\S|\s"), "matches empty text"),
+    "end_before_final_newlines": (lambda data: split_pattern(data, r"\S+\Z|\S|\s"), "uses \\\\Z \\(Hugging Face's"),
+    "word_class": (lambda data: split_pattern(data, r"\w+|[^\w\s]+|\s+"), "uses \\\\w \\(the two engines disagree"),
     "gap_before_specials": (gap_before_specials, "a gap of unused ids"),
     "merges_out_of_order": (swapped_merges, "ids that grow with merges"),
     "merge_unlike_tiktoken": (merge_unlike_tiktoken, "tiktoken would build 'abc'"),

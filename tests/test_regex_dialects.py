@@ -27,7 +27,8 @@ def test_gpt2s_pattern_needs_no_rewriting() -> None:
     [
         (r"(?m)\S+.?|\s", "(?m)"), (r"(?x)a b", "(?x)"), (r"(?mi:a)|b", "(?mi:"), (r"[[:alpha:]]+|\S", "[:alpha:]"),
         (r"[^[:space:]]+", "[:space:]"), (r"(?i:'s|'t)|\p{L}+", None), (r"(?:a)|(?=b)|(?<n>c)|(?<=d)e|\(\?m\)", None),
-        (r"[\[:alpha:\]]", None),
+        (r"[\[:alpha:\]]", None), (r"\w+|[^\w\s]+|\s+", "\\w"), (r"\S+\Z|\S", "\\Z"), (r"\bx", "\\b"),
+        (r"[\\w]|\\w", None),
     ],
 )  # fmt: skip
 def test_what_fancy_regex_reads_otherwise_and_no_rewrite_fixes_is_named(pattern, named):

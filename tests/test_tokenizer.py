@@ -146,6 +146,7 @@ def test_the_split_patterns_of_tiktokens_encodings_and_of_bpe_vocabularies_are_c
     "pattern, cut",
     [
         (r"\p{L}+ ?|\s|\S", split_patterns.NEWLINE_CUT),  # a word takes the space after it
+        (r"\p{L}+: | ?\p{L}+|\s|\S", split_patterns.NEWLINE_CUT),  # "Nurse: ": the probe had no colon, so it passed
         (r"\n\S+|\S+|\s", split_patterns.SPACE_CUT),  # a newline goes with the word after it
         (r"\p{L}+ ?|\n\S+|\s|\S", None),
         (r"(\p{L}+)|\s|\S", BOTH),  # a group: the pieces are whole matches all the same

@@ -65,11 +65,23 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
+def as_utf8(text: str) -> str:
+    """`text` as the UTF-8 it holds, or `ValueError` naming the bad byte: in a C locale Python reads even valid
+    UTF-8 bytes as surrogate escapes, so escaped bytes are decoded again before any is called bad."""
+    if not_utf8(text) is None:
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise ValueError(not_utf8(text)) from None
+
+
 def utf8_text(text: str) -> str:
     """argparse type for text the model reads (a prompt, a stop string): UTF-8, else a one-line usage error."""
-    if problem := not_utf8(text):
-        raise argparse.ArgumentTypeError(problem)
-    return text
+    try:
+        return as_utf8(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def positive_int(text: str) -> int:

@@ -29,9 +29,9 @@ from minigpt.cli.common import (
     CKPT_HELP,
     OneLineParser,
     add_device_argument,
+    as_utf8,
     canonical_options,
     check_stdout_open,
-    not_utf8,
     resolve_device,
     utf8_text,
     writing_stdout,
@@ -199,8 +199,10 @@ def read_prompts(stdin: TextIO) -> Iterator[str]:
             line = stdin.readline(MAX_PROMPT_CHARS + 1)
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read a prompt from standard input: {err}") from None
-        if problem := not_utf8(line):
-            raise MiniGPTError(f"a prompt from standard input is {problem}")
+        try:
+            line = as_utf8(line)
+        except ValueError as err:
+            raise MiniGPTError(f"a prompt from standard input is {err}") from None
         if len(prompt) + len(line) > MAX_PROMPT_CHARS:
             raise MiniGPTError(too_long("a prompt from standard input"))
         if not line:  # the end of the input, or Ctrl-D on a terminal
@@ -249,9 +251,10 @@ def read_prompt(prompt: str | None, prompt_file: str | None) -> str:
             text = bounded(sys.stdin.read(MAX_PROMPT_CHARS + 1), "the prompt on standard input")
         except (OSError, UnicodeDecodeError) as err:
             raise MiniGPTError(f"cannot read the prompt from standard input: {err}") from None
-        if problem := not_utf8(text):
-            raise MiniGPTError(f"the prompt on standard input is {problem}")
-        return text
+        try:
+            return as_utf8(text)
+        except ValueError as err:
+            raise MiniGPTError(f"the prompt on standard input is {err}") from None
     return prompt or ""
 
 

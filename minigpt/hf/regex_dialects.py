@@ -4,8 +4,9 @@
 fancy-regex reads `$`/`^` as ends of the text and `X{n,m}+` as possessive; Oniguruma reads them as ends of a line
 and as `(X{n,m})+`. Each direction rewrites those, so a pattern keeps its meaning in the other engine. Two more
 differences are not rewritten but named (`oniguruma_only`): Ruby's inline option `(?m)` makes `.` match newlines
-(fancy-regex's `(?m)` is about `^`/`$`), and POSIX classes such as `[[:alpha:]]` take every script in Oniguruma but
-only ASCII in fancy-regex.
+(fancy-regex's `(?m)` is about `^`/`$`); POSIX classes such as `[[:alpha:]]` take every script in Oniguruma but
+only ASCII in fancy-regex; `\w` (and `\W`, `\b`, `\B`) differ on eight characters; `\Z` matches before one final
+newline in Oniguruma, before any number of them in fancy-regex.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def from_oniguruma(pattern: str) -> str:
 
 _INLINE_OPTIONS = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?[:)]")
 _POSIX_CLASS = re.compile(r"\[:\^?[a-z]+:\]")
+_WORD = "the two engines disagree on ² ³ ¹ ¼ ½ ¾ and the zero-width joiners"
+_ESCAPES_READ_OTHERWISE = {
+    "w": _WORD, "W": _WORD, "b": _WORD, "B": _WORD,
+    "Z": "Hugging Face's matches before one final newline, tiktoken's before any number of them",
+}  # fmt: skip
+_WORD_IN_CLASS = re.compile(r"(?<!\\)(\\[wW])")
 
 
 def oniguruma_only(pattern: str) -> str | None:
@@ -37,12 +44,16 @@ def oniguruma_only(pattern: str) -> str | None:
     i = 0
     while i < len(pattern):
         if pattern[i] == "\\":
+            if pattern[i + 1 : i + 2] in _ESCAPES_READ_OTHERWISE:
+                return f"\\{pattern[i + 1]} ({_ESCAPES_READ_OTHERWISE[pattern[i + 1]]})"
             i += 2
             continue
         if pattern[i] == "[":
             end = _class_end(pattern, i)
             if posix := _POSIX_CLASS.search(pattern, i + 1, end):
                 return f"the POSIX class {posix.group()} (every script in Hugging Face's engine, only ASCII in tiktoken's)"
+            if word := _WORD_IN_CLASS.search(pattern, i + 1, end):
+                return f"{word.group(1)} ({_ESCAPES_READ_OTHERWISE[word.group(1)[1]]})"
             i = end
             continue
         option = _INLINE_OPTIONS.match(pattern, i)

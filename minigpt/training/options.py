@@ -258,9 +258,9 @@ def _keep_pretrained(run: Namespace, asked: Namespace, given: set[str]) -> None:
     a context no longer than the source's: resumed with that same config, it keeps them again. Options given one
     by one are left as asked, to be checked."""
     for key in ("tokenizer", *(f"model.{field}" for field in SHAPE)):
-        if key not in given:
+        if key not in given and not (key.startswith("model.") and "model" in given):  # `--model '{...}'` asks too
             asked[key] = run[key]
-    if "model.block_size" not in given and asked["model.block_size"] > run["model.block_size"]:
+    if not given & {"model", "model.block_size"} and asked["model.block_size"] > run["model.block_size"]:
         asked["model.block_size"] = run["model.block_size"]  # cropped to the source's positions, as at the start
 
 

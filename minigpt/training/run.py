@@ -278,6 +278,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+    # "[rank: 0] Received SIGTERM: 15" before minigpt's own one line about the stop
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
 
 
 def _quiet_process(label: str | None) -> None:
