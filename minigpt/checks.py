@@ -71,7 +71,7 @@ def real_number(value: object, what: str) -> float:
     try:
         return float(value)
     except OverflowError:  # an int past 1.8e308
-        raise MiniGPTError(f"{what} must be a number a float can hold, got a {int(value).bit_length()}-bit integer") from None
+        raise MiniGPTError(f"{what} must be a number a float can hold, got {shown(value)}") from None
 
 
 def true_or_false(value: object, what: str) -> bool:

@@ -5,6 +5,7 @@ undoing whatever half-done move into place it records (`recover`)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -22,6 +23,8 @@ NAME_KEPT = 64
 
 MOVING = "moving"
 """The file in a temporary folder that lists, one per line, the files its writer is moving into place."""
+ASIDE = "replaced"
+"""The folder, inside a temporary one, where the files a move replaces wait until all of the new ones are in."""
 
 
 def _pattern(kind: str, name: str | None) -> re.Pattern[str]:
@@ -88,9 +91,39 @@ def sweep(parent: Path, kind: str, name: str | None = None, recover: Callable[[P
             os.close(fd)
 
 
-def record_moving(folder: Path, names: list[str]) -> None:
-    """Write down, in `folder`, the files about to be moved from it into place, for `moving` to read back."""
-    (folder / MOVING).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+def move_in(staged: Path, out: Path, names: list[str]) -> None:
+    """Move the files `names` from `staged` over those of `out`, all or none: each file they replace is set aside
+    in `staged` until all are in, and if the move stops (an error, a signal), it is undone. The names are written
+    down first, so that the next writer undoes the move of one killed halfway (`undo_unfinished`)."""
+    (staged / ASIDE).mkdir()
+    (staged / MOVING).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    try:
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(out / name, staged / ASIDE / name)
+            os.replace(staged / name, out / name)
+    except BaseException:
+        _put_back(staged, out, names)
+        raise
+
+
+def undo_unfinished(dead: Path, out: Path) -> None:
+    """Undo what a writer killed while moving files from `dead` (its temporary folder) into `out` left: the files it
+    replaced return and its own go, unless every one of its own was in (then the move is whole and stays)."""
+    names = moving(dead)
+    if any(os.path.lexists(dead / name) for name in names):
+        _put_back(dead, out, names)
+
+
+def _put_back(staged: Path, out: Path, names: list[str]) -> None:
+    """Undo a move of `names` from `staged` into `out`: each file set aside returns, and each moved in without one
+    to replace is removed; files not yet moved are left in `staged`."""
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.path.lexists(staged / ASIDE / name):
+                os.replace(staged / ASIDE / name, out / name)
+            elif not os.path.lexists(staged / name):
+                (out / name).unlink()
 
 
 def moving(folder: Path) -> list[str]:

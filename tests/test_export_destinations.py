@@ -209,10 +209,15 @@ def test_an_empty_folder_that_cannot_be_written_is_named_itself(tmp_path, tiny_c
 
 
 def test_config_json_is_the_last_file_to_arrive_in_an_existing_folder(tmp_path, tiny_checkpoint, monkeypatch):
-    arrived = []
-    replace = os.replace
-    monkeypatch.setattr(hf_export.os, "replace", lambda src, dst: arrived.append(Path(dst).name) or replace(src, dst))
-    (tmp_path / "out").mkdir()
+    arrived, replace, out = [], os.replace, tmp_path / "out"
+
+    def replace_noting_arrivals(src, dst):
+        replace(src, dst)  # a file set aside first (none here: the folder is empty) raises before it is noted
+        if Path(dst).parent == out:
+            arrived.append(Path(dst).name)
+
+    monkeypatch.setattr(hf_export.os, "replace", replace_noting_arrivals)
+    out.mkdir()
     hf_export.export(tiny_checkpoint, tmp_path / "out")
     assert sorted(arrived) == sorted(EXPORTED) and arrived[-1] == "config.json"
 

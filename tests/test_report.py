@@ -358,7 +358,7 @@ def test_a_save_killed_mid_move_is_undone_by_the_next_one(tiny_checkpoint: Path,
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_MOVE, str(tiny_checkpoint), str(out_dir)], cwd=REPO, env=environment())
     assert killed.returncode == 9
     assert {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file()} != before  # a mix
-    staging.sweep(out_dir, "attention", report.STAGING_NAME, lambda dead: report._recover(dead, out_dir))  # as a save
+    staging.sweep(out_dir, "attention", report.STAGING_NAME, lambda dead: staging.undo_unfinished(dead, out_dir))  # as a save
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
 
 

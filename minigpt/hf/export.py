@@ -64,43 +64,23 @@ def export(source: checkpoint.Loaded | str | os.PathLike[str], out: Path) -> Non
 def _fill(staged: Path, out: Path) -> None:
     """Move the files in `staged` into the empty folder `out`, config.json last, holding `out`'s lock: two exports
     into one folder cannot mix their files, and the second finds the first's there. If the move stops (an error,
-    a signal), the files moved are taken out again; they are recorded first, so that the next export into `out`
-    takes out those of an export killed halfway (`_recover`)."""
+    a signal), the files moved are taken out again, and the next export into `out` takes out those of an export
+    killed halfway (`_recover`)."""
     try:
         with staging.locked(out, wait=False):
             if _holds_anything(out):  # another export filled it meanwhile
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(out))
-            names = sorted(os.listdir(staged), key=lambda name: name == "config.json")
-            staging.record_moving(staged, names)
-            try:
-                for name in names:
-                    os.replace(staged / name, out / name)
-            except BaseException:
-                _take_out(staged, out, names)
-                raise
+            staging.move_in(staged, out, sorted(os.listdir(staged), key=lambda name: name == "config.json"))
     except BlockingIOError:
         raise OSError(errno.ENOTEMPTY, "another export is writing it", str(out)) from None
-
-
-def _take_out(staged: Path, out: Path, names: list[str]) -> None:
-    """Remove from `out` the files of `names` that were moved in from `staged` (those no longer in it)."""
-    for name in names:
-        if not os.path.lexists(staged / name):
-            with contextlib.suppress(OSError):
-                (out / name).unlink()
 
 
 def _recover(out: Path) -> None:
     """Empty `out` again of what exports killed while filling it left: their temporary folders, and the files
     they had moved in, unless config.json (moved last) was in too, which makes the export whole."""
-
-    def undo(dead: Path) -> None:
-        if os.path.lexists(dead / "config.json"):
-            _take_out(dead, out, staging.moving(dead))
-
     with contextlib.suppress(OSError):  # BlockingIOError: a live export is filling it
         with staging.locked(out, wait=False):
-            staging.sweep(out, "export", out.name, undo)
+            staging.sweep(out, "export", out.name, lambda dead: staging.undo_unfinished(dead, out))
 
 
 def destination(out: Path) -> Path:

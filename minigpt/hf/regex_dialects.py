@@ -40,7 +40,7 @@ _WORD_IN_CLASS = re.compile(r"(?<!\\)(\\[wW])")
 
 def oniguruma_only(pattern: str) -> str | None:
     """The first part of Oniguruma `pattern` that fancy-regex would read differently and that no rewrite fixes
-    (an inline option other than `i`, a POSIX class), or None."""
+    (an inline option other than `i`, a POSIX class, `\\w` `\\W` `\\b` `\\B` `\\Z`), or None."""
     i = 0
     while i < len(pattern):
         if pattern[i] == "\\":

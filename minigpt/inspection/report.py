@@ -151,7 +151,7 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
         with staging.staging_folder(out_dir, STAGING_NAME, "attention") as staged:
             names = [path.name for path in _write_all(staged, analysis, per_head, top)]
             with staging.locked(out_dir):  # another save into the folder moves its report in before or after, never between
-                staging.sweep(out_dir, "attention", STAGING_NAME, lambda dead: _recover(dead, out_dir))
+                staging.sweep(out_dir, "attention", STAGING_NAME, lambda dead: staging.undo_unfinished(dead, out_dir))
                 earlier = _listed_files(out_dir / "heads.json")
                 _move_in(staged, out_dir, names)
                 for name in set(earlier) - set(names):
@@ -168,48 +168,14 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
 
 STAGING_NAME = "report"
 """The name in the temporary folders (``.report.<id>.attention.tmp``) a report is written into inside its folder."""
-ASIDE = "replaced"
-"""The folder, inside a temporary one, where the files a report replaces wait until all of its own are in."""
-
-
 def _move_in(staged: Path, out_dir: Path, names: list[str]) -> None:
-    """Move the files `names` from `staged` over those of `out_dir`, all or none: each file they replace is set
-    aside in `staged` until all are in, and if the move stops (an error, a signal), `_put_back` undoes it; the
-    names are recorded first, so that the next save undoes the move of a run killed halfway. A name taken by a
-    folder, which no file can replace, is refused first."""
+    """Move the report's files `names` from `staged` over those of `out_dir`, all or none (`staging.move_in`); a
+    name taken by a folder, which no file can replace, is refused first."""
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.lstat(out_dir / name).st_mode):
                 raise MiniGPTError(f"cannot write attention maps to {_shown(out_dir)}: its {name} is a folder; move it away")
-    (staged / ASIDE).mkdir()
-    staging.record_moving(staged, names)
-    try:
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(out_dir / name, staged / ASIDE / name)
-            os.replace(staged / name, out_dir / name)
-    except BaseException:
-        _put_back(staged, out_dir, names)
-        raise
-
-
-def _recover(dead: Path, out_dir: Path) -> None:
-    """What a save killed while moving its report in (`dead`, its temporary folder) leaves: the earlier report
-    again, unless every file of its own was in (then its report stays)."""
-    names = staging.moving(dead)
-    if any(os.path.lexists(dead / name) for name in names):
-        _put_back(dead, out_dir, names)
-
-
-def _put_back(staged: Path, out_dir: Path, names: list[str]) -> None:
-    """Undo a move of `names` from `staged` into `out_dir` (this run's, or a killed one's): each file set aside
-    returns, and each moved in without one to replace is removed; files not yet moved are left in `staged`."""
-    for name in names:
-        with contextlib.suppress(OSError):
-            if os.path.lexists(staged / ASIDE / name):
-                os.replace(staged / ASIDE / name, out_dir / name)
-            elif not os.path.lexists(staged / name):
-                (out_dir / name).unlink()
+    staging.move_in(staged, out_dir, names)
 
 
 def _listed_files(heads_json: Path) -> list[str]:
