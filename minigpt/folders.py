@@ -4,7 +4,10 @@ those it made and only while empty, so that a failed command leaves no trace and
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
+
+from minigpt.errors import MiniGPTError
 
 
 def first_missing(path: Path) -> Path | None:
@@ -15,6 +18,19 @@ def first_missing(path: Path) -> Path | None:
             break
         missing = folder
     return missing
+
+
+def refuse_dangling_link(path: Path, doing: str) -> None:
+    """Raise `MiniGPTError` ("`doing` PATH: ...") if a missing part of `path` is a link to nothing: making `path`
+    would create the link's target instead (maybe on another disk, or in a mount point not mounted)."""
+    part = path
+    while not os.path.exists(part) and part != part.parent:
+        if os.path.islink(part):
+            raise MiniGPTError(
+                f"{doing} {str(path)!r}: {str(part)!r} is a link to {os.readlink(part)!r}, which does not exist; "
+                "pass a folder"
+            )
+        part = part.parent
 
 
 def remove_made(path: Path, made: Path | None) -> None:

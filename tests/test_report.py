@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+import minigpt
 from minigpt import checkpoint, staging
 from minigpt.cli import run
 from minigpt.cli.attention import IMPORTANCE_TITLE, STAT_TITLES, main
+from minigpt.errors import MiniGPTError
 from minigpt.inspection import heatmaps, report
 from tests.helpers import REPO, environment, replace_stopping_at
 
@@ -277,6 +279,15 @@ def test_out_that_cannot_be_a_folder_exits_2_before_loading(
     expected = {"in a read-only folder": "not writable", "a dangling link": "which does not exist; pass a folder",
                 "under a dangling link": "which does not exist; pass a folder"}  # fmt: skip
     assert expected.get(where, "is a file, not a folder") in err
+
+
+def test_saving_under_a_dangling_link_makes_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # Making link/maps would make the link's target (an unmounted disk's folder, say): a notebook's save refuses too.
+    (tmp_path / "link").symlink_to(tmp_path / "unmounted" / "disk")
+    analysis = minigpt.load(tiny_checkpoint).attention(PROMPT)
+    with pytest.raises(MiniGPTError, match="/link' is a link to '.*/unmounted/disk', which does not exist; pass a folder"):
+        analysis.save(tmp_path / "link" / "maps")
+    assert not (tmp_path / "unmounted").exists()
 
 
 def test_full_stdout_exits_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:

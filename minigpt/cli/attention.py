@@ -33,6 +33,7 @@ from minigpt.cli.common import (
     writing_stdout,
 )
 from minigpt.errors import MiniGPTError, check_lookup
+from minigpt.folders import refuse_dangling_link
 from minigpt.inspection import ablation
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import DEFAULT_WINDOWS, Importance, Windows
@@ -93,13 +94,9 @@ def check_out_dir(path: Path) -> None:
     """Raise `MiniGPTError` unless `path` is, or can be made as, a folder we may write into; creates nothing."""
     check_lookup(path, "the attention folder", "choose another --out")
     # The nearest part of the path that exists decides: it must be a folder, and writable.
+    refuse_dangling_link(path, "cannot write attention maps to")
     existing = path
     while not os.path.exists(existing) and existing != existing.parent:
-        if os.path.islink(existing):  # a link to nothing: no folder can be made there
-            raise MiniGPTError(
-                f"cannot write attention maps to {str(path)!r}: {str(existing)!r} is a link to "
-                f"{os.readlink(existing)!r}, which does not exist; pass a folder"
-            )
         existing = existing.parent
     # Paths are quoted with repr: a newline in one must not break the one-line message.
     if not os.path.isdir(existing):

@@ -20,7 +20,7 @@ from torch import Tensor
 from minigpt import checkpoint, staging
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
-from minigpt.folders import first_missing, remove_made
+from minigpt.folders import first_missing, refuse_dangling_link, remove_made
 from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.hf.pretrained import CONV1D, LAYER_NORM_EPS
 from minigpt.model import GPTConfig
@@ -94,6 +94,7 @@ def destination(out: Path) -> Path:
     if out.is_symlink() and not resolved.is_dir():
         what = "is not a folder" if os.path.exists(out) else "does not exist"
         raise MiniGPTError(f"cannot export to {out}: it is a link to {os.readlink(out)}, which {what}; pass a folder")
+    refuse_dangling_link(out, "cannot export to")  # resolving it named the link's target, which would be made
     if resolved == Path.cwd().resolve():  # renaming over it would leave the shell in a deleted folder
         raise MiniGPTError(f"cannot export to {out}: it is the current folder; name a new folder, such as {out / 'hf'}")
     if os.path.isdir(resolved) and resolved.name:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from minigpt import staging
 from minigpt.errors import NOT_FINITE, MiniGPTError
-from minigpt.folders import first_missing, remove_made
+from minigpt.folders import first_missing, refuse_dangling_link, remove_made
 from minigpt.inspection import ablation, circuit_figures, heatmaps
 from minigpt.inspection import maps as attention
 from minigpt.inspection.ablation import Importance, Windows
@@ -144,6 +144,7 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
     model's layer_5.png, an importance.png) are removed: the folder shows one analysis. No other file is touched.
     Temporary folders that killed runs left in `out_dir` are removed first.
     """
+    refuse_dangling_link(out_dir, "cannot write attention maps to")
     made = None
     try:
         made = first_missing(out_dir)
