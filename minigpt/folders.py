@@ -20,17 +20,22 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
-def refuse_dangling_link(path: Path, doing: str) -> None:
-    """Raise `MiniGPTError` ("`doing` PATH: ...") if a missing part of `path` is a link to nothing: making `path`
-    would create the link's target instead (maybe on another disk, or in a mount point not mounted)."""
+def dangling_link(path: Path) -> str | None:
+    """"LINK is a link to TARGET, which does not exist" if a missing part of `path` is a link to nothing: making
+    `path` would create the link's target (maybe on another disk, or in a mount point not mounted), so commands
+    refuse it; else None."""
     part = path
     while not os.path.exists(part) and part != part.parent:
         if os.path.islink(part):
-            raise MiniGPTError(
-                f"{doing} {str(path)!r}: {str(part)!r} is a link to {os.readlink(part)!r}, which does not exist; "
-                "pass a folder"
-            )
+            return f"{str(part)!r} is a link to {os.readlink(part)!r}, which does not exist"
         part = part.parent
+    return None
+
+
+def refuse_dangling_link(path: Path, doing: str) -> None:
+    """Raise `MiniGPTError` ("`doing` 'PATH': ...; pass a folder") if making `path` goes through a link to nothing."""
+    if (link := dangling_link(path)) is not None:
+        raise MiniGPTError(f"{doing} {str(path)!r}: {link}; pass a folder")
 
 
 def remove_made(path: Path, made: Path | None) -> None:

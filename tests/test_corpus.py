@@ -299,6 +299,14 @@ def test_a_download_into_a_cache_under_a_file_is_a_user_error(tmp_path: Path) ->
     assert "\n" not in str(err.value)
 
 
+def test_a_cache_under_a_link_to_nothing_names_the_link_and_makes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to(tmp_path / "unmounted" / "disk")
+
+    with pytest.raises(MiniGPTError, match=r"cache folder .*link/cache \('.*/link' is a link to '.*/unmounted/disk', which does not exist\)"):
+        open_corpus("shakespeare", tmp_path / "link" / "cache")
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_an_unreadable_file_is_a_one_line_error(tmp_path, monkeypatch):
     from pathlib import Path
 

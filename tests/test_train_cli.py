@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -347,6 +348,16 @@ def test_a_fifo_named_like_the_lock_is_one_line_not_a_hang(tmp_path, capsys):
     assert user_error(capsys, ["--data", "x.txt", "--out_dir", str(tmp_path / "run")]).startswith(
         f"error: cannot use {tmp_path / 'run'} as the run folder"
     )
+
+
+@pytest.mark.parametrize("out", ["link", "link/run"])
+def test_a_run_folder_through_a_link_to_nothing_names_the_link_and_makes_nothing(tmp_path, capsys, out):
+    (tmp_path / "link").symlink_to(tmp_path / "unmounted" / "disk")  # making it would make the link's target
+    assert user_error(capsys, ["--data", "x.txt", "--out_dir", str(tmp_path / out)]) == (
+        f"error: cannot use {tmp_path / out} as the run folder ({str(tmp_path / 'link')!r} is a link to "
+        f"{str(tmp_path / 'unmounted' / 'disk')!r}, which does not exist): choose another --out_dir"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["link"]
 
 
 def test_a_killed_runs_leftovers_are_cleared_when_its_folder_is_claimed_again(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from typing import Any
 
 from minigpt.data.shards import FORMAT_VERSION, Prepared, Unusable, verified
 from minigpt.errors import MiniGPTError
+from minigpt.folders import dangling_link
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def default_cache_dir() -> Path:
 
 def cache_dir_error(folder: Path, exc: OSError) -> MiniGPTError:
     """The one-line error for a cache folder that cannot be created or written to."""
-    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+    if (link := dangling_link(folder)) is not None:
+        reason = link
+    elif isinstance(exc, (FileExistsError, NotADirectoryError)):
         reason = "it or a folder above it is a file"
     else:
         reason = exc.strerror or type(exc).__name__

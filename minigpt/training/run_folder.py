@@ -20,7 +20,7 @@ from types import TracebackType
 
 from minigpt.checkpoint import TEMP_GLOB
 from minigpt.errors import MiniGPTError
-from minigpt.folders import first_missing, remove_made
+from minigpt.folders import dangling_link, first_missing, remove_made
 
 LOCK_NAME = ".lock"
 CHECKPOINTS = ("last.ckpt", "best.ckpt")
@@ -55,6 +55,8 @@ class RunFolder:
 
     def acquire(self) -> RunFolder:
         """Create and lock the folder; `InUse` if another process holds it, `MiniGPTError` if it is unusable."""
+        if (link := dangling_link(self.path)) is not None:
+            raise MiniGPTError(f"cannot use {self.path} as the run folder ({link}): choose another --out_dir")
         try:
             self._created = first_missing(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
