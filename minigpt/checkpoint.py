@@ -179,10 +179,10 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Payload]:
 def _read(path: Path) -> tuple[dict[str, Any], Payload]:
     if not path.is_file():
         found = "is not a regular file" if path.exists() else "not found"  # /dev/null, a FIFO
-        raise MiniGPTError(f"checkpoint {path} {found}: pass --ckpt RUN_DIR/last.ckpt (or best.ckpt) of a training run")
+        raise MiniGPTError(f"checkpoint {path} {found}: give a training run's folder, or its last.ckpt or best.ckpt")
     ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict) or PAYLOAD_KEY not in ckpt or "state_dict" not in ckpt:
-        raise MiniGPTError(f"{path} is not a minigpt checkpoint (no model or tokenizer inside); train one with train.py")
+        raise MiniGPTError(f"{path} is not a minigpt checkpoint (no model or tokenizer inside); train one with minigpt")
     _verify(ckpt, path)
     try:
         return ckpt, validate(ckpt)
@@ -209,7 +209,7 @@ def _load_weights_only(path: Path) -> Any:
         if "weights only load failed" in str(exc).lower():
             raise MiniGPTError(
                 f"refusing to load {path}: it is corrupt, or holds objects other than tensors and plain data "
-                "(possibly code); use a checkpoint written by train.py"
+                "(possibly code); use a checkpoint that minigpt wrote"
             ) from None
         raise MiniGPTError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({type(exc).__name__})") from None
 
