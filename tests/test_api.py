@@ -96,9 +96,10 @@ def test_mistakes_are_one_line_user_errors(lm, call, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_loading_what_is_not_there_is_a_user_error(tmp_path):
-    with pytest.raises(MiniGPTError, match="not found"):
+def test_loading_what_is_not_there_is_a_user_error_in_the_notebooks_words(tmp_path):
+    with pytest.raises(MiniGPTError, match="not found: give a training run's folder, or its last.ckpt or best.ckpt") as err:
         minigpt.load(tmp_path / "nothing.ckpt")
+    assert "--" not in str(err.value)  # a notebook has no command-line options to pass
 
 
 @pytest.mark.parametrize(
