@@ -25,11 +25,23 @@ def dangling_link(path: Path) -> str | None:
     `path` would create the link's target (maybe on another disk, or in a mount point not mounted), so commands
     refuse it; else None."""
     part = path
-    while not os.path.exists(part) and part != part.parent:
-        if os.path.islink(part):
+    while _missing(part) and part != part.parent:
+        try:
             return f"{str(part)!r} is a link to {os.readlink(part)!r}, which does not exist"
-        part = part.parent
+        except OSError:  # not a link (or no longer there): look further up
+            part = part.parent
     return None
+
+
+def _missing(path: Path) -> bool:
+    """True when `path` (its links followed) does not exist; a path that cannot be looked into is not missing."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):  # not ours to look into, a file in the way, a name too long: not a link's fault
+        return False
+    return False
 
 
 def refuse_dangling_link(path: Path, doing: str) -> None:

@@ -14,7 +14,7 @@ import minigpt.cli
 
 CLI_MODULES = sorted(info.name for info in pkgutil.iter_modules(minigpt.cli.__path__, "minigpt.cli."))
 ALLOWED = {"minigpt.cli.generate": {"minigpt.cli.attention"}}  # generate --attention takes attention's options
-"""The cli modules, besides minigpt.cli.common (parser helpers), that a cli module may import."""
+"""The cli modules, besides minigpt.cli.common (parser helpers) and minigpt.cli.stdout, that a cli module may import."""
 
 
 def cli_modules_imported_by(module: str) -> set[str]:
@@ -42,7 +42,21 @@ def test_no_cli_module_imports_one_that_imports_it(imports):
 
 @pytest.mark.parametrize("module", CLI_MODULES)
 def test_a_cli_module_imports_no_other_command_for_library_work(imports, module):
-    assert imports[module] <= {"minigpt.cli.common", *ALLOWED.get(module, ())}
+    assert imports[module] <= {"minigpt.cli.common", "minigpt.cli.stdout", *ALLOWED.get(module, ())}
+
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_top_level_help_loads_no_torch_and_ends_quietly_when_its_reader_has_gone(option):
+    # `minigpt --help | head -1`: the reader may be gone before the text is flushed at exit, which printed a
+    # BrokenPipeError traceback and exited 1. Here the reader is gone before the command starts.
+    probe = (
+        "import os, sys\nfrom minigpt.cli import run\nfrom minigpt.cli.main import main\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+        f"code = run(main, [{option!r}])\nsys.stdout.flush()\n"
+        "print(code, 'torch' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr.split() == ["0", "False"], done.stderr
 
 
 

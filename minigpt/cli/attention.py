@@ -26,12 +26,11 @@ from minigpt.cli.common import (
     OneLineParser,
     add_device_argument,
     canonical_options,
-    check_stdout_open,
     positive_int,
     resolve_device,
     utf8_text,
-    writing_stdout,
 )
+from minigpt.cli.stdout import check_stdout_open, writing_stdout
 from minigpt.errors import MiniGPTError, check_lookup
 from minigpt.folders import refuse_dangling_link
 from minigpt.inspection import ablation

@@ -21,11 +21,10 @@ from minigpt.cli.common import (
     OneLineParser,
     add_device_argument,
     canonical_options,
-    check_stdout_open,
     positive_int,
     resolve_device,
-    writing_stdout,
 )
+from minigpt.cli.stdout import check_stdout_open, writing_stdout
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import SPLITS

@@ -31,11 +31,10 @@ from minigpt.cli.common import (
     add_device_argument,
     as_utf8,
     canonical_options,
-    check_stdout_open,
     resolve_device,
     utf8_text,
-    writing_stdout,
 )
+from minigpt.cli.stdout import check_stdout_open, writing_stdout
 from minigpt.device import autocast
 from minigpt.errors import MiniGPTError
 from minigpt.sample import SamplingSettings, stream

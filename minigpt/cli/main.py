@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from minigpt import __version__
 from minigpt.cli import loading, run
+from minigpt.cli.stdout import check_stdout_open, writing_stdout
 from minigpt.errors import MiniGPTError
 
 COMMANDS = {
@@ -30,11 +31,10 @@ def main(argv: Sequence[str]) -> None:
     """Dispatch to the command named by the first argument; the commands' modules load only when used."""
     if not argv:
         raise MiniGPTError(f"a command is needed: minigpt {{{','.join(COMMANDS)}}} (see minigpt --help)")
-    if argv[0] in ("-h", "--help"):
-        print(usage())
-        return
-    if argv[0] in ("-V", "--version"):
-        print(f"minigpt {__version__}")
+    if argv[0] in ("-h", "--help", "-V", "--version"):
+        check_stdout_open()
+        with writing_stdout():
+            print(usage() if argv[0] in ("-h", "--help") else f"minigpt {__version__}")
         return
     if argv[0] not in COMMANDS:
         raise MiniGPTError(f"unknown command '{argv[0]}': use one of {', '.join(COMMANDS)} (see minigpt --help)")

@@ -73,6 +73,12 @@ class RunCard:
         )  # fmt: skip
 
 
+def _validation(card: RunCard) -> str:
+    if math.isnan(card.val_loss):
+        return "not measured: the run ended before its first validation (`--trainer.val_check_interval`)"
+    return f"{card.val_loss:.4f} nats/token, {card.val_bpb:.4f} bits/byte (best checkpoint)"
+
+
 def model_card(card: RunCard, samples: list[str]) -> str:
     """The README.md of a run folder: what was trained on what, how well, and how to use it."""
     c, m = card, card.model
@@ -87,7 +93,7 @@ def model_card(card: RunCard, samples: list[str]) -> str:
         f"| data | `{c.data}` ({c.train_tokens:,} training / {c.val_tokens:,} validation tokens) |",
         f"| tokenizer | `{c.tokenizer}` ({m.vocab_size:,} tokens) |",
         f"| steps | {c.steps:,} ({c.batch_size} windows per batch × {c.devices} process{'es' if c.devices > 1 else ''}) |",
-        f"| validation loss | {c.val_loss:.4f} nats/token, {c.val_bpb:.4f} bits/byte (best checkpoint) |",
+        f"| validation loss | {_validation(c)} |",
         f"| wall time | {duration(c.seconds)} |",
         "",
         "Training and validation loss: `loss.png` (numbers in `metrics.csv`, everything in `tensorboard --logdir tb`).",

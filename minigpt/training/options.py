@@ -35,7 +35,7 @@ COMMON_TRAINER = {  # the Trainer options `--help` shows, with Lightning's defau
     "val_check_interval": (None, "validate, log and save best.ckpt every N steps"),
     "accelerator": ("auto", "cpu, gpu, mps or auto"),
     "devices": ("auto", "devices (processes) per machine, e.g. 2"),
-    "strategy": ("auto", "auto, ddp, ddp_spawn, fsdp, ... (see More than one device in the README)"),
+    "strategy": ("auto", "auto, ddp, ddp_spawn, fsdp, ... (see docs/devices.md)"),
     "num_nodes": (1, "machines taking part in a distributed run"),
     "precision": (None, "32-true, bf16-mixed, 16-mixed; unset: bf16-mixed on GPUs that support it, else 32-true"),
     "accumulate_grad_batches": (1, "batches whose gradients make one optimizer step"),
