@@ -37,13 +37,19 @@ def test_a_run_writes_metrics_csv_loss_png_and_a_model_card(tmp_path):
     assert f"{best:.4f} nats/token" in card and "minigpt eval --ckpt" in card and "Sample 1:" in card
 
 
-def test_a_run_that_ended_before_its_first_validation_says_so_on_its_card(tmp_path):
-    # A short first try (--trainer.max_steps below the validation interval) has no best.ckpt and no loss: the card
+def test_a_run_shorter_than_the_validation_interval_validates_its_last_step(tmp_path):
+    # A short first try (--trainer.max_steps below the validation interval) ended with no best.ckpt, and its card
     # said "nan nats/token, nan bits/byte (best checkpoint)".
     assert train(tmp_path, "run", "--trainer.max_steps", "2", "--samples", "0") == 0
+    validations = [r for r in rows(tmp_path / "run") if r["val_loss"]]
+    assert [int(r["step"]) for r in validations] == [2] and (tmp_path / "run" / "best.ckpt").is_file()
+    assert f"| validation loss | {float(validations[0]['val_loss']):.4f} nats/token" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_a_run_that_never_validates_says_so_on_its_card(tmp_path):
+    assert train(tmp_path, "run", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--samples", "0") == 0
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "| validation loss | not measured: the run ended before its first validation" in card
-    assert "nan" not in card and not (tmp_path / "run" / "best.ckpt").exists()
+    assert "| validation loss | not measured: this run did not validate" in card and "nan" not in card
 
 
 def test_a_resumed_run_keeps_the_metrics_of_the_steps_before(tmp_path):

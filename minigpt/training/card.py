@@ -75,7 +75,7 @@ class RunCard:
 
 def _validation(card: RunCard) -> str:
     if math.isnan(card.val_loss):
-        return "not measured: the run ended before its first validation (`--trainer.val_check_interval`)"
+        return "not measured: this run did not validate (`--trainer.limit_val_batches 0`)"
     return f"{card.val_loss:.4f} nats/token, {card.val_bpb:.4f} bits/byte (best checkpoint)"
 
 

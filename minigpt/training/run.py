@@ -32,7 +32,13 @@ from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedB
 from minigpt.model import GPTConfig
 from minigpt.payload import Payload
 from minigpt.training import launch
-from minigpt.training.callbacks.checkpoints import BestCheckpoint, LastCheckpoint, SafeCheckpointIO, TargetLoss
+from minigpt.training.callbacks.checkpoints import (
+    BestCheckpoint,
+    LastCheckpoint,
+    SafeCheckpointIO,
+    TargetLoss,
+    ValidateLastStep,
+)
 from minigpt.training.callbacks.progress import ProgressLines, StepBar
 from minigpt.training.callbacks.ranks import RankLost, RankWatch
 from minigpt.training.callbacks.record import RunRecord, TensorBoard
@@ -174,6 +180,7 @@ def build_trainer(
         RankWatch(),
         BestCheckpoint(str(root)),
         LastCheckpoint(str(root / "last.ckpt")),
+        ValidateLastStep(),
         SampleLogger(prepared.tokenizer),
         AttentionLogger(prepared.tokenizer, probe_text(prepared, config.model.block_size)),
     ]

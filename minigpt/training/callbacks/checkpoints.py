@@ -1,5 +1,6 @@
 """Lightning callbacks that decide when a run saves and stops: `last.ckpt` at every stop (end, signal), `best.ckpt`
-at each validation, checkpoint files written atomically and read safely, and a stop at a target loss.
+at each validation (the last step always validates), checkpoint files written atomically and read safely, and a
+stop at a target loss.
 
 `minigpt.training.module` holds what goes into a checkpoint; this module holds when and how it is written.
 """
@@ -104,6 +105,18 @@ class TargetLoss(L.Callback):
         trainer.should_stop = True
         if trainer.is_global_zero:
             log.info("step %d: val loss %.4f reached --target_loss %g: stopping", trainer.global_step, float(loss), self.target)
+
+
+class ValidateLastStep(L.Callback):
+    """Validate after the last step too when it is not a validation step of its own, so that every run that
+    finishes has its final model's validation loss and a `best.ckpt`: a first try shorter than
+    `val_check_interval` had neither. Lightning validates a step after which training is asked to stop."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
 
 class BestCheckpoint(ModelCheckpoint):
