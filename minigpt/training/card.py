@@ -96,7 +96,9 @@ def model_card(card: RunCard, samples: list[str]) -> str:
         f"| validation loss | {_validation(c)} |",
         f"| wall time | {duration(c.seconds)} |",
         "",
-        "Training and validation loss: `loss.png` (numbers in `metrics.csv`, everything in `tensorboard --logdir tb`).",
+        "Training and validation loss: `loss.png` (numbers in `metrics.csv`, everything in `tensorboard --logdir tb`)."
+        if (c.folder / "loss.png").exists()  # a run too short to log a loss and not validated has none
+        else "Everything logged is in `tensorboard --logdir tb`.",
         "",
         "```",
         f"minigpt generate --ckpt {c.folder} --prompt '...'",
