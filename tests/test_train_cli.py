@@ -503,3 +503,22 @@ def test_epoch_options_at_values_that_change_nothing_are_accepted():
     for option in ("limit_train_batches 1.0", "overfit_batches 0", "check_val_every_n_epoch 1", "max_epochs -1"):
         name, value = option.split()
         assert parse(["--data", "x.txt", f"--trainer.{name}", value]).trainer[name] == yaml.safe_load(value)
+
+
+@pytest.mark.parametrize("printing", [["--print_config"], ["--list_configs"], ["--help"], ["--help_all"]])
+@pytest.mark.parametrize("stdout", ["full", "closed", "reader gone"])
+def test_what_train_prints_instead_of_training_fails_in_one_line_or_ends_quietly(printing, stdout):
+    # --print_config and --list_configs into a full disk or a closed stdout ended in a traceback and exit 1;
+    # --help into a full disk ended with 0, the help lost (argparse drops a failed write).
+    if stdout == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    target = {"full": "> /dev/full", "closed": ">&-", "reader gone": "| true"}[stdout]
+    done = subprocess.run(
+        f"{sys.executable} -m minigpt train {' '.join(printing)} {target}", shell=True, capture_output=True, text=True,
+        timeout=120, cwd=REPO,
+    )  # fmt: skip
+    if stdout == "reader gone":  # the pipeline's code is true's: the command must say nothing
+        assert done.stderr == ""
+        return
+    expected = "No space left on device" if stdout == "full" else "it is closed"
+    assert done.returncode == 2 and done.stderr == f"error: cannot write to standard output: {expected}\n", done.stderr

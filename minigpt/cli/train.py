@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from minigpt.cli import USER_ERROR_EXIT, configure_logging, loading, run
 from minigpt.cli.common import canonical_options
+from minigpt.cli.stdout import check_stdout_open, writing_stdout
 from minigpt.errors import MiniGPTError, ReportedByRankZero
 from minigpt.training import launch
 from minigpt.training.config import TrainConfig
@@ -17,7 +18,8 @@ def parse(argv: Sequence[str]) -> TrainConfig:
     argv = canonical_options(argv)
     for flag, full in (("-h", False), ("--help", False), ("--help_all", True)):
         if flag in argv:
-            build_parser(every_trainer_option=full).print_help()
+            # Not print_help: argparse drops a failed write (a full disk) and would end with 0, the help lost.
+            print(build_parser(every_trainer_option=full).format_help(), end="")
             raise SystemExit(0)
     return TrainConfig.from_options(argv)
 
@@ -34,18 +36,18 @@ def list_configs() -> str:
     return "\n".join(lines)
 
 
+PRINTING = ("--list_configs", "-h", "--help", "--help_all", "--print_config")
+"""Options that print something and end the command instead of training."""
+
+
 def main(argv: Sequence[str]) -> None:
-    if "--list_configs" in canonical_options(argv):
-        print(list_configs())
+    if any(option.split("=")[0] in PRINTING for option in canonical_options(argv)):
+        check_stdout_open()  # a closed or full standard output is one line, a reader gone (| head) is quiet
+        with writing_stdout():
+            _print(argv)
         return
     with loading():  # parsing imports Lightning (the options include the Trainer's)
-        try:
-            config = parse(argv)
-        except MiniGPTError:
-            if launch.is_rank_zero():
-                raise
-            launch.let_rank_zero_report()  # every process parses the same arguments: rank 0 says what is wrong
-            raise ReportedByRankZero(USER_ERROR_EXIT) from None
+        config = _parse(argv)
         # Imported once the arguments are known good: --help, --list_configs and a bad option need no data side.
         from minigpt.training.run import train
 
@@ -56,6 +58,29 @@ def main(argv: Sequence[str]) -> None:
             launch.let_rank_zero_report()
         launch.wait_for_rank_zero()
         raise
+
+
+def _print(argv: Sequence[str]) -> None:
+    """What --list_configs, --help, --help_all or --print_config print."""
+    if "--list_configs" in canonical_options(argv):
+        print(list_configs())
+        return
+    try:
+        with loading():
+            _parse(argv)
+    except SystemExit as done:  # argparse's and jsonargparse's way to end after printing
+        if done.code:
+            raise
+
+
+def _parse(argv: Sequence[str]) -> TrainConfig:
+    try:
+        return parse(argv)
+    except MiniGPTError:
+        if launch.is_rank_zero():
+            raise
+        launch.let_rank_zero_report()  # every process parses the same arguments: rank 0 says what is wrong
+        raise ReportedByRankZero(USER_ERROR_EXIT) from None
 
 
 def configure_process(label: str | None) -> None:
