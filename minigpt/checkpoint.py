@@ -167,6 +167,10 @@ def _in_run_folder(path: Path, first: str, fallback: str) -> Path:
     check_lookup(path)
     if not path.is_dir():
         return path
+    if not (path / first).exists() and not (path / fallback).exists():
+        raise MiniGPTError(
+            f"{str(path)!r} holds no checkpoint ({first} or {fallback}): give a training run's folder, or a checkpoint file"
+        )
     return path / fallback if (path / fallback).is_file() and not (path / first).is_file() else path / first
 
 
@@ -179,7 +183,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Payload]:
 def _read(path: Path) -> tuple[dict[str, Any], Payload]:
     if not path.is_file():
         found = "is not a regular file" if path.exists() else "not found"  # /dev/null, a FIFO
-        raise MiniGPTError(f"checkpoint {path} {found}: give a training run's folder, or its last.ckpt or best.ckpt")
+        raise MiniGPTError(f"checkpoint {str(path)!r} {found}: give a training run's folder, or its last.ckpt or best.ckpt")
     ckpt = _load_weights_only(path)
     if not isinstance(ckpt, dict) or PAYLOAD_KEY not in ckpt or "state_dict" not in ckpt:
         raise MiniGPTError(f"{path} is not a minigpt checkpoint (no model or tokenizer inside); train one with minigpt")

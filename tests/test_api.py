@@ -100,6 +100,9 @@ def test_loading_what_is_not_there_is_a_user_error_in_the_notebooks_words(tmp_pa
     with pytest.raises(MiniGPTError, match="not found: give a training run's folder, or its last.ckpt or best.ckpt") as err:
         minigpt.load(tmp_path / "nothing.ckpt")
     assert "--" not in str(err.value)  # a notebook has no command-line options to pass
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MiniGPTError, match=r"'.*/empty' holds no checkpoint \(best.ckpt or last.ckpt\)"):
+        minigpt.load(tmp_path / "empty")  # said "checkpoint .../best.ckpt not found: give a training run's folder"
 
 
 @pytest.mark.parametrize(

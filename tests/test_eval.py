@@ -294,14 +294,14 @@ def test_a_run_folder_with_both_checkpoints_is_evaluated_through_its_best(
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--ckpt", "{tmp}/nowhere.ckpt", "--data", "{text}"], "checkpoint .*nowhere.ckpt not found"),
+    (["--ckpt", "{tmp}/nowhere.ckpt", "--data", "{text}"], "checkpoint .*nowhere.ckpt' not found"),
     (["--ckpt", "{ckpt}", "--data", "{tmp}/empty.txt"], "contains no text"),
     (["--ckpt", "{ckpt}", "--data", "{text}", "--split", "test"], "argument --split: invalid choice"),
     (["--ckpt", "{ckpt}", "--data", "{text}", "--stride", "64"], "stride 64 is out of range"),
     (["--ckpt", "{ckpt}", "--data", "{text}", "--batch_size", "0"], "argument --batch_size"),
     (["--ckpt", "{ckpt}", "--data", "{text}", "--split", "val", "--val_fraction", "0"], "val_fraction 0.0 is out of"),
     (["--ckpt", "{ckpt}", "--data", "{text}", "--val_fraction", "0.2"], "give it with --split val or --split train"),
-    (["--ckpt", "/dev/null", "--data", "{text}"], "checkpoint /dev/null is not a regular file"),
+    (["--ckpt", "/dev/null", "--data", "{text}"], "checkpoint '/dev/null' is not a regular file"),
 ])  # fmt: skip
 def test_bad_inputs_are_one_line_errors(
     tmp_path: Path, tiny_checkpoint: Path, text_file: Path, argv: list[str], message: str

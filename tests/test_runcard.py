@@ -54,6 +54,18 @@ def test_a_run_that_never_validates_says_so_on_its_card(tmp_path):
     assert not (tmp_path / "run" / "loss.png").exists() and "loss.png" not in card
 
 
+def test_the_cards_commands_paste_into_a_shell_whatever_the_folder_is_named(tmp_path):
+    import shlex
+
+    assert train(tmp_path, "it's a run", "--samples", "0") == 0
+    card = (tmp_path / "it's a run" / "README.md").read_text()
+    commands = [line for line in card.splitlines() if line.startswith("minigpt ")]
+    assert len(commands) == 4
+    for line in commands:
+        words = shlex.split(line)
+        assert words[words.index("--ckpt" if "--ckpt" in words else "--resume") + 1] == str(tmp_path / "it's a run")
+
+
 def test_a_resumed_run_keeps_the_metrics_of_the_steps_before(tmp_path):
     assert train(tmp_path, "run") == 0
     assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "9"]) == 0

@@ -4,6 +4,7 @@ README.md model card (`model_card`) with this run's facts and its best validatio
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,13 +76,14 @@ class RunCard:
 
 def _validation(card: RunCard) -> str:
     if math.isnan(card.val_loss):
-        return "not measured: this run did not validate (`--trainer.limit_val_batches 0`)"
+        return "not measured: this run did not validate"
     return f"{card.val_loss:.4f} nats/token, {card.val_bpb:.4f} bits/byte (best checkpoint)"
 
 
 def model_card(card: RunCard, samples: list[str]) -> str:
     """The README.md of a run folder: what was trained on what, how well, and how to use it."""
     c, m = card, card.model
+    folder = shlex.quote(str(c.folder))  # commands a reader pastes into a shell: "it's a run" must stay one path
     lines = [
         f"# {c.folder.name}",
         "",
@@ -101,10 +103,10 @@ def model_card(card: RunCard, samples: list[str]) -> str:
         else "Everything logged is in `tensorboard --logdir tb`.",
         "",
         "```",
-        f"minigpt generate --ckpt {c.folder} --prompt '...'",
-        f"minigpt attention --ckpt {c.folder} --prompt '...' --out attention/",
-        f"minigpt eval --ckpt {c.folder} --data {c.data} --split val",
-        f"minigpt train --resume {c.folder} --trainer.max_steps {2 * c.steps}",
+        f"minigpt generate --ckpt {folder} --prompt '...'",
+        f"minigpt attention --ckpt {folder} --prompt '...' --out attention/",
+        f"minigpt eval --ckpt {folder} --data {shlex.quote(c.data)} --split val",
+        f"minigpt train --resume {folder} --trainer.max_steps {2 * c.steps}",
         "```",
     ]
     for i, text in enumerate(samples, 1):

@@ -198,7 +198,7 @@ def resume_path(path: str) -> Path:
     if not p.is_file():
         raise MiniGPTError(f"cannot resume: {p} not found; pass a run's last.ckpt (or its folder) to --resume")
     if not (p.parent / "config.yaml").is_file():
-        raise MiniGPTError(f"cannot resume: no config.yaml beside {p}; resume only runs written by train.py")
+        raise MiniGPTError(f"cannot resume: no config.yaml beside {p}; resume only runs that minigpt train wrote")
     return p
 
 
