@@ -46,6 +46,14 @@ def test_a_run_shorter_than_the_validation_interval_validates_its_last_step(tmp_
     assert f"| validation loss | {float(validations[0]['val_loss']):.4f} nats/token" in (tmp_path / "run" / "README.md").read_text()
 
 
+def test_validation_comes_every_n_steps_with_gradient_accumulation_too(tmp_path):
+    # Lightning counts val_check_interval in batches: with 3 batches a step, "every 2 steps" validated at step 0
+    # and twice at steps 2 and 4.
+    args = ["--trainer.max_steps", "5", "--trainer.val_check_interval", "2", "--trainer.accumulate_grad_batches", "3"]
+    assert train(tmp_path, "run", *args, "--samples", "0") == 0
+    assert [int(r["step"]) for r in rows(tmp_path / "run") if r["val_loss"]] == [2, 4, 5]
+
+
 def test_a_run_that_never_validates_says_so_on_its_card(tmp_path):
     no_rows = ["--trainer.log_every_n_steps", "25"]  # 2 steps: no loss logged, none validated
     assert train(tmp_path, "run", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--samples", "0", *no_rows) == 0

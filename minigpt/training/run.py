@@ -169,6 +169,9 @@ def build_trainer(
     `run_dir` is None in a process that does not know the folder (see `shared_run_folder`): its paths then
     point into /dev/null, where any write would fail loudly, until Lightning hands it rank 0's at setup."""
     trainer_args = dict(config.trainer)  # the command offers none of the arguments set below
+    interval, accumulate = trainer_args.get("val_check_interval"), trainer_args.get("accumulate_grad_batches") or 1
+    if type(interval) is int:  # steps, as the option says; Lightning counts batches, `accumulate` to a step
+        trainer_args["val_check_interval"] = interval * accumulate
     trainer_args["precision"] = pick_precision(trainer_args.get("precision"), trainer_args.get("accelerator"))
     if trainer_args.get("enable_progress_bar") is None:  # a bar on a terminal; in a log file, plain lines
         trainer_args["enable_progress_bar"] = sys.stderr.isatty()
