@@ -280,3 +280,13 @@ def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(tmp_pat
         assert not list(run_dir.glob(checkpoint.TEMP_GLOB)) and not (run_dir / LOCK_NAME).exists()
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("out", ["nl\nlink", "cr\rlink", "ls\u2028link"])
+def test_a_user_error_stays_one_line_when_a_name_holds_a_line_break(tmp_path, capsys, out):
+    # Paths printed unquoted (export's, the run folder's, the cache's) broke the one line at a newline in a name.
+    (tmp_path / out).symlink_to(tmp_path / f"{out}_target")
+    assert run(main, ["--data", "x.txt", "--out_dir", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("choose another --out_dir\n") and "\r" not in err and "\u2028" not in err
+    assert "link" in err and not (tmp_path / f"{out}_target").exists()

@@ -61,7 +61,7 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
             return stop.code
         except MiniGPTError as err:
             if signals.received() is None:
-                print(f"error{f' ({label})' if label else ''}: {err}", file=sys.stderr)
+                print(f"error{f' ({label})' if label else ''}: {one_line(str(err))}", file=sys.stderr)
                 return USER_ERROR_EXIT
             return _interrupted(signals.received(), "", label)
         except Interrupted as stop:
@@ -80,7 +80,16 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
     return 0
 
 
+LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(message: str) -> str:
+    """`message` with its line breaks written as escapes (``\\n``): a path or value that holds one, quoted or
+    not, must not break the one line a user error is."""
+    return message.translate(LINE_BREAKS)
+
+
 def _interrupted(signum: int, message: str, label: str | None) -> int:
     if label is None:  # the other processes of a distributed run stop alike: rank 0 says so once
-        print(f"stopped by {signals.name(signum)}" + (f": {message}" if message else ""), file=sys.stderr)
+        print(f"stopped by {signals.name(signum)}" + (f": {one_line(message)}" if message else ""), file=sys.stderr)
     return signals.exit_code(signum)
