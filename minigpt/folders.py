@@ -3,6 +3,7 @@ those it made and only while empty, so that a failed command leaves no trace and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -21,27 +22,34 @@ def first_missing(path: Path) -> Path | None:
 
 
 def dangling_link(path: Path) -> str | None:
-    """"LINK is a link to TARGET, which does not exist" if a missing part of `path` is a link to nothing: making
-    `path` would create the link's target (maybe on another disk, or in a mount point not mounted), so commands
-    refuse it; else None."""
-    part = path
-    while _missing(part) and part != part.parent:
-        try:
-            return f"{str(part)!r} is a link to {os.readlink(part)!r}, which does not exist"
-        except OSError:  # not a link (or no longer there): look further up
-            part = part.parent
-    return None
+    """"LINK is a link to TARGET, which does not exist" (or "LINK is a loop of links") if a missing part of `path`
+    is a link to nothing: making `path` would create the link's target (maybe on another disk, or in a mount point
+    not mounted), so commands refuse it; else None."""
+    part, loop = path, None
+    while part != part.parent:
+        problem = _lookup_error(part)
+        if problem == errno.ELOOP:
+            loop = part  # the outermost part the loop shows in is the link that closes it
+        elif loop is not None:
+            return f"{str(loop)!r} is a loop of links"
+        elif problem != errno.ENOENT:
+            return None
+        else:
+            with contextlib.suppress(OSError):  # not a link (or no longer there): look further up
+                return f"{str(part)!r} is a link to {os.readlink(part)!r}, which does not exist"
+        part = part.parent
+    return f"{str(loop)!r} is a loop of links" if loop is not None else None
 
 
-def _missing(path: Path) -> bool:
-    """True when `path` (its links followed) does not exist; a path that cannot be looked into is not missing."""
+def _lookup_error(path: Path) -> int | None:
+    """The errno of looking `path` up, its links followed (None: it is there)."""
     try:
         os.stat(path)
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):  # not ours to look into, a file in the way, a name too long: not a link's fault
-        return False
-    return False
+    except OSError as err:
+        return err.errno
+    except ValueError:  # a NUL in the name: not a link's doing
+        return errno.EINVAL
+    return None
 
 
 def refuse_dangling_link(path: Path, doing: str) -> None:

@@ -522,3 +522,13 @@ def test_what_train_prints_instead_of_training_fails_in_one_line_or_ends_quietly
         return
     expected = "No space left on device" if stdout == "full" else "it is closed"
     assert done.returncode == 2 and done.stderr == f"error: cannot write to standard output: {expected}\n", done.stderr
+
+
+@pytest.mark.parametrize("option", ["--out_dir", "--cache_dir"])
+def test_a_loop_of_links_is_named_as_one(tmp_path, capsys, option):
+    # It said "File exists" for --out_dir and "a folder above it is a file" for --cache_dir.
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    data = "shakespeare" if option == "--cache_dir" else "x.txt"  # a builtin corpus goes into the cache folder
+    err = user_error(capsys, ["--data", data, option, str(tmp_path / "a" / "sub")])
+    assert f"({str(tmp_path / 'a')!r} is a loop of links)" in err and sorted(os.listdir(tmp_path)) == ["a", "b"]
