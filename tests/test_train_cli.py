@@ -532,3 +532,17 @@ def test_a_loop_of_links_is_named_as_one(tmp_path, capsys, option):
     data = "shakespeare" if option == "--cache_dir" else "x.txt"  # a builtin corpus goes into the cache folder
     err = user_error(capsys, ["--data", data, option, str(tmp_path / "a" / "sub")])
     assert f"({str(tmp_path / 'a')!r} is a loop of links)" in err and sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "attention", "export"])
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_every_commands_help_into_a_full_disk_or_a_closed_stdout_is_one_line(command, stdout):
+    # argparse drops a failed write: --help into /dev/full ended with 0, the help lost; into a closed stdout it
+    # went to standard error.
+    if stdout == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    target = "> /dev/full" if stdout == "full" else ">&-"
+    done = subprocess.run(f"{sys.executable} -m minigpt {command} --help {target}", shell=True, capture_output=True,
+                          text=True, timeout=120, cwd=REPO)  # fmt: skip
+    expected = "No space left on device" if stdout == "full" else "it is closed"
+    assert done.returncode == 2 and done.stderr == f"error: cannot write to standard output: {expected}\n", done.stderr

@@ -4,12 +4,14 @@ output that fails in one line rather than a traceback."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import torch
 
 from minigpt import device
+from minigpt.cli.stdout import check_stdout_open, writing_stdout
 from minigpt.suggest import did_you_mean, option_names
 
 CHECKPOINT_HELP = "a checkpoint file or run folder (its best.ckpt, else its last.ckpt)"
@@ -46,6 +48,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def print_help(self, file: Any = None) -> None:
+        """--help on standard output; a closed or full one is a one-line error (argparse drops a failed write
+        and ends with 0, the help lost), a reader gone (`| head`) is quiet."""
+        check_stdout_open()
+        with writing_stdout():
+            sys.stdout.write(self.format_help())
 
 
 def not_utf8(text: str) -> str | None:
