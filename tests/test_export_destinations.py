@@ -351,3 +351,12 @@ def test_an_export_killed_at_random_moments_leaves_nothing_after_the_next_export
     for folder in parent.iterdir():  # a killed export either published its whole folder or nothing
         assert {p.name for p in folder.iterdir()} == EXPORTED
     shutil.rmtree(parent)
+
+
+def test_a_refused_write_through_a_link_names_the_folder_that_refused(tmp_path):
+    # A link into a folder this user cannot write: the message named the link's writable folder instead.
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "out").symlink_to(tmp_path / "locked" / "model")
+    err = hf_export._write_error(tmp_path / "mine" / "out", PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    assert f"{tmp_path / 'locked'} cannot be written (Permission denied)" in str(err) and "mine " not in str(err)

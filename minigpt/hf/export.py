@@ -119,7 +119,7 @@ def _holds_anything(folder: Path) -> bool:
 
 def _write_error(out: Path, err: OSError) -> MiniGPTError:
     """The one line for an export to `out` that the file system refused."""
-    target = Path(os.path.abspath(out))
+    target = Path(os.path.realpath(out))  # a link's target's folder is the one that refused, not the link's
     parent = target if os.path.isdir(target) else target.parent  # an empty folder of yours is written in itself
     if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.lexists(out):
         return MiniGPTError(f"cannot export to {out}: another export wrote it meanwhile, and it is kept; pass a new folder")
