@@ -92,8 +92,8 @@ def add_attention_arguments(
 def check_out_dir(path: Path) -> None:
     """Raise `MiniGPTError` unless `path` is, or can be made as, a folder we may write into; creates nothing."""
     check_lookup(path, "the attention folder", "choose another --out")
-    # The nearest part of the path that exists decides: it must be a folder, and writable.
     refuse_dangling_link(path, "cannot write attention maps to")
+    # The nearest part of the path that exists decides: it must be a folder, and writable.
     existing = path
     while not os.path.exists(existing) and existing != existing.parent:
         existing = existing.parent

@@ -41,10 +41,11 @@ PRINTING = ("--list_configs", "-h", "--help", "--help_all", "--print_config")
 
 
 def main(argv: Sequence[str]) -> None:
-    if any(option.split("=")[0] in PRINTING for option in canonical_options(argv)):
+    options = canonical_options(argv)
+    if any(option.split("=")[0] in PRINTING for option in options):
         check_stdout_open()  # a closed or full standard output is one line, a reader gone (| head) is quiet
         with writing_stdout():
-            _print(argv)
+            _print(options)
         return
     with loading():  # parsing imports Lightning (the options include the Trainer's)
         config = _parse(argv)
@@ -60,14 +61,14 @@ def main(argv: Sequence[str]) -> None:
         raise
 
 
-def _print(argv: Sequence[str]) -> None:
-    """What --list_configs, --help, --help_all or --print_config print."""
-    if "--list_configs" in canonical_options(argv):
+def _print(options: Sequence[str]) -> None:
+    """What --list_configs, --help, --help_all or --print_config (among canonical `options`) print."""
+    if "--list_configs" in options:
         print(list_configs())
         return
     try:
         with loading():
-            _parse(argv)
+            _parse(options)
     except SystemExit as done:  # argparse's and jsonargparse's way to end after printing
         if done.code:
             raise

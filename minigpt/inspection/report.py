@@ -169,6 +169,8 @@ def write_report(out_dir: Path, analysis: Analysis, *, per_head: bool = False, t
 
 STAGING_NAME = "report"
 """The name in the temporary folders (``.report.<id>.attention.tmp``) a report is written into inside its folder."""
+
+
 def _move_in(staged: Path, out_dir: Path, names: list[str]) -> None:
     """Move the report's files `names` from `staged` over those of `out_dir`, all or none (`staging.move_in`); a
     name taken by a folder, which no file can replace, is refused first."""
