@@ -9,7 +9,7 @@ The Python API (see `minigpt.api`)::
     lm.attention("To be, or not to be")                        # inline in Jupyter; .save(), .ablate()
 
 The names below are imported on first use, so `import minigpt` is fast and imports neither torch nor Lightning;
-only `train` imports Lightning.
+only `train` (and `TrainConfig.load`, which checks the Trainer's options) imports Lightning.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from minigpt.device import resolve as resolve_device
 from minigpt.errors import MiniGPTError
 from minigpt.evaluate import Evaluation, corpus_tokens, score
 from minigpt.hf import pretrained
-from minigpt.inspection.maps import AGGREGATES
+from minigpt.inspection.maps import AGGREGATES, in_use
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import Payload
 from minigpt.sample import SamplingSettings
@@ -161,7 +161,7 @@ class MiniGPT:
         checks.text(prompt, "prompt")
         pieces = stream_pieces(self.model, self.tokenizer, prompt, settings)
         while True:
-            with autocast(self.device):
+            with autocast(self.device), in_use(self.model):
                 pair = next(pieces, None)
             if pair is None:
                 return
@@ -187,8 +187,8 @@ class MiniGPT:
         result also reads the logit lens (`Attention.logit_lens`) and patches activations from `text` into a corrupted
         text (`Attention.patch`); `Attention.showing` puts either on its page and in its files."""
         checks.text(text, "text")
-        if aggregate is not None and aggregate not in AGGREGATES:
-            raise MiniGPTError(f"unknown aggregate {aggregate!r}: use one of {', '.join(AGGREGATES)}, or None")
+        if aggregate is not None and (not isinstance(aggregate, str) or aggregate not in AGGREGATES):
+            raise MiniGPTError(f"unknown aggregate {checks.shown(aggregate)}: use one of {', '.join(AGGREGATES)}, or None")
         layers = checks.indices(layers, "layer", self.config.n_layer)
         heads = checks.indices(heads, "head", self.config.n_head)
         ids = tok.encode(self.tokenizer, text)
@@ -198,7 +198,8 @@ class MiniGPT:
         from minigpt.inspection.attention import Attention
         from minigpt.inspection.report import analyse
 
-        analysis = analyse(self.model, self.tokenizer, ids, layers=layers, heads=heads, aggregate=aggregate)
+        with in_use(self.model):
+            analysis = analyse(self.model, self.tokenizer, ids, layers=layers, heads=heads, aggregate=aggregate)
         return Attention(analysis, self.model, self.tokenizer, ids, self.val_fraction)
 
     def eval(
@@ -218,7 +219,7 @@ class MiniGPT:
             val_fraction = checks.real_number(val_fraction, "val_fraction")
         fraction = val_fraction if val_fraction is not None else self.val_fraction if split != "all" else DEFAULT_VAL_FRACTION
         tokens = corpus_tokens(data, self.tokenizer, split, fraction, cache)
-        with autocast(self.device):
+        with autocast(self.device), in_use(self.model):
             result = score(self.model, tokens.ids, stride, batch_size)
         return Evaluation(
             data, split, result.tokens, tokens.n_bytes, result.loss, result.bits_per_byte(tokens.n_bytes), result.perplexity
@@ -233,10 +234,11 @@ class MiniGPT:
         with `include_path` a folder of your own task YAMLs."""
         from minigpt import harness  # lm-eval: an optional extra, seconds to import
 
-        return harness.run_tasks(
-            self.model, self.tokenizer, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
-            batch_size=batch_size, source=self.path,
-        )  # fmt: skip
+        with in_use(self.model):
+            return harness.run_tasks(
+                self.model, self.tokenizer, tasks, limit=limit, num_fewshot=num_fewshot, include_path=include_path,
+                batch_size=batch_size, source=self.path,
+            )  # fmt: skip
 
     def export(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write the model as a Hugging Face GPT-2 folder that ``transformers`` loads without custom code."""

@@ -39,7 +39,7 @@ import torch
 
 from minigpt import errors
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
-from minigpt.errors import MiniGPTError
+from minigpt.errors import DiskFull, MiniGPTError
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import MODEL_PREFIX, Payload, model_config_of
 
@@ -101,10 +101,11 @@ def _feed(digest: Any, obj: Any) -> None:
 def atomic_save(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Save `ckpt` (with its checksum added) so that `path` holds either the old file or the complete new one.
 
-    A full disk is a `MiniGPTError` that says so; the previous file at `path` is kept.
+    A full disk is a `DiskFull` error that says so; the previous file at `path` is kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.is_file()
     ckpt = {**ckpt, CHECKSUM_KEY: checksum(ckpt)}
     # Not mkstemp: its 0600 mode would make checkpoints private; open() applies the user's umask.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -118,10 +119,8 @@ def atomic_save(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, Exception) and _out_of_space(exc, path.parent):
-            raise MiniGPTError(
-                f"no space left on the device while writing {path}; the previous checkpoint there is kept: "
-                "free some space, then resume"
-            ) from None
+            kept = "; the previous checkpoint there is kept" if existed else ""
+            raise DiskFull(f"no space left on the device while writing {path}{kept}: free some space") from None
         raise
 
 
@@ -215,7 +214,9 @@ def _load_weights_only(path: Path) -> Any:
                 f"refusing to load {path}: it is corrupt, or holds objects other than tensors and plain data "
                 "(possibly code); use a checkpoint that minigpt wrote"
             ) from None
-        raise MiniGPTError(f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({type(exc).__name__})") from None
+        raise MiniGPTError(
+            f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint ({type(exc).__name__}); {_instead(path)}"
+        ) from None
 
 
 def _verify(ckpt: dict[str, Any], path: Path) -> None:
@@ -224,10 +225,15 @@ def _verify(ckpt: dict[str, Any], path: Path) -> None:
         log.warning("%s has no checksum (written by an older minigpt): its integrity cannot be verified", path)
         return
     if stored != checksum(ckpt):
-        raise MiniGPTError(
-            f"{path} is corrupt: its contents do not match the checksum stored in it; use another checkpoint "
-            "(e.g. best.ckpt) or retrain"
-        )
+        raise MiniGPTError(f"{path} is corrupt: its contents do not match the checksum stored in it; {_instead(path)}")
+
+
+def _instead(path: Path) -> str:
+    """What to use in place of a damaged checkpoint: the other one of its run, if it has one."""
+    other = {"best.ckpt": "last.ckpt", "last.ckpt": "best.ckpt"}.get(path.name)
+    if other and (path.parent / other).is_file():
+        return f"use {path.parent / other} instead, or retrain"
+    return "use another checkpoint, or retrain"
 
 
 def validate(ckpt: dict[str, Any]) -> Payload:

@@ -105,7 +105,7 @@ def indices(value: object, what: str, count: int) -> list[int] | None:
         return None
     if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:
         value = value.tolist()
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable) or getattr(value, "ndim", 1) == 0:
         raise MiniGPTError(f"{what}s must be a list of whole numbers (or None for all), got {shown(value)}")
     chosen = [whole_number(i, f"each of {what}s", minimum=0) for i in value]
     if not chosen:

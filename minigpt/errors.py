@@ -10,6 +10,11 @@ class MiniGPTError(Exception):
     """
 
 
+class DiskFull(MiniGPTError):
+    """No space left while writing a file: the message names it and whether the previous one there is kept; the
+    caller adds what else is saved."""
+
+
 USER_ERROR_EXIT = 2
 """The exit code of a `MiniGPTError`."""
 
@@ -17,8 +22,10 @@ NOT_FINITE = "the model's output is not finite (NaN or inf): its weights are bro
 """What sampling, scoring and attention say of a model whose output is NaN or inf (never a NaN result)."""
 
 
-class Interrupted(Exception):
-    """A command stopped by Ctrl-C or SIGTERM after saving its state; the message says how to continue."""
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by Ctrl-C or SIGTERM after saving its state; the message says how to continue. A
+    `KeyboardInterrupt`, so that a notebook's ``except Exception`` (a loop over settings) does not go on past
+    the user's Ctrl-C."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)

@@ -52,8 +52,12 @@ def _handle(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def installed() -> Iterator[None]:
-    """Route SIGINT and SIGTERM through this module for the duration of a command; restore them after."""
+    """Route SIGINT and SIGTERM through this module for the duration of a command (or a library call that a
+    Ctrl-C must stop); restore them after. Inside another `installed()` it changes nothing."""
     global _received, _installed
+    if _installed:
+        yield
+        return
     _received = None
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield

@@ -274,7 +274,9 @@ def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(tmp_pat
         command[command.index("--cache_dir") + 1] = str(tmp_path / "cache")
         done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr[-2000:]
-        assert done.stderr.strip().splitlines()[-1].startswith("error: no space left on the device while writing")
+        message = done.stderr.strip().splitlines()[-1]
+        assert message.startswith("error: training stopped: no space left on the device while writing"), message
+        assert message.endswith(f"step 5 is saved: continue with minigpt train --resume {run_dir}"), message
         assert step_of(run_dir / "last.ckpt") == 5
         checkpoint.read(run_dir / "last.ckpt")
         assert not list(run_dir.glob(checkpoint.TEMP_GLOB)) and not (run_dir / LOCK_NAME).exists()
@@ -290,3 +292,17 @@ def test_a_user_error_stays_one_line_when_a_name_holds_a_line_break(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("choose another --out_dir\n") and "\r" not in err and "\u2028" not in err
     assert "link" in err and not (tmp_path / f"{out}_target").exists()
+
+
+def test_a_save_from_python_inside_a_command_keeps_the_signal_the_command_received():
+    """`Attention.save` routes signals itself (a Ctrl-C in a matplotlib callback was swallowed from Python); inside
+    a command that already does, it must not forget a signal the command received before."""
+    from minigpt import signals
+
+    with signals.installed():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        with signals.installed():
+            assert signals.received() == signal.SIGTERM
+        assert signals.received() == signal.SIGTERM

@@ -177,3 +177,15 @@ def test_a_stop_during_training_under_torchrun_gives_rank_0_time_to_say_it(env, 
     assert run(main, ["--trainer.devices", "2", "--trainer.accelerator", "cpu"]) == 2
     assert slept == ([launch.REPORT_GRACE_S] if waits else [])
     assert ("error: training diverged" in capsys.readouterr().err) is not waits
+
+
+def test_the_other_processes_print_only_their_errors():
+    """Lightning's loggers have a level of their own (INFO): rank 1 printed "Initializing distributed: GLOBAL_RANK: 1"."""
+    script = (
+        "import logging; from minigpt.cli import configure_logging; configure_logging('rank 1'); "
+        "logging.getLogger('lightning.fabric').setLevel(logging.INFO); "
+        "logging.getLogger('lightning.fabric.utilities.distributed').info('Initializing distributed: GLOBAL_RANK: 1'); "
+        "logging.getLogger('minigpt').error('out of memory')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "[rank 1] out of memory\n", done.stderr

@@ -20,7 +20,12 @@ def configure_logging(label: str | None) -> None:
     if label is None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     else:
-        logging.basicConfig(level=logging.ERROR, format=f"[{label}] %(message)s")
+        # The handler's own level too: a logger with a level of its own (Lightning's are INFO) passes its records
+        # up to the root's handlers whatever the root's level ("Initializing distributed: GLOBAL_RANK: 1").
+        handler = logging.StreamHandler()
+        handler.setLevel(logging.ERROR)
+        handler.setFormatter(logging.Formatter(f"[{label}] %(message)s"))
+        logging.basicConfig(level=logging.ERROR, handlers=[handler])
 
 
 @contextmanager

@@ -12,12 +12,12 @@ from pathlib import Path
 import tiktoken
 import torch
 
-from minigpt import checks
+from minigpt import checks, signals
 from minigpt import tokenizer as tok
 from minigpt.errors import MiniGPTError
 from minigpt.inspection import ablation
 from minigpt.inspection.lens import DEFAULT_TOP, LogitLens, logit_lens
-from minigpt.inspection.maps import top_heads
+from minigpt.inspection.maps import in_use, top_heads
 from minigpt.inspection.notebook import notebook_html
 from minigpt.inspection.patching import Patching, activation_patching
 from minigpt.inspection.report import Analysis, write_report
@@ -77,14 +77,16 @@ class Attention:
 
     def ablate_on(self, windows: ablation.Windows) -> Attention:
         """`ablate` measured on any windows (`minigpt.inspection.ablation.text_windows`, `corpus_windows`)."""
-        importance = ablation.head_importance(self._model, windows)
+        with in_use(self._model):
+            importance = ablation.head_importance(self._model, windows)
         with_importance = dataclasses.replace(self.analysis, importance=importance)
         return Attention(with_importance, self._model, self._tokenizer, self._ids, self._val_fraction)
 
     def logit_lens(self, k: int = DEFAULT_TOP) -> LogitLens:
         """The `k` most likely next tokens read out of the residual stream after every block (the final LayerNorm and
         LM head applied to it), at every position of the tokens the maps show; its last row is the model's output."""
-        return logit_lens(self._model, self._tokenizer, self.analysis.maps.ids, k)
+        with in_use(self._model):
+            return logit_lens(self._model, self._tokenizer, self.analysis.maps.ids, k)
 
     def patch(self, corrupt: str, answer: str, *, wrong: str | None = None) -> Patching:
         """Activation patching from this text (the clean one) into `corrupt`, a text of as many tokens: the share of
@@ -94,7 +96,9 @@ class Attention:
         enc = self._tokenizer
         wrong_id = None if wrong is None else one_token(enc, wrong, "wrong")
         corrupt_ids = tok.encode(enc, corrupt)
-        return activation_patching(self._model, enc, self._ids, corrupt_ids, one_token(enc, answer, "answer"), wrong_id)
+        answer_id = one_token(enc, answer, "answer")
+        with in_use(self._model):
+            return activation_patching(self._model, enc, self._ids, corrupt_ids, answer_id, wrong_id)
 
     def showing(self, *, lens: LogitLens | None = None, patching: Patching | None = None) -> Attention:
         """This attention with a logit lens (`logit_lens`) and patching results (`patch`) beside the maps: on the page,
@@ -120,7 +124,8 @@ class Attention:
         heads.json, importance.png after `ablate`, the lens and patching figures after `showing`); return their paths."""
         folder = Path(checks.path(folder, "folder"))
         per_head, top = checks.true_or_false(per_head, "per_head"), checks.whole_number(top, "top")
-        return write_report(folder, self.analysis, per_head=per_head, top=top)
+        with signals.installed():  # a Ctrl-C landing in one of matplotlib's weakref callbacks still stops the save
+            return write_report(folder, self.analysis, per_head=per_head, top=top)
 
     def __repr__(self) -> str:
         n_layer, n_head = self.weights.shape[:2]

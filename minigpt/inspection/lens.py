@@ -99,6 +99,7 @@ def logit_lens(model: GPT, enc: tiktoken.Encoding, ids: Sequence[int], k: int = 
 
     if not 1 <= len(ids) <= model.config.block_size:
         raise MiniGPTError(f"the logit lens reads 1 to {model.config.block_size} tokens, got {len(ids)}")
+    k = checks.scalar(k)  # torch.tensor(2) as 2, as every other count the API takes
     if not checks.is_whole(k) or not 1 <= k <= model.config.vocab_size:
         raise MiniGPTError(f"k must be a whole number from 1 to the vocabulary size {model.config.vocab_size}, got {k!r}")
     k = int(k)

@@ -7,6 +7,8 @@ under `torch.no_grad`; training keeps the fused SDPA kernel. Every map is indexe
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -55,6 +57,21 @@ class HeadStats:
             "induction": self.induction,
             "entropy": self.entropy,
         }
+
+
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def in_use(model: torch.nn.Module) -> threading.RLock:
+    """`model`'s lock, to hold while using it from Python (`minigpt.api`): ablation, the logit lens and patching
+    hook the model for their whole run (`hooked`), and changed what another thread sampled meanwhile; sampling and
+    scoring hold it for each step. Re-entrant, one per model."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 @contextmanager

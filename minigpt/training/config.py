@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from minigpt import checks
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION, check_val_fraction
 from minigpt.errors import MiniGPTError
 from minigpt.model import MAX_SIZE, GPTConfig
@@ -158,7 +159,7 @@ class TrainConfig:
         `resume="runs/x"` starts from that run's own config, as --resume does. Raises `MiniGPTError`."""
         from minigpt.training.options import config_path, resolve  # it builds on TrainConfig: imported on use
 
-        files = ["--config", config_path(os.fspath(config))] if config is not None else []
+        files = ["--config", config_path(checks.path(config, "config"))] if config is not None else []
         # A YAML text is a config too: the values keep their Python types, and resolve exactly as the command's.
         values = ["--config", yaml.safe_dump(_as_yaml(overrides), sort_keys=False)] if overrides else []
         given = {f"{key}.{sub}" for key in GROUPS if isinstance(overrides.get(key), Mapping) for sub in overrides[key]}
@@ -228,8 +229,8 @@ def _as_yaml(value: Any, name: str = "") -> Any:
         return [_as_yaml(item, name) for item in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.float64(0.1), torch.tensor(3)
-        return value.item()
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.float32(0.1) as 0.1, torch.tensor(3)
+        return checks.scalar(value)
     if isinstance(value, int) and abs(value) >= 10**300:  # no option takes it; past 4,300 digits str() fails
         raise MiniGPTError(f"{name or 'an option'} is too large: got {_number(value)}")
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -239,7 +240,21 @@ def _as_yaml(value: Any, name: str = "") -> Any:
 
 def _check_types(config: TrainConfig) -> None:
     """Each option holds its type: a config changed in Python after it was resolved (`config.batch_size = 2.5`)
-    reaches no parser. Whole numbers are ints, numbers ints or floats, never bools."""
+    reaches no parser. Whole numbers are ints, numbers ints or floats, never bools; numpy's and torch's numbers and
+    paths are first made the plain values `TrainConfig.load` makes of them (`dataclasses.replace(config,
+    seed=np.int64(1))`)."""
+    for group, kind in (("model", ModelConfig), ("optim", OptimConfig)):
+        if not isinstance(getattr(config, group), kind):
+            raise MiniGPTError(
+                f"{group} must be the {kind.__name__} record, got {type(getattr(config, group)).__name__}: change one option "
+                f"with dataclasses.replace(config.{group}, ...), or load the config with {group}={{...}}"
+            )
+    for holder in (config, config.model, config.optim):
+        for f in fields(holder):
+            value = getattr(holder, f.name)
+            plain = os.fspath(value) if isinstance(value, os.PathLike) else checks.scalar(value)
+            if plain is not value:
+                setattr(holder, f.name, plain)
     hints = get_type_hints(TrainConfig)
     for f in fields(config):
         if "help" in f.metadata:
@@ -283,7 +298,7 @@ def _check_ranges(config: TrainConfig) -> None:
     c, trainer = config, config.trainer
     steps, accumulate = trainer.get("max_steps"), trainer.get("accumulate_grad_batches")
     interval, clip = trainer.get("val_check_interval"), trainer.get("gradient_clip_val")
-    checks = [
+    rules = [
         (1 <= c.batch_size <= MAX_SIZE, f"--batch_size must be from 1 to {MAX_SIZE:,}, got {_number(c.batch_size)}"),
         (1 <= c.val_windows <= MAX_SIZE, f"--val_windows must be from 1 to {MAX_SIZE:,}, got {_number(c.val_windows)}"),
         (0 <= c.num_workers <= MAX_WORKERS, f"--num_workers must be from 0 to {MAX_WORKERS}, got {c.num_workers}"),
@@ -299,12 +314,12 @@ def _check_ranges(config: TrainConfig) -> None:
         # Lightning itself would divide by these mid-fit, or (a negative clip) silently flip the gradients.
         (accumulate is None or (type(accumulate) is int and accumulate >= 1),
          "--trainer.accumulate_grad_batches must be a whole number, at least 1"),
-        (clip is None or clip >= 0, "--trainer.gradient_clip_val must be 0 or more"),
+        (clip is None or (checks.is_real(clip) and clip >= 0), f"--trainer.gradient_clip_val must be a number, 0 or more, got {clip!r}"[:300]),
         # Training is one endless stream: a fraction of an epoch never comes. Times (DD:HH:MM:SS) go to Lightning.
         (not isinstance(interval, (int, float)) or (type(interval) is int and interval >= 1),
          f"--trainer.val_check_interval must be a whole number of steps (or a time, DD:HH:MM:SS), got {interval}"),
     ]  # fmt: skip
-    for ok, message in checks:
+    for ok, message in rules:
         if not ok:
             raise MiniGPTError(message)
     for name, harmless in EPOCH_OPTIONS.items():

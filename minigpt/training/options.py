@@ -221,6 +221,7 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
         if run.get("init"):
             _keep_pretrained(run, cfg, given)
         _check_kept_on_resume(run, cfg)
+        _check_folder_on_resume(run.get("out_dir"), cfg.get("out_dir"), resume.parent)
         cfg.resume = str(resume)
     if printing:
         _parse_args(parser, [*run_config, *options, *printing])  # prints and exits
@@ -276,6 +277,22 @@ def _check_kept_on_resume(run: Namespace, asked: Namespace) -> None:
                 f"--{key} cannot change when resuming (the run has {run.get(key)}, asked {asked.get(key)}): to train "
                 "its weights further with other settings, start a new run with --init RUN"
             )
+
+
+def _check_folder_on_resume(run_out_dir: str | None, asked: str | None, folder: Path) -> None:
+    """A resumed run goes on in its own folder: another --out_dir is refused, not dropped (the run the user meant
+    to keep would have been trained on instead)."""
+    if asked is None or asked == run_out_dir:
+        return
+    try:
+        same = Path(asked).resolve() == folder.resolve()
+    except (OSError, ValueError):  # a name no file can have, a loop of links
+        same = False
+    if not same:
+        raise MiniGPTError(
+            f"--out_dir cannot change when resuming: the run goes on in its own folder {str(folder)!r}; to train a "
+            f"copy of it, copy that folder to {asked!r} and resume the copy"
+        )
 
 
 def _check_keywords(keywords: typing.Mapping[str, Any], names: list[str]) -> None:

@@ -7,10 +7,15 @@ and calls it, and a Python caller can do the same (`train(TrainConfig.load(...))
 
 from __future__ import annotations
 
+import errno
+import functools
 import itertools
 import logging
+import math
 import os
+import random
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -28,7 +34,7 @@ from minigpt import checkpoint, signals
 from minigpt import tokenizer as tok
 from minigpt.api import MiniGPT
 from minigpt.data.shards import Prepared
-from minigpt.errors import USER_ERROR_EXIT, Interrupted, MiniGPTError, ReportedByRankZero
+from minigpt.errors import USER_ERROR_EXIT, DiskFull, Interrupted, MiniGPTError, ReportedByRankZero
 from minigpt.model import GPTConfig
 from minigpt.payload import Payload
 from minigpt.training import launch
@@ -36,12 +42,13 @@ from minigpt.training.callbacks.checkpoints import (
     BestCheckpoint,
     LastCheckpoint,
     SafeCheckpointIO,
+    StopAtStep,
     TargetLoss,
     ValidateLastStep,
 )
 from minigpt.training.callbacks.progress import ProgressLines, StepBar
 from minigpt.training.callbacks.ranks import RankLost, RankWatch
-from minigpt.training.callbacks.record import RunRecord, TensorBoard
+from minigpt.training.callbacks.record import RunRecord, TensorBoard, earlier_rows, replace_text
 from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
 from minigpt.training.card import RunCard, model_card, print_samples
 from minigpt.training.config import TrainConfig
@@ -70,7 +77,58 @@ def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | 
     shows the progress lines the command prints).
 
     Every process of a distributed run calls this; global rank 0 alone claims the run folder, writes the
-    config and prints, and the others learn the folder from it (see `minigpt.training.launch`): they return None."""
+    config and prints, and the others learn the folder from it (see `minigpt.training.launch`): they return None.
+    The process is left as it was found (`process_state_kept`): a notebook can train, then go on."""
+    with process_state_kept():
+        return _train(config, setup_process)
+
+
+# Set while training, for the processes it starts: the run folder (`launch.share_run_folder`) and Lightning's seed.
+TRAINING_ENVIRONMENT = (launch.RUN_ENV, "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+@contextmanager
+def process_state_kept() -> Iterator[None]:
+    """Put back what training changes in the process for its own needs: the thread count (--threads) and float32
+    matrix precision, the random generators (seeded by --seed), the warning filters (`quiet_lightning`) and
+    `TRAINING_ENVIRONMENT`. Left set, a later `minigpt train` started from a notebook took the notebook for its
+    launcher, and its random numbers, thread count and warnings were the run's.
+
+    Meanwhile TensorBoard's writer thread does not print its failure (a full disk) as a traceback: the writer
+    raises it again in training's own thread at its next write, where `explained_stops` makes it one line."""
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    generators = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda_generators = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    environment = {name: os.environ.get(name) for name in TRAINING_ENVIRONMENT}
+    thread_hook = threading.excepthook
+    threading.excepthook = functools.partial(_raised_again_elsewhere, thread_hook)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        threading.excepthook = thread_hook
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.random.set_rng_state(generators[2])
+        if cuda_generators is not None:
+            torch.cuda.set_rng_state_all(cuda_generators)
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _raised_again_elsewhere(previous: Callable[[Any], None], args: Any) -> None:
+    """`threading.excepthook` without the OSErrors of TensorBoard's writer thread (see `process_state_kept`)."""
+    if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+        return
+    previous(args)
+
+
+def _train(config: TrainConfig, setup_process: Callable[[str | None], None] | None) -> Path | None:
     started = time.monotonic()
     rank_zero, setup_process = launch.is_rank_zero(), setup_process or _quiet_process
     config.validate()  # again: a config made or changed in Python may not have been checked
@@ -85,6 +143,8 @@ def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | 
 
     with claim_run_folder(config) if rank_zero else nullcontext() as folder:
         run_dir = folder.path.resolve() if rank_zero else shared_run_folder(config)
+        if rank_zero and config.resume:
+            check_resumable(folder, Path(config.resume))
         L.seed_everything(config.seed, workers=True, verbose=False)
         data = TokenDataModule(
             config.data, config.tokenizer, config.model.block_size, config.batch_size,
@@ -108,8 +168,27 @@ def train(config: TrainConfig, *, setup_process: Callable[[str | None], None] | 
         return None
     samples = print_samples(run_dir, config.samples, config.sample_tokens, config.seed)
     card = RunCard.of(run_dir, config, prepared, trainer, time.monotonic() - started)
-    (run_dir / "README.md").write_text(model_card(card, samples))
+    try:
+        replace_text(run_dir / "README.md", model_card(card, samples))
+    except OSError as err:
+        raise MiniGPTError(f"the run is saved in {str(run_dir)!r}, but not its model card: {_file_problem(err)}") from None
     return run_dir
+
+
+def check_resumable(folder: RunFolder, resumed: Path) -> None:
+    """What a resume would fail on only after training: a run file of the wrong kind, a metrics.csv that is not
+    a run's, or a best.ckpt (the model the run ends by sampling) that is damaged."""
+    folder.check_resumable()
+    earlier_rows(folder.path / "metrics.csv", math.inf)
+    best = folder.path / "best.ckpt"
+    if best.is_file() and best.resolve() != resumed.resolve():
+        try:
+            checkpoint.read(best)
+        except MiniGPTError:
+            raise MiniGPTError(
+                f"cannot resume: {str(best)!r} is damaged (it does not load, or fails its checksum): move it away "
+                "(the run then keeps its best from here on), then resume again"
+            ) from None
 
 
 def claim_run_folder(config: TrainConfig) -> RunFolder:
@@ -253,7 +332,7 @@ def explained_stops(config: TrainConfig, trainer: L.Trainer, run_dir: Path | Non
         raise explained from None
 
 
-def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_dir: Path | None) -> Exception | None:
+def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_dir: Path | None) -> BaseException | None:
     """The user's view of `err` (see `explained_stops`), or None when it is a bug to show as it is."""
     if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting, found once fit started
         return MiniGPTError(f"Lightning cannot train with these settings: {_one_line(err)}")
@@ -263,18 +342,31 @@ def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_di
     lost = next(c for c in trainer.callbacks if isinstance(c, RankWatch)).lost
     if lost:
         return RankLost(f"{lost}, so training stopped; {_kept(trainer, run_dir)}")
-    signum = err.signum if isinstance(err, Interrupted) else signals.received()  # the signal may be another rank's
+    signum = err.signum if isinstance(err, StopAtStep) else signals.received()  # the signal may be another rank's
     if signum is None:
+        # The file system refused a write or a read: a full disk, a run's file made a folder or read-only meanwhile.
+        if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno is not None):
+            return MiniGPTError(f"training stopped: {_file_problem(err)}; {_kept(trainer, run_dir)}")
         return None
     early = "" if run_dir and holds_run(run_dir) else " before its first checkpoint"
     return Interrupted(signum, f"training stopped{early}; {_kept(trainer, run_dir)}")
+
+
+def _file_problem(err: OSError | DiskFull) -> str:
+    if isinstance(err, DiskFull):
+        return str(err)
+    where = f" {err.filename!r}" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device while writing{where}: free some space"
+    return f"cannot use{where} ({err.strerror or err})"
 
 
 def _kept(trainer: L.Trainer, run_dir: Path | None) -> str:
     """What a run that stopped early leaves, and how to go on."""
     if not (run_dir and holds_run(run_dir)):
         return "nothing was saved"
-    saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).saved_step
+    resumable = checkpoint.file_to_resume(run_dir)  # what --resume RUN would continue
+    saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).step_on_disk(trainer, resumable)
     return f"step {saved} is saved: continue with minigpt train --resume {run_dir}"
 
 

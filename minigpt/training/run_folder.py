@@ -90,6 +90,18 @@ class RunFolder:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
 
+    def check_resumable(self) -> None:
+        """Before a resume trains: each file a run writes is of the kind it writes (``tb`` a folder, the rest
+        files), so that no step is trained only to fail at its save."""
+        for name in (*LEFTOVERS, *CHECKPOINTS):
+            path = self.path / name
+            if os.path.lexists(path) and path.exists() and path.is_dir() != (name == "tb"):
+                kind = "a file" if name == "tb" else "a folder"
+                raise MiniGPTError(
+                    f"cannot resume in {str(self.path)!r}: its {name} is {kind}, where the run writes its own; "
+                    "move it away, then resume again"
+                )
+
     def clear_leftovers(self) -> None:
         """Remove a config and logs that no checkpoint goes with."""
         for name in LEFTOVERS:

@@ -17,9 +17,18 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from minigpt import checkpoint, signals
-from minigpt.errors import Interrupted
 
 log = logging.getLogger(__name__)
+
+
+class StopAtStep(Exception):
+    """Raised by `LastCheckpoint` at a step boundary after Ctrl-C or SIGTERM, its state saved on the way out;
+    `minigpt.training.run` tells the user (`minigpt.errors.Interrupted`). Not a KeyboardInterrupt: Lightning turns
+    one raised inside fit into exit(1)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -32,9 +41,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def __init__(self, preloaded: tuple[str, dict[str, Any]] | None = None) -> None:
         self.preloaded = preloaded
+        self.written: dict[str, int] = {}
+        """The step each file (by absolute path) holds, for the writes that completed."""
 
     def save_checkpoint(self, ckpt: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         checkpoint.atomic_save(ckpt, path)
+        self.written[os.path.abspath(path)] = ckpt.get("global_step")
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if self.preloaded is not None and str(path) == self.preloaded[0]:
@@ -58,13 +70,14 @@ class LastCheckpoint(L.Callback):
     def __init__(self, path: str) -> None:
         self.path = path
         self.saved_step: int | None = None
-        """The latest step already in a checkpoint."""
+        """The latest step already in a checkpoint, or being written to one (every process alike)."""
+        self._started_at: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.path = trainer.strategy.broadcast(self.path)  # rank 0's, as Lightning does for its own checkpoints
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
+        self.saved_step = self._started_at = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
         # Lightning's SIGTERM handler talks to the other processes from inside the handler, wherever each one
         # is; `minigpt.signals` only records the signal, and the processes agree at the next batch instead.
         signals.reclaim()
@@ -74,10 +87,16 @@ class LastCheckpoint(L.Callback):
         if trainer.world_size > 1:  # all processes stop at the same step, whichever of them got the signal
             signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op="max"))
         if signum:
-            raise Interrupted(signum, "")  # minigpt.training.run words the message
+            raise StopAtStep(signum)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
         self.saved_step = trainer.global_step
+
+    def step_on_disk(self, trainer: L.Trainer, path: str | os.PathLike[str]) -> int | None:
+        """The step the checkpoint file `path` holds, in global rank 0: its last write that completed (a write that
+        a second Ctrl-C cut short left the one before), else the step training started from."""
+        written = getattr(trainer.strategy.checkpoint_io, "written", {}).get(os.path.abspath(path))
+        return self._started_at if written is None else written
 
     def _save_if_progressed(self, trainer: L.Trainer) -> None:
         if self.saved_step is not None and trainer.global_step > self.saved_step:
@@ -87,7 +106,7 @@ class LastCheckpoint(L.Callback):
         self._save_if_progressed(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, Interrupted):
+        if isinstance(exception, StopAtStep):
             self._save_if_progressed(trainer)
 
 

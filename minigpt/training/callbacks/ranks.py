@@ -12,8 +12,9 @@ import time
 
 import lightning as L
 
-from minigpt.errors import Interrupted, MiniGPTError
+from minigpt.errors import MiniGPTError
 from minigpt.training import launch
+from minigpt.training.callbacks.checkpoints import StopAtStep
 
 DEATH_GRACE_S = 2.0
 """How long a failing launcher process waits for a dying child to be reaped: the peer's sockets close as it
@@ -33,7 +34,7 @@ class RankWatch(L.Callback):
         self.lost: str | None = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt, Interrupted)):
+        if trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt, StopAtStep)):
             self.lost = _dead_child(trainer) or _dead_launcher()
 
 

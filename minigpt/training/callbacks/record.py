@@ -5,6 +5,7 @@ whole config in the hparams tab next to the final metrics.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from collections.abc import Mapping
@@ -15,7 +16,8 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from minigpt.errors import Interrupted
+from minigpt.errors import MiniGPTError
+from minigpt.training.callbacks.checkpoints import StopAtStep
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class RunRecord(L.Callback):
         self._write(trainer)  # also when a resume finds no step left to train (on_train_end is skipped then)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, Interrupted):
+        if isinstance(exception, StopAtStep):
             self._write(trainer)
 
     def _all_rows(self) -> list[dict[str, Any]]:
@@ -117,20 +119,38 @@ class RunRecord(L.Callback):
 
 
 def earlier_rows(path: Path, before: float) -> list[dict[str, Any]]:
-    """The rows of an existing metrics.csv for steps before `before` (a resumed run's history)."""
+    """The rows of an existing metrics.csv for steps before `before` (a resumed run's history); one that is not a
+    run's metrics is a `MiniGPTError`."""
     if not path.is_file():
         return []
-    with path.open(newline="") as f:
-        return [{k: float(v) if k != "step" else int(v) for k, v in row.items() if v} for row in csv.DictReader(f) if int(row["step"]) < before]
+    try:
+        with path.open(newline="") as f:
+            return [{k: float(v) if k != "step" else int(v) for k, v in row.items() if v} for row in csv.DictReader(f) if int(row["step"]) < before]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
+        raise MiniGPTError(
+            f"{str(path)!r} is not a run's metrics ({type(err).__name__}): move it away (the run writes a new one with "
+            "the steps from here on), then resume again"
+        ) from None
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_text(path, text.getvalue())
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file renamed over it: `path` holds its old text or the new, and
+    a failed write (a full disk) leaves no temporary file behind."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        tmp.write_text(text, newline="")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
@@ -161,6 +181,11 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
         right.set_ylabel("validation bits per byte")
     fig.tight_layout()
     tmp = path.with_suffix(".png.tmp")
-    fig.savefig(tmp, format="png")  # then renamed: a run killed while drawing leaves no half-written picture
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, format="png")  # then renamed: a run killed while drawing leaves no half-written picture
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
