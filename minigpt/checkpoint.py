@@ -121,6 +121,8 @@ def atomic_save(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
         if isinstance(exc, Exception) and _out_of_space(exc, path.parent):
             kept = "; the previous checkpoint there is kept" if existed else ""
             raise DiskFull(f"no space left on the device while writing {path}{kept}: free some space") from None
+        if isinstance(exc, OSError):  # named by the checkpoint, not by its temporary file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -171,6 +173,16 @@ def _in_run_folder(path: Path, first: str, fallback: str) -> Path:
             f"{str(path)!r} holds no checkpoint ({first} or {fallback}): give a training run's folder, or a checkpoint file"
         )
     return path / fallback if (path / fallback).is_file() and not (path / first).is_file() else path / first
+
+
+def step_of(path: str | os.PathLike[str]) -> int | None:
+    """The training step a checkpoint file records, read without loading its weights into memory (mapped), or None
+    if it cannot be read: for messages about what is saved."""
+    try:
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:  # noqa: BLE001 - any unreadable file: the message then names no step
+        return None
+    return step if type(step) is int else None
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Payload]:

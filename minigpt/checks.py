@@ -34,11 +34,18 @@ def text(value: object, what: str) -> str:
 
 def scalar(value: object) -> object:
     """A one-element numpy or torch value (`np.float32(0.1)`, `torch.tensor(3)`) as the Python number it holds,
-    anything else as it is. A numpy float32 0.1 is 0.1, not 0.10000000149: the number the user wrote."""
+    anything else as it is. A float32 0.1 is 0.1, not 0.10000000149: the number the user wrote, as numpy shows it."""
     if getattr(value, "ndim", None) != 0 or not hasattr(value, "item"):
         return value
     number = value.item()
-    return float(str(value)) if isinstance(number, float) and type(value).__module__ == "numpy" else number
+    if not isinstance(number, float):
+        return number
+    if type(value).__module__ == "torch":
+        try:
+            value = value.detach().cpu().numpy()
+        except (TypeError, RuntimeError):  # bfloat16, which numpy has not
+            return number
+    return float(str(value)) if type(value).__module__ == "numpy" else number
 
 
 def is_whole(value: object) -> bool:

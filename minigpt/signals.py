@@ -27,8 +27,9 @@ _installed = False
 
 
 def received() -> int | None:
-    """The number of the first signal that arrived since `installed()` began, or None."""
-    return _received
+    """The number of the first signal that arrived since `installed()` began, or None. Signals reach the main
+    thread alone: a command run in another thread (`minigpt.train` in a notebook's thread) never receives one."""
+    return _received if threading.current_thread() is threading.main_thread() else None
 
 
 def exit_code(signum: int) -> int:
@@ -55,13 +56,10 @@ def installed() -> Iterator[None]:
     """Route SIGINT and SIGTERM through this module for the duration of a command (or a library call that a
     Ctrl-C must stop); restore them after. Inside another `installed()` it changes nothing."""
     global _received, _installed
-    if _installed:
+    if _installed or threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
         yield
         return
     _received = None
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
     previous = {s: signal.getsignal(s) for s in HANDLED}
     previous_hook = sys.unraisablehook
     for s in HANDLED:
@@ -101,6 +99,9 @@ def deferred(escalate: bool = True) -> Iterator[None]:
     """While inside, the first signal is only recorded, and with `escalate` False every later one too (see the
     module docstring)."""
     global _deferring, _escalate
+    if threading.current_thread() is not threading.main_thread():  # the main thread's signals are its own
+        yield
+        return
     _deferring, _escalate = True, escalate
     try:
         yield

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -262,26 +263,43 @@ def test_a_signal_inside_a_finalizer_stops_the_command_with_one_line(capsys):
     assert done == [] and capsys.readouterr().err == "stopped by SIGTERM\n"
 
 
-def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(tmp_path, corpus):
-    """A real full disk (a 3 MB tmpfs: room for two checkpoints, not three): one line, exit 2, last.ckpt intact."""
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 3 MB tmpfs: room for two of these checkpoints, not three."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        run_dir = disk / "run"
-        command = train_command(corpus, run_dir, "--trainer.max_steps", "40", "--trainer.val_check_interval", "5")
-        command[command.index("--cache_dir") + 1] = str(tmp_path / "cache")
-        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 2, done.stderr[-2000:]
-        message = done.stderr.strip().splitlines()[-1]
-        assert message.startswith("error: training stopped: no space left on the device while writing"), message
-        assert message.endswith(f"step 5 is saved: continue with minigpt train --resume {run_dir}"), message
-        assert step_of(run_dir / "last.ckpt") == 5
-        checkpoint.read(run_dir / "last.ckpt")
-        assert not list(run_dir.glob(checkpoint.TEMP_GLOB)) and not (run_dir / LOCK_NAME).exists()
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def train_on(disk: Path, corpus: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Train into `disk`/run, the data's shards in a cache beside it, until the disk fills."""
+    command = train_command(corpus, disk / "run", "--trainer.max_steps", "40", "--trainer.val_check_interval", "5", *extra)
+    command[command.index("--cache_dir") + 1] = str(disk.parent / "cache")
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_a_disk_that_fills_during_training_keeps_the_previous_checkpoint(small_disk, corpus):
+    """A real full disk: one line, exit 2, last.ckpt intact."""
+    run_dir, done = small_disk / "run", train_on(small_disk, corpus)
+    assert done.returncode == 2, done.stderr[-2000:]
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: training stopped: no space left on the device while writing"), message
+    assert message.endswith(f"step 5 is saved: continue with minigpt train --resume {run_dir}"), message
+    assert step_of(run_dir / "last.ckpt") == 5
+    checkpoint.read(run_dir / "last.ckpt")
+    assert not list(run_dir.glob(checkpoint.TEMP_GLOB)) and not (run_dir / LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_under_ddp_is_one_line_from_rank_0_alone(small_disk, corpus):
+    """Rank 0 alone writes, and alone met the full disk: rank 1 then printed a transport error's traceback (~75 lines)."""
+    done = train_on(small_disk, corpus, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and done.stderr.count("error") == 1, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: training stopped: no space left on the device")
 
 
 @pytest.mark.parametrize("out", ["nl\nlink", "cr\rlink", "ls\u2028link"])
@@ -306,3 +324,31 @@ def test_a_save_from_python_inside_a_command_keeps_the_signal_the_command_receiv
         with signals.installed():
             assert signals.received() == signal.SIGTERM
         assert signals.received() == signal.SIGTERM
+
+
+def test_a_command_in_another_thread_never_takes_the_main_threads_signal():
+    """A notebook trains in a thread and saves an attention report in the main one: the Ctrl-C meant for the save
+    was only recorded (the training was deferring signals), the save went on, and the training stopped instead."""
+    import threading
+
+    from minigpt import signals
+
+    seen, started, done = [], threading.Event(), threading.Event()
+
+    def training() -> None:
+        with signals.installed(), signals.deferred():
+            started.set()
+            done.wait(10)
+            seen.append(signals.received())
+
+    thread = threading.Thread(target=training)
+    thread.start()
+    started.wait()
+    try:
+        with pytest.raises(KeyboardInterrupt), signals.installed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        done.set()
+        thread.join()
+    assert seen == [None]

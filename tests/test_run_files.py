@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -93,6 +95,11 @@ def file_instead_of_tb(run_dir: Path) -> None:
     (run_dir / "tb").write_text("not a folder")
 
 
+def tb_link_to_nothing(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / "tb")
+    (run_dir / "tb").symlink_to(run_dir / "gone")
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -102,8 +109,9 @@ def file_instead_of_tb(run_dir: Path) -> None:
         (folder_instead("loss.png"), "its loss.png is a folder, where the run writes its own"),
         (folder_instead("last.ckpt"), "its last.ckpt is a folder, where the run writes its own"),
         (file_instead_of_tb, "its tb is a file, where the run writes its own"),
+        (tb_link_to_nothing, "its tb is a link to nothing, where the run writes its own"),
     ],
-    ids=["metrics-garbage", "metrics-folder", "card-folder", "plot-folder", "last-folder", "tb-file"],
+    ids=["metrics-garbage", "metrics-folder", "card-folder", "plot-folder", "last-folder", "tb-file", "tb-dangling"],
 )
 def test_a_resume_refuses_a_run_file_it_would_fail_on_before_training(tmp_path, capsys, damage, message):
     assert train(tmp_path, "run") == 0
@@ -115,6 +123,34 @@ def test_a_resume_refuses_a_run_file_it_would_fail_on_before_training(tmp_path, 
     line = error_line(capsys)
     assert message in line and line.endswith("then resume again"), line
     assert checkpoints(run_dir) == before
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "best.ckpt", "loss.png", "tb"])
+def test_a_resume_refuses_an_immutable_run_file_before_training(tmp_path, capsys, name):
+    """It trained, then failed at the save (steps lost), naming a temporary file that did not exist."""
+    assert train(tmp_path, "run") == 0
+    path = tmp_path / "run" / name
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        before = checkpoints(tmp_path / "run")
+        capsys.readouterr()
+        assert run(main, ["--resume", str(tmp_path / "run"), "--trainer.max_steps", "9"]) == 2
+        assert f"its {name} cannot be written (Operation not permitted)" in error_line(capsys)
+        assert checkpoints(tmp_path / "run") == before
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_what_is_saved_is_read_from_the_checkpoint_a_resume_would_continue(tmp_path):
+    """A run resumed from its older best.ckpt that failed before writing said "step 15 is saved" (the step it
+    started from) while last.ckpt held step 25."""
+    for name, step in (("last.ckpt", 25), ("best.ckpt", 15)):
+        checkpoint.atomic_save({"global_step": step}, tmp_path / name)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(checkpoint_io=SafeCheckpointIO()))
+    assert training_run._kept(trainer, tmp_path) == f"step 25 is saved: continue with minigpt train --resume {tmp_path}"
+    trainer.strategy.checkpoint_io.written[str(tmp_path / "last.ckpt")] = 30
+    assert training_run._kept(trainer, tmp_path).startswith("step 30 is saved")
 
 
 def test_a_resume_refuses_a_damaged_best_checkpoint_before_training(tmp_path, capsys):
@@ -146,6 +182,26 @@ def test_a_damaged_checkpoint_names_the_other_checkpoint_of_its_run(tmp_path):
     last.unlink()
     with pytest.raises(checkpoint.MiniGPTError, match="; use another checkpoint, or retrain$"):
         checkpoint.read_plain(best)
+
+
+def test_a_config_yaml_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    refuse_writing(monkeypatch, training_run, "config.yaml")
+    assert train(tmp_path, "run") == 2
+    assert error_line(capsys) == (
+        f"error: no space left on the device while writing {str(tmp_path / 'run' / 'config.yaml')!r}: free some space; "
+        "nothing was saved"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_out_dir_spelled_as_the_runs_config_names_its_first_folder_is_still_refused_elsewhere(tmp_path, capsys):
+    """A copy of a run resumed with --out_dir naming the original (the string its config.yaml holds) trained the copy."""
+    assert train(tmp_path, "run") == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    capsys.readouterr()
+    assert run(main, ["--resume", str(tmp_path / "copy"), "--out_dir", str(tmp_path / "run")]) == 2
+    assert "--out_dir cannot change when resuming" in error_line(capsys)
+    assert run(main, ["--resume", str(tmp_path / "copy"), "--trainer.max_steps", "7"]) == 0  # a moved run resumes
 
 
 def test_out_dir_with_resume_is_refused_not_dropped(tmp_path, capsys):
@@ -203,3 +259,21 @@ def test_tensorboards_writer_thread_does_not_print_the_error_training_raises_aga
             thread.start()
             thread.join()
     assert shown == ["Thread"]
+
+
+def test_a_ctrl_c_at_the_final_samples_says_the_run_is_saved_and_a_resume_finishes_it(tmp_path, monkeypatch, capsys):
+    """It was a bare "stopped by Ctrl-C" (from Python, an empty KeyboardInterrupt) with no word of what was saved."""
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_run, "print_samples", interrupted)
+    assert train(tmp_path, "run") == 130
+    assert capsys.readouterr().err.strip() == (
+        "stopped by Ctrl-C: the run is trained and saved, but not its samples and model card: "
+        f"minigpt train --resume {tmp_path / 'run'} writes them"
+    )
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "README.md").exists()
+    assert run(main, ["--resume", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "README.md").is_file() and step_of(tmp_path / "run" / "last.ckpt") == 6

@@ -227,10 +227,8 @@ def _as_yaml(value: Any, name: str = "") -> Any:
         return {key: _as_yaml(item, f"{name}.{key}" if name else str(key)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_as_yaml(item, name) for item in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.float32(0.1) as 0.1, torch.tensor(3)
-        return checks.scalar(value)
+    if isinstance(value, os.PathLike) or (getattr(value, "ndim", None) == 0 and hasattr(value, "item")):
+        return _plain(value)  # np.float32(0.1) as 0.1, torch.tensor(3) as 3
     if isinstance(value, int) and abs(value) >= 10**300:  # no option takes it; past 4,300 digits str() fails
         raise MiniGPTError(f"{name or 'an option'} is too large: got {_number(value)}")
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -249,12 +247,14 @@ def _check_types(config: TrainConfig) -> None:
                 f"{group} must be the {kind.__name__} record, got {type(getattr(config, group)).__name__}: change one option "
                 f"with dataclasses.replace(config.{group}, ...), or load the config with {group}={{...}}"
             )
+    if not isinstance(config.trainer, dict):
+        raise MiniGPTError(f"trainer must be a dict of Trainer settings, got {type(config.trainer).__name__}")
     for holder in (config, config.model, config.optim):
         for f in fields(holder):
             value = getattr(holder, f.name)
-            plain = os.fspath(value) if isinstance(value, os.PathLike) else checks.scalar(value)
-            if plain is not value:
+            if (plain := _plain(value)) is not value:
                 setattr(holder, f.name, plain)
+    config.trainer = {key: _plain(value) for key, value in config.trainer.items()}
     hints = get_type_hints(TrainConfig)
     for f in fields(config):
         if "help" in f.metadata:
@@ -263,8 +263,11 @@ def _check_types(config: TrainConfig) -> None:
         hints = get_type_hints(kind)
         for f in fields(kind):
             _check_type(f"--{group}.{f.name}", getattr(getattr(config, group), f.name), hints[f.name])
-    if not isinstance(config.trainer, dict):
-        raise MiniGPTError(f"trainer must be a dict of Trainer settings, got {type(config.trainer).__name__}")
+
+
+def _plain(value: Any) -> Any:
+    """A path as its text, a numpy or torch scalar as the number it holds (see `checks.scalar`), else `value`."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else checks.scalar(value)
 
 
 def _check_type(option: str, value: Any, hint: Any) -> None:

@@ -221,7 +221,7 @@ def resolve(options: list[str], given: set[str], keywords: typing.Mapping[str, A
         if run.get("init"):
             _keep_pretrained(run, cfg, given)
         _check_kept_on_resume(run, cfg)
-        _check_folder_on_resume(run.get("out_dir"), cfg.get("out_dir"), resume.parent)
+        _check_folder_on_resume(run.get("out_dir"), cfg.get("out_dir"), "out_dir" in given, resume.parent)
         cfg.resume = str(resume)
     if printing:
         _parse_args(parser, [*run_config, *options, *printing])  # prints and exits
@@ -279,10 +279,11 @@ def _check_kept_on_resume(run: Namespace, asked: Namespace) -> None:
             )
 
 
-def _check_folder_on_resume(run_out_dir: str | None, asked: str | None, folder: Path) -> None:
+def _check_folder_on_resume(run_out_dir: str | None, asked: str | None, given: bool, folder: Path) -> None:
     """A resumed run goes on in its own folder: another --out_dir is refused, not dropped (the run the user meant
-    to keep would have been trained on instead)."""
-    if asked is None or asked == run_out_dir:
+    to keep would have been trained on instead). The run's own config.yaml may name its folder as it was when the
+    run started (relative, or before it was moved): only an --out_dir given now, or by another config, is checked."""
+    if asked is None or (asked == run_out_dir and not given):
         return
     try:
         same = Path(asked).resolve() == folder.resolve()

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ from minigpt.training.callbacks.checkpoints import (
     ValidateLastStep,
 )
 from minigpt.training.callbacks.progress import ProgressLines, StepBar
-from minigpt.training.callbacks.ranks import RankLost, RankWatch
+from minigpt.training.callbacks.ranks import RankLost, RankWatch, stop_children
 from minigpt.training.callbacks.record import RunRecord, TensorBoard, earlier_rows, replace_text
 from minigpt.training.callbacks.views import AttentionLogger, ProcessSetup, SampleLogger
 from minigpt.training.card import RunCard, model_card, print_samples
@@ -90,8 +91,8 @@ TRAINING_ENVIRONMENT = (launch.RUN_ENV, "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 @contextmanager
 def process_state_kept() -> Iterator[None]:
     """Put back what training changes in the process for its own needs: the thread count (--threads) and float32
-    matrix precision, the random generators (seeded by --seed), the warning filters (`quiet_lightning`) and
-    `TRAINING_ENVIRONMENT`. Left set, a later `minigpt train` started from a notebook took the notebook for its
+    matrix precision, the random generators (seeded by --seed), the warning filters and Lightning's loggers
+    (`quiet_lightning`) and `TRAINING_ENVIRONMENT`. Left set, a later `minigpt train` started from a notebook took the notebook for its
     launcher, and its random numbers, thread count and warnings were the run's.
 
     Meanwhile TensorBoard's writer thread does not print its failure (a full disk) as a traceback: the writer
@@ -100,6 +101,8 @@ def process_state_kept() -> Iterator[None]:
     generators = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     cuda_generators = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     environment = {name: os.environ.get(name) for name in TRAINING_ENVIRONMENT}
+    loggers = {name: logging.getLogger(name) for name in LIGHTNING_LOGGERS}
+    logger_states = {name: (lg.handlers[:], lg.filters[:], lg.propagate, lg.level) for name, lg in loggers.items()}
     thread_hook = threading.excepthook
     threading.excepthook = functools.partial(_raised_again_elsewhere, thread_hook)
     try:
@@ -119,6 +122,9 @@ def process_state_kept() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        for name, (handlers, filters, propagate, level) in logger_states.items():
+            loggers[name].handlers[:], loggers[name].filters[:], loggers[name].propagate = handlers, filters, propagate
+            loggers[name].setLevel(level)
 
 
 def _raised_again_elsewhere(previous: Callable[[Any], None], args: Any) -> None:
@@ -157,7 +163,10 @@ def _train(config: TrainConfig, setup_process: Callable[[str | None], None] | No
         trainer = build_trainer(config, run_dir, prepared, resumed, setup_process)  # Lightning checks its options
         if rank_zero:
             if not config.resume:
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                try:
+                    replace_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+                except OSError as err:
+                    raise MiniGPTError(f"{_file_problem(err)}; nothing was saved") from None
             launch.share_run_folder(run_dir)
         with explained_stops(config, trainer, run_dir, rank_zero):
             with signals.deferred(escalate=not launch.external()):
@@ -166,12 +175,17 @@ def _train(config: TrainConfig, setup_process: Callable[[str | None], None] | No
                 raise KeyboardInterrupt
     if not rank_zero:
         return None
-    samples = print_samples(run_dir, config.samples, config.sample_tokens, config.seed)
-    card = RunCard.of(run_dir, config, prepared, trainer, time.monotonic() - started)
     try:
+        samples = print_samples(run_dir, config.samples, config.sample_tokens, config.seed)
+        card = RunCard.of(run_dir, config, prepared, trainer, time.monotonic() - started)
         replace_text(run_dir / "README.md", model_card(card, samples))
     except OSError as err:
         raise MiniGPTError(f"the run is saved in {str(run_dir)!r}, but not its model card: {_file_problem(err)}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            signals.received() or signal.SIGINT,
+            f"the run is trained and saved, but not its samples and model card: minigpt train --resume {run_dir} writes them",
+        ) from None
     return run_dir
 
 
@@ -346,6 +360,7 @@ def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_di
     if signum is None:
         # The file system refused a write or a read: a full disk, a run's file made a folder or read-only meanwhile.
         if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno is not None):
+            stop_children(trainer)  # rank 0 alone writes files, and alone meets this
             return MiniGPTError(f"training stopped: {_file_problem(err)}; {_kept(trainer, run_dir)}")
         return None
     early = "" if run_dir and holds_run(run_dir) else " before its first checkpoint"
@@ -355,9 +370,9 @@ def _explain(err: BaseException, config: TrainConfig, trainer: L.Trainer, run_di
 def _file_problem(err: OSError | DiskFull) -> str:
     if isinstance(err, DiskFull):
         return str(err)
-    where = f" {err.filename!r}" if err.filename else ""
+    where = f" {os.fsdecode(err.filename)!r}" if err.filename else ""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device while writing{where}: free some space"
+        return f"no space left on the device while writing{where}: free some space" if where else "no space left on the device: free some space"
     return f"cannot use{where} ({err.strerror or err})"
 
 
@@ -366,8 +381,11 @@ def _kept(trainer: L.Trainer, run_dir: Path | None) -> str:
     if not (run_dir and holds_run(run_dir)):
         return "nothing was saved"
     resumable = checkpoint.file_to_resume(run_dir)  # what --resume RUN would continue
-    saved = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint)).step_on_disk(trainer, resumable)
-    return f"step {saved} is saved: continue with minigpt train --resume {run_dir}"
+    # Its last write in this run that completed (a second Ctrl-C may cut one short), else what the file holds.
+    step = getattr(trainer.strategy.checkpoint_io, "written", {}).get(os.path.abspath(resumable))
+    step = checkpoint.step_of(resumable) if step is None else step
+    saved = f"step {step} is saved" if step is not None else "its checkpoints are kept"
+    return f"{saved}: continue with minigpt train --resume {run_dir}"
 
 
 def quiet_lightning() -> None:
@@ -376,12 +394,19 @@ def quiet_lightning() -> None:
     a run calls it (see `ProcessSetup`)."""
     for noise in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=noise)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # each may have a console handler of its own
+    for name in LIGHTNING_TOP_LOGGERS:  # each may have a console handler of its own
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+    logging.getLogger(LIGHTNING_ADVERTS).addFilter(_not_an_advert)
     # "[rank: 0] Received SIGTERM: 15" before minigpt's own one line about the stop
-    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
+    logging.getLogger(LIGHTNING_SIGNAL_NOTICES).setLevel(logging.WARNING)
+
+
+LIGHTNING_TOP_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+LIGHTNING_ADVERTS = "lightning.pytorch.utilities.rank_zero"
+LIGHTNING_SIGNAL_NOTICES = "lightning.pytorch.trainer.connectors.signal_connector"
+LIGHTNING_LOGGERS = (*LIGHTNING_TOP_LOGGERS, LIGHTNING_ADVERTS, LIGHTNING_SIGNAL_NOTICES)
+"""The loggers `quiet_lightning` changes (`process_state_kept` puts them back)."""
 
 
 def _quiet_process(label: str | None) -> None:

@@ -10,11 +10,13 @@ folder is refused.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -92,15 +94,24 @@ class RunFolder:
 
     def check_resumable(self) -> None:
         """Before a resume trains: each file a run writes is of the kind it writes (``tb`` a folder, the rest
-        files), so that no step is trained only to fail at its save."""
+        files) and can be written (not immutable, not read-only), so that no step is trained only to fail at its
+        save. A file's link to nothing is replaced as the file is; ``tb``'s cannot be written through."""
         for name in (*LEFTOVERS, *CHECKPOINTS):
-            path = self.path / name
-            if os.path.lexists(path) and path.exists() and path.is_dir() != (name == "tb"):
-                kind = "a file" if name == "tb" else "a folder"
-                raise MiniGPTError(
-                    f"cannot resume in {str(self.path)!r}: its {name} is {kind}, where the run writes its own; "
-                    "move it away, then resume again"
-                )
+            path, folder = self.path / name, name == "tb"
+            if not os.path.lexists(path) or (not path.exists() and not folder):
+                continue
+            if not path.exists():
+                problem = "is a link to nothing"
+            elif path.is_dir() != folder:
+                problem = f"is {'a file' if folder else 'a folder'}"
+            elif (refused := _unwritable(path)) is not None:
+                problem = f"cannot be written ({refused})"
+            else:
+                continue
+            raise MiniGPTError(
+                f"cannot resume in {str(self.path)!r}: its {name} {problem}, where the run writes its own; move it "
+                "away (or make it writable), then resume again"
+            )
 
     def clear_leftovers(self) -> None:
         """Remove a config and logs that no checkpoint goes with."""
@@ -146,6 +157,20 @@ class RunFolder:
     def _remove_created(self) -> None:
         """Remove the folders entering created, if they are empty (nothing of anyone else's is touched)."""
         remove_made(self.path, self._created)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the folder `path` cannot be written in, or the file `path` cannot be replaced (immutable: refused to root
+    too), or None; nothing changes. A file's mode does not matter: a run replaces its files by renaming."""
+    try:
+        if path.is_dir():
+            tempfile.TemporaryFile(dir=path).close()
+        else:
+            open(path, "r+b").close()  # noqa: SIM115 - opened only to learn whether it may be
+    except OSError as err:
+        if path.is_dir() or err.errno == errno.EPERM:
+            return err.strerror or type(err).__name__
+    return None
 
 
 def _is_run_lock(path: Path) -> bool:

@@ -71,13 +71,12 @@ class LastCheckpoint(L.Callback):
         self.path = path
         self.saved_step: int | None = None
         """The latest step already in a checkpoint, or being written to one (every process alike)."""
-        self._started_at: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.path = trainer.strategy.broadcast(self.path)  # rank 0's, as Lightning does for its own checkpoints
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.saved_step = self._started_at = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
+        self.saved_step = trainer.global_step  # a fresh start has nothing to lose; a resume is on disk
         # Lightning's SIGTERM handler talks to the other processes from inside the handler, wherever each one
         # is; `minigpt.signals` only records the signal, and the processes agree at the next batch instead.
         signals.reclaim()
@@ -91,12 +90,6 @@ class LastCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
         self.saved_step = trainer.global_step
-
-    def step_on_disk(self, trainer: L.Trainer, path: str | os.PathLike[str]) -> int | None:
-        """The step the checkpoint file `path` holds, in global rank 0: its last write that completed (a write that
-        a second Ctrl-C cut short left the one before), else the step training started from."""
-        written = getattr(trainer.strategy.checkpoint_io, "written", {}).get(os.path.abspath(path))
-        return self._started_at if written is None else written
 
     def _save_if_progressed(self, trainer: L.Trainer) -> None:
         if self.saved_step is not None and trainer.global_step > self.saved_step:

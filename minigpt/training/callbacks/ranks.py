@@ -48,15 +48,22 @@ def _dead_child(trainer: L.Trainer) -> str | None:
             return None
         time.sleep(0.05)
     rank = trainer.global_rank + 1 + children.index(dead)  # the children are local ranks 1, 2, ... of this node
-    # The other children wait in a collective that can never complete: stop them. The list is emptied because
-    # Lightning's process observer watches it, and on seeing a dead child kills this process too (SIGKILL)
-    # before it could say what happened.
-    for child in children:
+    stop_children(trainer)  # the others wait in a collective that can never complete
+    return f"rank {rank} (pid {dead.pid}) {_ended(dead.returncode)}"
+
+
+def stop_children(trainer: L.Trainer) -> None:
+    """Stop the processes Lightning's launcher started from this one: when it stops alone (one dead, or a failure
+    of its own such as a full disk, which it reports), they would wait in a collective that never completes, then
+    each print a transport error's traceback. The list is emptied because Lightning's process observer watches
+    it, and on seeing a dead child kills this process too (SIGKILL) before it could say what happened."""
+    children: list[subprocess.Popen] | None = getattr(trainer.strategy.launcher, "procs", None)
+    for child in children or []:
         if child.poll() is None:
             child.kill()
             child.wait()
-    children.clear()
-    return f"rank {rank} (pid {dead.pid}) {_ended(dead.returncode)}"
+    if children:
+        children.clear()
 
 
 def _dead_launcher() -> str | None:

@@ -148,8 +148,10 @@ def replace_text(path: Path, text: str) -> None:
     try:
         tmp.write_text(text, newline="")
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # named by the file, not by its temporary twin
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
