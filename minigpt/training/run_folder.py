@@ -94,8 +94,8 @@ class RunFolder:
 
     def check_resumable(self) -> None:
         """Before a resume trains: each file a run writes is of the kind it writes (``tb`` a folder, the rest
-        files) and can be written (not immutable, not read-only), so that no step is trained only to fail at its
-        save. A file's link to nothing is replaced as the file is; ``tb``'s cannot be written through."""
+        files) and can be written (not immutable: see `_unwritable`), so that no step is trained only to fail at
+        its save. A file's link to nothing is replaced as the file is; ``tb``'s cannot be written through."""
         for name in (*LEFTOVERS, *CHECKPOINTS):
             path, folder = self.path / name, name == "tb"
             if not os.path.lexists(path) or (not path.exists() and not folder):
