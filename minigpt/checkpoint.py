@@ -21,7 +21,6 @@ validation loss, the one its model card reports). To *use* a model (generate, at
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -39,7 +38,7 @@ import torch
 
 from minigpt import errors
 from minigpt.data.prepare import DEFAULT_VAL_FRACTION
-from minigpt.errors import DiskFull, MiniGPTError
+from minigpt.errors import DISK_FULL, DiskFull, MiniGPTError
 from minigpt.model import GPT, GPTConfig
 from minigpt.payload import MODEL_PREFIX, Payload, model_config_of
 
@@ -136,7 +135,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _out_of_space(exc: BaseException, folder: Path) -> bool:
     """torch reports a full disk as a RuntimeError ("unexpected pos ..."), so also look at the free space."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True
     try:
         return shutil.disk_usage(folder).free < (1 << 20)

@@ -1,5 +1,6 @@
 """The exceptions meant for users: the CLI prints each as one line instead of a traceback."""
 
+import errno
 import os
 
 
@@ -8,6 +9,10 @@ class MiniGPTError(Exception):
 
     The message names the problem and the fix in one line; anything else raised is a bug.
     """
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errnos of a write refused for want of space: the disk's, or the user's quota."""
 
 
 class DiskFull(MiniGPTError):

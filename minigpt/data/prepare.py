@@ -20,7 +20,6 @@ read-only cache works for shards that are already there.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
 import logging
 import os
@@ -43,7 +42,7 @@ from minigpt.data.files import Source
 from minigpt.data.pieces import cut_at_lines, cut_source, source_length, split_documents, spread_sample
 from minigpt.data.shards import LITTLE_ENDIAN, SPLITS, Prepared, ShardMeta, SplitStats, Unusable, shard_dtype
 from minigpt.data.writer import RoundTrip, ShardFiles
-from minigpt.errors import MiniGPTError
+from minigpt.errors import DISK_FULL, MiniGPTError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ checkpoint that does not record its own."""
 BATCH_CHARS = 1 << 22  # this much text goes to the tokenizer threads at once
 BPE_SAMPLE_CHARS = 32 << 20  # bpe:N learns its merges from at most this much training text, spread over all of it
 FULL_CHECK_EVERY = 16  # every piece's tokens are checked to give back its length in bytes, every 16th its bytes
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 T = TypeVar("T")
 
 
@@ -129,7 +127,7 @@ def prepare(
         logger.info("wrote %d training and %d validation tokens", meta.train.tokens, meta.val.tokens)
         return publish(tmp, Prepared(target, meta, enc), expected)
     except OSError as exc:
-        if exc.errno not in _DISK_FULL:
+        if exc.errno not in DISK_FULL:
             raise
         raise MiniGPTError(
             f"no space left on device while writing shards to {cache_dir}: free some space, or pass --cache_dir "

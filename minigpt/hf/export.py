@@ -19,7 +19,7 @@ from torch import Tensor
 
 from minigpt import checkpoint, staging
 from minigpt import tokenizer as tok
-from minigpt.errors import MiniGPTError
+from minigpt.errors import DISK_FULL, MiniGPTError
 from minigpt.folders import first_missing, refuse_dangling_link, remove_made
 from minigpt.hf import tokenizer as hf_tokenizer
 from minigpt.hf.pretrained import CONV1D, LAYER_NORM_EPS
@@ -123,7 +123,7 @@ def _write_error(out: Path, err: OSError) -> MiniGPTError:
     parent = target if os.path.isdir(target) else target.parent  # an empty folder of yours is written in itself
     if err.errno in (errno.ENOTEMPTY, errno.EEXIST) and os.path.lexists(out):
         return MiniGPTError(f"cannot export to {out}: another export wrote it meanwhile, and it is kept; pass a new folder")
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if err.errno in DISK_FULL:
         return MiniGPTError(f"cannot export to {out}: {err.strerror}; free some space or pass a folder on another disk")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason = f"{parent} cannot be written ({err.strerror})"

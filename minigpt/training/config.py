@@ -227,8 +227,7 @@ def _as_yaml(value: Any, name: str = "") -> Any:
         return {key: _as_yaml(item, f"{name}.{key}" if name else str(key)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_as_yaml(item, name) for item in value]
-    if isinstance(value, os.PathLike) or (getattr(value, "ndim", None) == 0 and hasattr(value, "item")):
-        return _plain(value)  # np.float32(0.1) as 0.1, torch.tensor(3) as 3
+    value = _plain(value)  # np.float32(0.1) as 0.1, torch.tensor(3) as 3, a path as its text
     if isinstance(value, int) and abs(value) >= 10**300:  # no option takes it; past 4,300 digits str() fails
         raise MiniGPTError(f"{name or 'an option'} is too large: got {_number(value)}")
     if value is None or isinstance(value, (str, int, float, bool)):

@@ -7,7 +7,6 @@ and calls it, and a Python caller can do the same (`train(TrainConfig.load(...))
 
 from __future__ import annotations
 
-import errno
 import functools
 import itertools
 import logging
@@ -35,7 +34,7 @@ from minigpt import checkpoint, signals
 from minigpt import tokenizer as tok
 from minigpt.api import MiniGPT
 from minigpt.data.shards import Prepared
-from minigpt.errors import USER_ERROR_EXIT, DiskFull, Interrupted, MiniGPTError, ReportedByRankZero
+from minigpt.errors import DISK_FULL, USER_ERROR_EXIT, DiskFull, Interrupted, MiniGPTError, ReportedByRankZero
 from minigpt.model import GPTConfig
 from minigpt.payload import Payload
 from minigpt.training import launch
@@ -92,8 +91,8 @@ TRAINING_ENVIRONMENT = (launch.RUN_ENV, "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 def process_state_kept() -> Iterator[None]:
     """Put back what training changes in the process for its own needs: the thread count (--threads) and float32
     matrix precision, the random generators (seeded by --seed), the warning filters and Lightning's loggers
-    (`quiet_lightning`) and `TRAINING_ENVIRONMENT`. Left set, a later `minigpt train` started from a notebook took the notebook for its
-    launcher, and its random numbers, thread count and warnings were the run's.
+    (`quiet_lightning`) and `TRAINING_ENVIRONMENT`. Left set, a later `minigpt train` started from a notebook took
+    the notebook for its launcher, and its random numbers, thread count and warnings were the run's.
 
     Meanwhile TensorBoard's writer thread does not print its failure (a full disk) as a traceback: the writer
     raises it again in training's own thread at its next write, where `explained_stops` makes it one line."""
@@ -371,8 +370,8 @@ def _file_problem(err: OSError | DiskFull) -> str:
     if isinstance(err, DiskFull):
         return str(err)
     where = f" {os.fsdecode(err.filename)!r}" if err.filename else ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"no space left on the device while writing{where}: free some space" if where else "no space left on the device: free some space"
+    if err.errno in DISK_FULL:
+        return f"no space left on the device{' while writing' + where if where else ''}: free some space"
     return f"cannot use{where} ({err.strerror or err})"
 
 
